@@ -1,0 +1,27 @@
+# heartlora: `make demo` runs the main job, `make test` runs the tests.
+# Each target creates .venv with the pinned recipe (requirements.txt) when it is missing.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: demo test lint venv clean
+
+$(VENV_STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps animal-mnist
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(VENV_STAMP)
+
+venv: $(VENV_STAMP)
+
+demo: $(VENV_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m heartlora suite --output-dir runs/demo
+
+test: $(VENV_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: $(VENV_STAMP)
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

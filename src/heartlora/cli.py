@@ -1,0 +1,57 @@
+"""The `heartlora` command line: a thin layer over the library.
+
+Each sub-command lives in its own module under `heartlora.commands` and exposes
+`add_arguments(parser)` and `run(args) -> int`. User errors (`HeartLoRAError`, `ValueError`,
+`FileNotFoundError`) become a one-line message and exit code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from heartlora.errors import HeartLoRAError
+
+# (command name, module under heartlora.commands, one-line help)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("pretrain", "pretrain", "pretrain the bundled base ViT on Fashion-MNIST"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="heartlora",
+        description="Head-level low-rank adaptation (Heart-LoRA) for timm Vision Transformers.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(f"heartlora.commands.{module_name}")
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("heartlora: interrupted", file=sys.stderr)
+        return 130
+    except (HeartLoRAError, ValueError, FileNotFoundError) as error:
+        if args.debug:
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"heartlora: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Sub-commands of the `heartlora` CLI, one module each (see `heartlora.cli`)."""

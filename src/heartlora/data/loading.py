@@ -1,0 +1,270 @@
+"""Shared pieces of the dataset package: image opening, the common dataset class, `build_dataset`.
+
+Every dataset format (VTAB-1k split files, FGVC json splits, ImageFolder trees) turns its listing
+into `samples: list[tuple[Path, int]]` and hands it to `LabelledImageDataset`, which owns
+loading, the transform and the corrupt-image policy:
+
+* default (`skip_corrupt=False`): listings are checked when the dataset is built (every listed
+  image must exist); images are decoded lazily, and a corrupt or truncated one raises
+  `HeartLoRAError` naming its path when it is first read.
+* `skip_corrupt=True`: every image is fully decoded once, in the building process, when the
+  dataset is built; corrupt ones are dropped from `samples`, counted in `skipped` and listed in
+  `skipped_paths`. Checking up front (instead of skipping inside `__getitem__`) keeps the count
+  exact with DataLoader workers, keeps `len(dataset)` truthful and needs no special collate.
+  It costs one extra decode per image, paid once.
+
+Missing images are always an error, also with `skip_corrupt=True`: a listing that points to
+nothing is a mistake in the listing, not damaged data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from heartlora.errors import HeartLoRAError
+
+DATASET_KINDS: tuple[str, ...] = ("vtab1k", "fgvc", "imagefolder")
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+)
+
+
+def data_error(message: str) -> HeartLoRAError:
+    """A `HeartLoRAError` whose message is guaranteed to be a single line.
+
+    Line breaks that slipped in through user-controlled text (a folder name, a json key) are
+    escaped, because the CLI prints only the first line of an error.
+    """
+    lines = message.splitlines()
+    return HeartLoRAError("\\n".join(lines) if len(lines) > 1 else message)
+
+
+def quote(text: str, limit: int = 80) -> str:
+    """`text` in double quotes, shortened to `limit` characters, with every control character escaped."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return json.dumps(text, ensure_ascii=True)
+
+
+def is_file(path: Path) -> bool:
+    """Whether `path` is an existing regular file; unusable names (NUL bytes, too long) are not."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def is_dir(path: Path) -> bool:
+    """Whether `path` is an existing directory; unusable names count as missing."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def require_dir(path: Path, what: str, expected: str) -> None:
+    """Raise `HeartLoRAError` unless `path` is a non-empty directory.
+
+    Args:
+        path: the folder to check.
+        what: how the message names the folder, e.g. ``"VTAB-1k task folder"``.
+        expected: what the folder should contain, for the message.
+    """
+    if not is_dir(path):
+        state = "is not a folder" if path.exists() else "does not exist"
+        raise data_error(f"{what} {path} {state} (expected {expected})")
+    if not any(path.iterdir()):
+        raise data_error(f"{what} {path} is empty (expected {expected})")
+
+
+def require_image(path: Path, where: str) -> None:
+    """Raise `HeartLoRAError` naming `where` (e.g. ``"/x/test.txt line 7"``) if `path` is no file."""
+    if not is_file(path):
+        raise data_error(f"{where}: image {path} does not exist (expected an image file)")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode the image at `path` as RGB.
+
+    Returns:
+        The decoded image, mode ``"RGB"`` (grey, palette, CMYK and alpha images are converted).
+
+    Raises:
+        HeartLoRAError: the file is missing, not an image, corrupt or truncated; the message
+            names the path.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise data_error(f"image {path} does not exist (expected an image file)") from None
+    # Decoders of broken files raise a wide, undocumented mix (OSError, SyntaxError, ValueError,
+    # struct.error, DecompressionBombError, ...): at this boundary any failure means "corrupt".
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise data_error(
+            f"corrupt or truncated image {path}: {reason} (expected a readable image; "
+            "pass skip_corrupt=True to skip such images)"
+        ) from None
+
+
+class LabelledImageDataset(Dataset):
+    """A list of (image path, integer label) pairs served as ``(transform(image), label)``.
+
+    Args:
+        samples: ``(path, label)`` pairs; labels in ``[0, num_classes)``.
+        num_classes: number of classes of the task (the classifier's output size).
+        transform: applied to the RGB PIL image; ``None`` returns the PIL image itself.
+        skip_corrupt: decode every image now and drop corrupt ones (see the module docstring).
+
+    Attributes:
+        samples: the kept ``(path, label)`` pairs.
+        num_classes: as given.
+        skipped: number of corrupt images dropped (always 0 without `skip_corrupt`).
+        skipped_paths: their paths.
+
+    Raises:
+        HeartLoRAError: no samples, a label outside ``[0, num_classes)``, or (with
+            `skip_corrupt`) every image corrupt.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        num_classes: int,
+        transform: Callable[[Image.Image], Any] | None = None,
+        skip_corrupt: bool = False,
+    ) -> None:
+        self.samples: list[tuple[Path, int]] = list(samples)
+        self.num_classes = num_classes
+        self.transform = transform
+        self.skipped = 0
+        self.skipped_paths: list[Path] = []
+        if not self.samples:
+            raise data_error("dataset has no samples (expected at least one image)")
+        for path, label in self.samples:
+            if not 0 <= label < num_classes:
+                raise data_error(f"image {path} has label {label} (expected 0..{num_classes - 1})")
+        if skip_corrupt:
+            self._drop_corrupt()
+
+    def _drop_corrupt(self) -> None:
+        kept = []
+        for path, label in self.samples:
+            try:
+                open_image(path)
+            except HeartLoRAError:
+                self.skipped_paths.append(path)
+                continue
+            kept.append((path, label))
+        self.skipped = len(self.skipped_paths)
+        if not kept:
+            raise data_error(
+                f"all {self.skipped} images are corrupt, first {self.skipped_paths[0]} "
+                "(expected at least one readable image)"
+            )
+        self.samples = kept
+
+    @property
+    def labels(self) -> list[int]:
+        """The label of every sample, in order."""
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = open_image(path)
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+def build_dataset(
+    kind: str,
+    root: str | Path,
+    task: str | None,
+    split: str | None,
+    img_size: int,
+    *,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    augment: bool = False,
+    skip_corrupt: bool = False,
+    num_classes: int | None = None,
+    image_dir: str | None = None,
+) -> LabelledImageDataset:
+    """Build a dataset of any supported format with the paper's transform.
+
+    Args:
+        kind: ``"vtab1k"``, ``"fgvc"`` or ``"imagefolder"``.
+        root: the folder holding the tasks (VTAB-1k, FGVC) or the image tree (ImageFolder).
+        task: VTAB-1k task (``"cifar"``, ...), FGVC dataset (``"CUB_200_2011"``, ...), or for
+            ImageFolder an optional subfolder of `root` (``None``: `root` itself).
+        split: VTAB-1k ``train800|val200|train800val200|test``; FGVC ``train|val|trainval|test``;
+            ImageFolder a split folder name, or ``None`` for a tree without split folders.
+        img_size: images are resized to ``img_size × img_size`` (bicubic).
+        normalize: ``(mean, std)`` per channel, or ``None`` (the paper: no normalisation).
+        augment: random resized crop + horizontal flip (training only; the paper uses none).
+        skip_corrupt: drop and count corrupt images instead of failing on them.
+        num_classes: the class count, overriding (VTAB-1k) or checking (FGVC, ImageFolder) the
+            one found from the data.
+        image_dir: FGVC only: image folder inside the dataset folder (default per dataset).
+
+    Returns:
+        A `LabelledImageDataset` with `num_classes`, `samples` and `skipped`.
+
+    Raises:
+        HeartLoRAError: unknown `kind` or any bad input found in the data.
+    """
+    from heartlora.data.fgvc import FGVCDataset
+    from heartlora.data.imagefolder import ImageFolderDataset
+    from heartlora.data.transforms import build_transform
+    from heartlora.data.vtab1k import VTAB1kDataset
+
+    if kind not in DATASET_KINDS:
+        raise data_error(
+            f"unknown dataset kind {quote(str(kind))} (expected one of {', '.join(DATASET_KINDS)})"
+        )
+    if kind != "imagefolder" and not task:
+        raise data_error(f"dataset kind {kind} needs a task name (got {task!r})")
+    if kind != "imagefolder" and not split:
+        raise data_error(f"dataset kind {kind} needs a split name (got {split!r})")
+    if image_dir is not None and kind != "fgvc":
+        raise data_error(f"image_dir applies to fgvc datasets only (got kind {kind})")
+    transform = build_transform(img_size, normalize=normalize, augment=augment)
+    if kind == "vtab1k":
+        return VTAB1kDataset(
+            root,
+            task,
+            split,
+            transform=transform,
+            skip_corrupt=skip_corrupt,
+            num_classes=num_classes,
+        )
+    if kind == "fgvc":
+        return FGVCDataset(
+            root,
+            task,
+            split,
+            transform=transform,
+            image_dir=image_dir,
+            skip_corrupt=skip_corrupt,
+            num_classes=num_classes,
+        )
+    folder = Path(root) / task if task else Path(root)
+    return ImageFolderDataset(
+        folder, split, transform=transform, skip_corrupt=skip_corrupt, num_classes=num_classes
+    )

@@ -1,0 +1,210 @@
+"""Finding the attention layers of a timm model, injecting adapters, freezing, merging.
+
+Works on any module tree whose attention modules expose ``num_heads`` and a fused ``qkv``
+``nn.Linear`` (timm ``VisionTransformer``/DeiT ``Attention``, Swin ``WindowAttention``) and,
+for the ``proj`` target, a ``proj`` ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from heartlora.adapters import ADAPTER_TYPES, HeadLoRAProj, HeadLoRAQKV
+from heartlora.config import HeartLoRAConfig
+from heartlora.errors import HeartLoRAError
+
+_MERGED_KEY = "_heartlora_merged_adapters"
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One multi-head attention module of a model, in forward order."""
+
+    name: str
+    module: nn.Module
+    num_heads: int
+
+    @property
+    def qkv(self) -> nn.Module:
+        return self.module.qkv
+
+    @property
+    def proj(self) -> nn.Module:
+        return self.module.proj
+
+    @property
+    def adapters(self) -> list[nn.Module]:
+        """The heartlora adapters injected into this layer (empty before `inject`)."""
+        return [m for m in (self.module.qkv, self.module.proj) if isinstance(m, ADAPTER_TYPES)]
+
+
+def find_attention_layers(model: nn.Module) -> list[AttentionLayer]:
+    """The model's multi-head attention modules, in the order of ``model.named_modules()``.
+
+    Raises:
+        HeartLoRAError: when the model has none.
+    """
+    layers = []
+    for name, module in model.named_modules():
+        num_heads = getattr(module, "num_heads", None)
+        qkv = getattr(module, "qkv", None)
+        if isinstance(num_heads, int) and isinstance(qkv, (nn.Linear, HeadLoRAQKV)):
+            layers.append(AttentionLayer(name, module, num_heads))
+    if not layers:
+        raise HeartLoRAError(
+            f"{type(model).__name__} has no attention heads: expected modules with `num_heads` and "
+            "a fused `qkv` nn.Linear (timm VisionTransformer, DeiT or Swin)"
+        )
+    return layers
+
+
+def adapter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, adapter)`` for every heartlora adapter in the model."""
+    for name, module in model.named_modules():
+        if isinstance(module, ADAPTER_TYPES):
+            yield name, module
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """True when the model carries adapters, live or merged."""
+    return any(True for _ in adapter_modules(model)) or bool(model.__dict__.get(_MERGED_KEY))
+
+
+def inject(model: nn.Module, config: HeartLoRAConfig) -> nn.Module:
+    """Add per-head LoRA adapters to every attention layer of ``model``, in place.
+
+    The base weights are frozen; adapters and the classifier (``model.get_classifier()``,
+    when the model has one) are trainable. B is zero-initialised, so the injected model computes
+    exactly what the base model computed.
+
+    Returns:
+        The same model, with ``model.heartlora_config`` set.
+
+    Raises:
+        HeartLoRAError: if the model has no attention heads or already carries adapters.
+    """
+    if has_adapters(model):
+        raise HeartLoRAError("this model already carries heartlora adapters; inject once")
+    for layer in find_attention_layers(model):
+        if config.qkv_targets:
+            layer.module.qkv = HeadLoRAQKV(
+                layer.module.qkv, layer.num_heads, config.rank, config.scale, config.qkv_targets
+            )
+        if "proj" in config.targets:
+            if not isinstance(getattr(layer.module, "proj", None), nn.Linear):
+                raise HeartLoRAError(f"{layer.name} has no `proj` nn.Linear for the proj target")
+            layer.module.proj = HeadLoRAProj(
+                layer.module.proj, layer.num_heads, config.rank, config.scale
+            )
+    model.heartlora_config = config
+    model.heartlora_scores = None
+    mark_trainable(model)
+    return model
+
+
+def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the model's classifier head (timm's ``get_classifier()``), or none."""
+    get_classifier = getattr(model, "get_classifier", None)
+    classifier = get_classifier() if callable(get_classifier) else None
+    return list(classifier.parameters()) if isinstance(classifier, nn.Module) else []
+
+
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every LoRA parameter (A and B of each adapter)."""
+    return [p for _, m in adapter_modules(model) for p in (m.lora_A, m.lora_B)]
+
+
+def mark_trainable(model: nn.Module, train_classifier: bool = True) -> None:
+    """Freeze everything except the adapters and (optionally) the classifier."""
+    model.requires_grad_(False)
+    for param in adapter_parameters(model):
+        param.requires_grad_(True)
+    if train_classifier:
+        for param in classifier_parameters(model):
+            param.requires_grad_(True)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Number of parameters that receive gradients."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def head_masks(model: nn.Module) -> list[torch.Tensor]:
+    """Per attention layer, a bool (H_l,) tensor: True where the head is active."""
+    masks = []
+    for layer in find_attention_layers(model):
+        adapters = layer.adapters
+        if not adapters:
+            raise HeartLoRAError(f"{layer.name} has no heartlora adapter; call inject() first")
+        masks.append(adapters[0].head_mask.detach().cpu().clone())
+    return masks
+
+
+def set_head_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
+    """Apply one bool head mask per attention layer to all of that layer's adapters."""
+    layers = find_attention_layers(model)
+    if len(masks) != len(layers):
+        raise HeartLoRAError(f"got {len(masks)} head masks for a model with {len(layers)} layers")
+    for layer, mask in zip(layers, masks):
+        if not layer.adapters:
+            raise HeartLoRAError(f"{layer.name} has no heartlora adapter; call inject() first")
+        for adapter in layer.adapters:
+            adapter.set_head_mask(mask)
+
+
+def expected_adapter_parameters(
+    config: HeartLoRAConfig, dim: int, head_dim: int, active_heads: list[int], proj_out: int
+) -> int:
+    """The adapter parameter count that `inject` + deactivation leaves trainable.
+
+    Per layer l with a_l active heads and P targeted qkv projections:
+    ``P·r·d + P·r·head_dim·a_l`` for qkv, plus ``r·head_dim·a_l + proj_out·r`` for ``proj``.
+    """
+    num_qkv, r = len(config.qkv_targets), config.rank
+    total = 0
+    for active in active_heads:
+        total += num_qkv * r * dim + num_qkv * r * head_dim * active
+        if "proj" in config.targets:
+            total += r * head_dim * active + proj_out * r
+    return total
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every adapter's s·B·A into its base weight and put the plain linear back.
+
+    The merged model is a plain timm model (same modules and state-dict keys as the base) that
+    costs exactly the base model at inference. `unmerge` restores the adapters.
+    """
+    merged: dict[str, nn.Module] = {}
+    for name, adapter in list(adapter_modules(model)):
+        adapter.base.weight += adapter.delta_weight()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, adapter.base)
+        merged[name] = adapter
+    if not merged:
+        raise HeartLoRAError("nothing to merge: the model carries no live heartlora adapters")
+    model.__dict__[_MERGED_KEY] = merged
+    return model
+
+
+@torch.no_grad()
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo `merge`: subtract each update from its base weight and re-insert the adapters."""
+    merged = model.__dict__.pop(_MERGED_KEY, None)
+    if not merged:
+        raise HeartLoRAError("nothing to unmerge: merge() was not called on this model")
+    for name, adapter in merged.items():
+        adapter.base.weight -= adapter.delta_weight()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, adapter)
+    return model
+
+
+def is_merged(model: nn.Module) -> bool:
+    """True between `merge` and `unmerge`."""
+    return bool(model.__dict__.get(_MERGED_KEY))

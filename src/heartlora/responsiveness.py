@@ -1,0 +1,202 @@
+"""Head responsiveness: how much each attention head's adapter matters for this task.
+
+Scorers (DESIGN.md §2.2), all returning a (layers × max heads) tensor, NaN-padded where a layer
+has fewer heads; a higher score means a more responsive head:
+
+* ``taylor`` — I[l, h] = | Σ_p ⟨B_p,h, ∂L/∂B_p,h⟩ |, per batch, averaged: the first-order
+  estimate of the loss change if head h's update were removed. Needs trained B (a warm-up).
+* ``grad-norm`` — ‖∂L/∂B_·,h‖ (all of head h's blocks), averaged; works at step 0.
+* ``output-norm`` — mean over tokens of Σ_p ‖Δ_p,h(x)‖. Needs trained B.
+* ``redundancy`` — 1 − max cosine similarity of head h's attention map to another head of
+  the same layer (redundant heads score low). Needs no labels and no adapters' training.
+
+For the ``proj`` target a head's block is the columns of A that read it, and they enter the
+sums in the same way. Scoring runs in eval mode, leaves no gradients behind and never steps
+an optimizer; run it on training data only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import islice
+
+import torch
+from torch import nn
+
+from heartlora.adapters import HeadLoRAQKV
+from heartlora.attention_maps import layer_head_similarity
+from heartlora.config import SCORERS
+from heartlora.errors import HeartLoRAError
+from heartlora.inject import AttentionLayer, find_attention_layers
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _head_blocks(adapter: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """Rearrange B (qkv, (P, n·hd, r)) or A (proj, (r, n·hd)) — or its gradient — into
+    (active heads n, block size): both keep a head's rows contiguous in dimension 1."""
+    return tensor.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1).flatten(1)
+
+
+def _head_parameter(adapter: nn.Module) -> nn.Parameter:
+    """The parameter whose per-head blocks define the head: B for qkv, A for proj."""
+    return adapter.lora_B if isinstance(adapter, HeadLoRAQKV) else adapter.lora_A
+
+
+def _per_head(adapter: nn.Module, active_values: torch.Tensor) -> torch.Tensor:
+    """Scatter values of the active heads into a (H,) tensor, zeros for inactive heads."""
+    full = torch.zeros(adapter.num_heads, dtype=torch.float64)
+    full[adapter.head_mask.cpu()] = active_values.detach().double().cpu()
+    return full
+
+
+def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
+    width = max(row.numel() for row in rows)
+    out = torch.full((len(rows), width), float("nan"), dtype=torch.float64)
+    for index, row in enumerate(rows):
+        out[index, : row.numel()] = row
+    return out
+
+
+def _require_adapters(layers: list[AttentionLayer], scorer: str) -> None:
+    if any(not layer.adapters for layer in layers):
+        raise HeartLoRAError(f"scorer {scorer!r} needs heartlora adapters; call inject() first")
+
+
+def _gradient_scores(
+    model: nn.Module, layers: list[AttentionLayer], batches: Iterable, loss_fn: LossFn, scorer: str
+) -> list[torch.Tensor]:
+    device = next(model.parameters()).device
+    totals = [torch.zeros(layer.num_heads, dtype=torch.float64) for layer in layers]
+    params = [_head_parameter(a) for layer in layers for a in layer.adapters]
+    if scorer == "taylor" and all(not bool(p.detach().any()) for p in params):
+        raise HeartLoRAError(
+            "the taylor scorer needs trained adapters (all B blocks are zero): train a warm-up "
+            "first, or use scorer 'grad-norm'"
+        )
+    batches_seen = 0
+    for images, labels in batches:
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images.to(device)), labels.to(device))
+        loss.backward()
+        for index, layer in enumerate(layers):
+            per_head = torch.zeros(layer.num_heads, dtype=torch.float64)
+            for adapter in layer.adapters:
+                param = _head_parameter(adapter)
+                if param.grad is None:
+                    continue
+                grad_blocks = _head_blocks(adapter, param.grad)
+                if scorer == "taylor":
+                    values = (_head_blocks(adapter, param.detach()) * grad_blocks).sum(1)
+                else:
+                    values = grad_blocks.double().pow(2).sum(1)
+                per_head += _per_head(adapter, values)
+            totals[index] += per_head.abs() if scorer == "taylor" else per_head.sqrt()
+        batches_seen += 1
+    model.zero_grad(set_to_none=True)
+    if batches_seen == 0:
+        raise HeartLoRAError("responsiveness got no batches to score on")
+    return [total / batches_seen for total in totals]
+
+
+@torch.no_grad()
+def _output_norm_scores(
+    model: nn.Module, layers: list[AttentionLayer], batches: Iterable
+) -> list[torch.Tensor]:
+    device = next(model.parameters()).device
+    totals = [torch.zeros(layer.num_heads, dtype=torch.float64) for layer in layers]
+    tokens = [0] * len(layers)
+
+    def make_hook(index: int, adapter: nn.Module):
+        def hook(_module: nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
+            x = inputs[0]
+            if isinstance(adapter, HeadLoRAQKV):
+                update = adapter.lora_update(x).unflatten(
+                    -1, (len(adapter.targets), adapter.active_heads, adapter.head_dim)
+                )
+                norms = update.norm(dim=-1).sum(dim=-2)  # (..., n) summed over projections
+            else:
+                if adapter.active_heads < adapter.num_heads:
+                    x = x.index_select(-1, adapter._cols)
+                heads_x = x.unflatten(-1, (adapter.active_heads, adapter.head_dim))
+                a = adapter.lora_A.unflatten(1, (adapter.active_heads, adapter.head_dim))
+                z = torch.einsum("...nd,rnd->...nr", heads_x, a)
+                norms = (z @ adapter.lora_B.T).norm(dim=-1) * adapter.scale
+            totals[index] += _per_head(adapter, norms.flatten(0, -2).sum(0))
+            if adapter is layers[index].adapters[0]:
+                tokens[index] += norms.flatten(0, -2).shape[0]
+
+        return hook
+
+    handles = [
+        adapter.register_forward_hook(make_hook(index, adapter))
+        for index, layer in enumerate(layers)
+        for adapter in layer.adapters
+    ]
+    try:
+        seen = 0
+        for batch in batches:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(images.to(device))
+            seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if seen == 0:
+        raise HeartLoRAError("responsiveness got no batches to score on")
+    return [total / max(count, 1) for total, count in zip(totals, tokens)]
+
+
+def _redundancy_scores(model: nn.Module, batches: Iterable) -> list[torch.Tensor]:
+    scores = []
+    for similarity in layer_head_similarity(model, batches):
+        heads = similarity.shape[0]
+        others = similarity.double().masked_fill(torch.eye(heads, dtype=torch.bool), -1.0)
+        scores.append(1.0 - others.max(dim=1).values if heads > 1 else torch.ones(1))
+    return scores
+
+
+def responsiveness(
+    model: nn.Module,
+    batches: Iterable,
+    loss_fn: LossFn | None = None,
+    scorer: str = "taylor",
+    max_batches: int | None = None,
+) -> torch.Tensor:
+    """Score every attention head of ``model`` on training ``batches``.
+
+    Args:
+        model: an injected model (any timm ViT/Swin for ``redundancy``).
+        batches: iterable of ``(images, labels)`` (a DataLoader works).
+        loss_fn: ``loss_fn(logits, labels) -> scalar``; needed by ``taylor`` and ``grad-norm``.
+        scorer: one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``.
+        max_batches: score on at most this many batches.
+
+    Returns:
+        A float32 (layers × max heads) tensor, NaN where a layer has fewer heads.
+
+    Raises:
+        HeartLoRAError: on an unknown scorer, a missing ``loss_fn``, a model without adapters,
+            untrained adapters for ``taylor``, or no batches.
+    """
+    if scorer not in SCORERS:
+        raise HeartLoRAError(f"unknown scorer {scorer!r}: expected one of {', '.join(SCORERS)}")
+    layers = find_attention_layers(model)
+    if max_batches is not None:
+        batches = islice(batches, max_batches)
+    was_training = model.training
+    model.eval()
+    try:
+        if scorer == "redundancy":
+            rows = _redundancy_scores(model, batches)
+        elif scorer == "output-norm":
+            _require_adapters(layers, scorer)
+            rows = _output_norm_scores(model, layers, batches)
+        else:
+            _require_adapters(layers, scorer)
+            if loss_fn is None:
+                raise HeartLoRAError(f"scorer {scorer!r} needs a loss_fn(logits, labels)")
+            rows = _gradient_scores(model, layers, batches, loss_fn, scorer)
+    finally:
+        model.train(was_training)
+    return _pad(rows).float()

@@ -1,0 +1,128 @@
+"""Choosing which heads to deactivate from a (layers × heads) responsiveness tensor.
+
+Scores of models whose layers differ in head count (Swin) are padded with NaN on the right;
+padded entries are never heads. Higher score = more responsive = kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from heartlora.config import MODES, HeartLoRAConfig
+from heartlora.errors import HeartLoRAError
+from heartlora.inject import find_attention_layers, set_head_masks
+
+
+def _heads_per_layer(scores: torch.Tensor) -> list[int]:
+    return [int((~torch.isnan(row)).sum()) for row in scores]
+
+
+def _check_scores(scores: torch.Tensor) -> torch.Tensor:
+    scores = torch.as_tensor(scores, dtype=torch.float64).detach().cpu()
+    if scores.dim() != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise HeartLoRAError(
+            f"scores must be a (layers × heads) tensor, got shape {tuple(scores.shape)}"
+        )
+    return scores
+
+
+def select_heads(
+    scores: torch.Tensor, ne: int = 0, mode: str = "global", percent: float = 0.0
+) -> torch.Tensor:
+    """A bool (layers × heads) mask of the heads to keep.
+
+    Modes (DESIGN.md §2.3):
+      * ``global`` (Heart-LoRA): accumulate layer by layer, R[l, h] = Σ_{l' ≤ l} I[l', h]; rank
+        head indices by R[L, h] and deactivate the same ``ne`` least responsive indices in every
+        layer. Needs every layer to have the same head count.
+      * ``layer`` (Heart-LoRA†): deactivate the ``ne`` lowest heads of each layer.
+      * ``percent``: deactivate ``round(percent · H_l)`` lowest heads of layer l (at least one kept).
+      * ``budget``: deactivate the ``L · ne`` lowest (layer, head) pairs of the whole network,
+        keeping at least one head in every layer.
+
+    Ties are broken by head index (lower index deactivated first), so the result is deterministic.
+
+    Raises:
+        HeartLoRAError: on an unknown mode, ``ne`` ≥ the heads of a layer, or ``global`` mode on
+            layers with different head counts.
+    """
+    scores = _check_scores(scores)
+    if mode not in MODES:
+        raise HeartLoRAError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+    heads = _heads_per_layer(scores)
+    num_layers, width = scores.shape
+    keep = ~torch.isnan(scores)
+    if ne < 0:
+        raise HeartLoRAError(f"ne must be non-negative, got {ne}")
+    if mode != "percent" and ne >= min(heads):
+        raise HeartLoRAError(
+            f"ne={ne} must be smaller than the heads in every layer (the smallest layer has "
+            f"{min(heads)}); use mode 'percent' for a share of heads"
+        )
+    index_order = torch.arange(width, dtype=torch.float64) * 1e-12  # stable tie-break by index
+
+    if mode == "global":
+        if len(set(heads)) != 1:
+            raise HeartLoRAError(
+                f"mode 'global' needs the same head count in every layer, got {heads}; "
+                "use mode 'percent' or 'layer'"
+            )
+        accumulated = torch.cumsum(scores, dim=0)[-1]
+        lowest = torch.argsort(accumulated + index_order, stable=True)[:ne]
+        keep[:, lowest] = False
+    elif mode in ("layer", "percent"):
+        if mode == "percent" and not 0.0 <= percent < 1.0:
+            raise HeartLoRAError(f"percent must be in [0, 1), got {percent}")
+        for layer, count in enumerate(heads):
+            drop = ne if mode == "layer" else min(round(percent * count), count - 1)
+            row = scores[layer, :count]
+            lowest = torch.argsort(row + index_order[:count], stable=True)[:drop]
+            keep[layer, lowest] = False
+    else:  # budget
+        flat = torch.where(torch.isnan(scores), torch.inf, scores + index_order).flatten()
+        remaining = num_layers * ne
+        active = torch.tensor(heads)
+        for position in torch.argsort(flat, stable=True).tolist():
+            if remaining == 0:
+                break
+            layer, head = divmod(position, width)
+            if active[layer] > 1:
+                keep[layer, head] = False
+                active[layer] -= 1
+                remaining -= 1
+    return keep
+
+
+def deactivate_heads(
+    model: nn.Module,
+    scores: torch.Tensor,
+    config: HeartLoRAConfig | None = None,
+) -> torch.Tensor:
+    """Apply ``config.ne``/``config.mode`` (default: the model's injected config) to ``scores``.
+
+    The deactivated heads' blocks are removed from the adapters: build the optimizer after this.
+    The scores and masks are stored on the model and saved with the adapter.
+
+    Returns:
+        The bool (layers × heads) keep-mask that was applied.
+
+    Raises:
+        HeartLoRAError: if ``scores`` does not match the model's layers and heads, or
+            `select_heads` rejects the settings.
+    """
+    config = config or getattr(model, "heartlora_config", None)
+    if config is None:
+        raise HeartLoRAError("model has no heartlora adapters; call inject() first")
+    scores = _check_scores(scores)
+    layers = find_attention_layers(model)
+    model_heads = [layer.num_heads for layer in layers]
+    if scores.shape[0] != len(layers) or _heads_per_layer(scores) != model_heads:
+        raise HeartLoRAError(
+            f"scores of shape {tuple(scores.shape)} do not match the model's heads per layer "
+            f"{model_heads}"
+        )
+    keep = select_heads(scores, config.ne, config.mode, config.percent)
+    set_head_masks(model, [row[:count] for row, count in zip(keep, model_heads)])
+    model.heartlora_scores = scores.float()
+    return keep

@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import batches, randomize_adapters, tiny_swin, tiny_vit
+
+import heartlora as hl
+
+
+def _injected(build=tiny_vit, **config):
+    model = build()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, **config))
+    return model
+
+
+@pytest.mark.parametrize("scorer", ["taylor", "grad-norm", "output-norm", "redundancy"])
+def test_every_scorer_returns_layers_by_heads(scorer):
+    model = _injected()
+    randomize_adapters(model)
+    scores = hl.responsiveness(model, batches(2), F.cross_entropy, scorer=scorer)
+    assert scores.shape == (2, 4)
+    assert torch.isfinite(scores).all() and (scores >= 0).all() and scores.sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_taylor_equals_the_first_order_loss_change_of_removing_a_head():
+    model = _injected(targets=("q", "v"))
+    randomize_adapters(model)
+    batch = batches(1)
+    scores = hl.responsiveness(model, batch, F.cross_entropy, scorer="taylor")
+    adapter = model.blocks[1].attn.qkv
+    model.zero_grad()
+    x, y = batch[0]
+    F.cross_entropy(model(x), y).backward()
+    hd = adapter.head_dim
+    rows = slice(2 * hd, 3 * hd)  # head 2
+    expected = (adapter.lora_B[:, rows] * adapter.lora_B.grad[:, rows]).sum().abs()
+    torch.testing.assert_close(scores[1, 2], expected.float())
+
+
+def test_grad_norm_works_at_step_zero_and_taylor_asks_for_warm_up():
+    model = _injected()
+    scores = hl.responsiveness(model, batches(1), F.cross_entropy, scorer="grad-norm")
+    assert (scores > 0).all()
+    with pytest.raises(ValueError, match="warm-up"):
+        hl.responsiveness(model, batches(1), F.cross_entropy, scorer="taylor")
+
+
+def test_redundancy_scores_identical_heads_as_redundant():
+    model = tiny_vit()
+    qkv = model.blocks[0].attn.qkv
+    with torch.no_grad():  # make heads 0 and 1 of layer 0 compute the same q and k
+        hd = 8
+        for slot in (0, 1):
+            base = slot * 32
+            qkv.weight[base + hd : base + 2 * hd] = qkv.weight[base : base + hd]
+            qkv.bias[base + hd : base + 2 * hd] = qkv.bias[base : base + hd]
+    scores = hl.responsiveness(model, batches(1), scorer="redundancy")
+    assert scores[0, 0] < 1e-5 and scores[0, 1] < 1e-5
+    assert scores[0, 2] > 1e-3
+
+
+def test_swin_scores_are_nan_padded():
+    model = _injected(tiny_swin)
+    scores = hl.responsiveness(model, batches(1), F.cross_entropy, scorer="grad-norm")
+    assert scores.shape == (2, 4)
+    assert math.isnan(scores[0, 2]) and math.isnan(scores[0, 3])
+    assert torch.isfinite(scores[1]).all()
+
+
+def test_scoring_errors():
+    with pytest.raises(ValueError, match="unknown scorer"):
+        hl.responsiveness(_injected(), batches(1), F.cross_entropy, scorer="magic")
+    with pytest.raises(ValueError, match="loss_fn"):
+        hl.responsiveness(_injected(), batches(1), scorer="grad-norm")
+    with pytest.raises(ValueError, match="inject"):
+        hl.responsiveness(tiny_vit(), batches(1), F.cross_entropy, scorer="grad-norm")
+    with pytest.raises(ValueError, match="no batches"):
+        hl.responsiveness(_injected(), [], F.cross_entropy, scorer="grad-norm")

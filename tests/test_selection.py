@@ -1,0 +1,61 @@
+import pytest
+import torch
+from tiny_models import tiny_swin
+
+import heartlora as hl
+
+
+def test_global_accumulates_over_layers_and_differs_from_layer_wise():
+    # Head 0 is the weakest in layer 0 only by a hair but strong overall; head 3 is middling
+    # everywhere and weakest in total. Layer-wise drops 0 in layer 0; global drops index 3.
+    scores = torch.tensor([[0.9, 1.0, 5.0, 1.0], [9.0, 2.0, 3.0, 1.5]])
+    global_keep = hl.select_heads(scores, ne=1, mode="global")
+    layer_keep = hl.select_heads(scores, ne=1, mode="layer")
+    assert global_keep.tolist() == [[True, True, True, False], [True, True, True, False]]
+    assert layer_keep.tolist() == [[False, True, True, True], [True, True, True, False]]
+    assert not torch.equal(global_keep, layer_keep)
+
+
+def test_global_ranks_on_the_last_layers_accumulated_score():
+    scores = torch.tensor([[10.0, 0.0, 0.0], [0.0, 4.0, 3.0], [0.0, 4.0, 3.0]])
+    # R[L] = [10, 8, 6] → index 2 is dropped everywhere
+    assert hl.select_heads(scores, ne=1, mode="global")[:, 2].tolist() == [False] * 3
+
+
+def test_budget_drops_the_lowest_pairs_anywhere_but_keeps_a_head_per_layer():
+    scores = torch.tensor([[0.1, 0.2, 0.3], [5.0, 6.0, 7.0]])
+    keep = hl.select_heads(scores, ne=1, mode="budget")  # 2 pairs in the whole network
+    assert keep.tolist() == [[False, False, True], [True, True, True]]
+    keep = hl.select_heads(scores, ne=2, mode="budget")  # 4 pairs; layer 0 keeps one
+    assert keep.tolist() == [[False, False, True], [False, False, True]]
+
+
+def test_percent_on_layers_with_different_head_counts():
+    nan = float("nan")
+    scores = torch.tensor([[2.0, 1.0, nan, nan], [4.0, 1.0, 3.0, 2.0]])
+    keep = hl.select_heads(scores, mode="percent", percent=0.5)
+    assert keep.tolist() == [[True, False, False, False], [True, False, True, False]]
+
+
+def test_global_refuses_mixed_head_counts():
+    nan = float("nan")
+    with pytest.raises(ValueError, match="same head count"):
+        hl.select_heads(torch.tensor([[1.0, 2.0, nan], [1.0, 2.0, 3.0]]), ne=1, mode="global")
+
+
+def test_swin_percent_deactivation_applies_per_stage():
+    model = tiny_swin()
+    hl.inject(model, hl.HeartLoRAConfig(mode="percent", percent=0.5))
+    scores = torch.tensor([[1.0, 2.0, float("nan"), float("nan")], [4.0, 3.0, 2.0, 1.0]])
+    hl.deactivate_heads(model, scores)
+    assert [m.tolist() for m in hl.head_masks(model)] == [[False, True], [True, True, False, False]]
+
+
+@pytest.mark.parametrize("mode", ["global", "layer", "budget"])
+def test_ne_zero_keeps_every_head(mode):
+    assert bool(hl.select_heads(torch.rand(3, 4), ne=0, mode=mode).all())
+
+
+def test_ties_break_by_index():
+    keep = hl.select_heads(torch.ones(2, 4), ne=2, mode="layer")
+    assert keep.tolist() == [[False, False, True, True]] * 2
