@@ -16,7 +16,12 @@ from heartlora.errors import HeartLoRAError
 
 # (command name, module under heartlora.commands, one-line help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("train", "train", "fine-tune a timm ViT with one method on one task"),
+    ("suite", "suite", "run methods × tasks on mini-VTAB and print the paper-style table"),
     ("pretrain", "pretrain", "pretrain the bundled base ViT on Fashion-MNIST"),
+    ("heads", "heads", "plot head responsiveness and redundancy of an adapter"),
+    ("export", "export", "export an adapter as a peft LoRA adapter or a merged timm checkpoint"),
+    ("predict", "predict", "classify images with one or more task adapters on one shared backbone"),
 )
 
 

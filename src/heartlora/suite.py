@@ -1,0 +1,237 @@
+"""`heartlora suite`: methods × tasks × seeds on the mini-VTAB default (or any VTAB-layout data).
+
+Every run lives in ``<output>/runs/<task>/<method>/seed<k>/``; a finished run with the same
+config is reused and an interrupted one resumed, so a killed suite continues where it stopped.
+The suite writes ``results.csv`` (one row per run), ``results.md`` (the paper-style table) and
+``accuracy_vs_storage.png``.
+
+A method may carry config overrides in brackets, which is how ablations run:
+``heart-lora-layer[ne=2]``, ``heart-lora[scorer=grad-norm,ne=3]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from heartlora.atomic import atomic_write, atomic_write_text
+from heartlora.errors import HeartLoRAError
+from heartlora.report import RunResult, markdown_table, results_csv, summarize
+from heartlora.train_config import TrainConfig, build_config, read_config_file
+
+DEFAULT_METHODS = ("linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora")
+
+MINI_DEFAULTS: dict[str, Any] = {
+    "model": "vit_mini_patch4_28",
+    "checkpoint": None,
+    "img_size": 28,
+    "data_kind": "vtab1k",
+    "train_split": "train800val200",
+    "eval_split": "test",
+    "cache_images": True,
+    "epochs": 10,
+    "batch_size": 64,
+    "lr": 0.001,
+    "weight_decay": 0.0001,
+    "warmup_epochs": 2,
+    "warmup_lr": 0.000001,
+    "min_lr": 0.00001,
+    "drop_path": 0.1,
+    "eval_every": 5,
+    "rank": 8,
+    "scale": 1.0,
+    "ne": 2,
+    "scorer": "taylor",
+    "warmup_steps": 16,
+    "calib_batches": 4,
+    "threads": 2,
+}
+"""The mini-VTAB protocol: the paper's recipe scaled to 28-px images and a 10-epoch budget."""
+
+_METHOD_PATTERN = re.compile(r"^([a-z-]+)(?:\[(.*)\])?$")
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """A task of the suite: its name, VTAB group and the config keys it sets."""
+
+    name: str
+    group: str
+    settings: dict[str, Any]
+
+
+def parse_method(text: str) -> tuple[str, dict[str, Any]]:
+    """``"heart-lora[ne=2,scorer=grad-norm]"`` → ``("heart-lora", {"ne": 2, "scorer": ...})``."""
+    match = _METHOD_PATTERN.match(text.strip())
+    if not match:
+        raise HeartLoRAError(f"method {text!r}: expected NAME or NAME[key=value,...]")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (match.group(2) or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise HeartLoRAError(f"method {text!r}: expected key=value inside the brackets")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return match.group(1), overrides
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` → seeds 0, 1, 2; ``"0,7"`` → seeds 0 and 7."""
+    try:
+        if "," in text:
+            return [int(s) for s in text.split(",") if s.strip()]
+        count = int(text)
+    except ValueError:
+        raise HeartLoRAError(f"--seeds {text!r}: expected a count (3) or a list (0,7)") from None
+    if count <= 0:
+        raise HeartLoRAError(f"--seeds {text!r}: expected at least one seed")
+    return list(range(count))
+
+
+def mini_vtab_tasks(names: list[str] | None, data_root: Path) -> list[SuiteTask]:
+    """The mini-VTAB tasks (all by default), materialised under ``data_root``."""
+    from heartlora.data.bundled import MINI_VTAB_TASKS, materialize
+
+    names = names or list(MINI_VTAB_TASKS)
+    unknown = [n for n in names if n not in MINI_VTAB_TASKS]
+    if unknown:
+        raise HeartLoRAError(
+            f"unknown mini-VTAB task {unknown[0]!r}; `heartlora suite --list` names the tasks"
+        )
+    materialize(data_root, tasks=names)
+    return [
+        SuiteTask(name, MINI_VTAB_TASKS[name].group, {"task": name, "data_root": str(data_root)})
+        for name in names
+    ]
+
+
+def _run_config(base: dict[str, Any], task: SuiteTask, method: str, seed: int) -> TrainConfig:
+    name, overrides = parse_method(method)
+    data = {**base, **task.settings, **overrides, "method": name, "seed": seed}
+    return build_config(None, [f"{k}={json.dumps(v)}" for k, v in data.items()])
+
+
+def _finished(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    result, saved = run_dir / "result.json", run_dir / "config.yaml"
+    if not (result.is_file() and saved.is_file()):
+        return None
+    if yaml.safe_load(saved.read_text(encoding="utf-8")) != config.to_dict():
+        return None
+    return json.loads(result.read_text(encoding="utf-8"))
+
+
+def run_suite(
+    tasks: list[SuiteTask],
+    methods: list[str],
+    seeds: list[int],
+    output_dir: Path,
+    base: dict[str, Any],
+    log: Callable[[str], None] = print,
+) -> list[RunResult]:
+    """Run (or reuse) every method × task × seed and write the result files."""
+    from heartlora.train import run_training
+
+    configs = [
+        (task, method, seed, _run_config(base, task, method, seed))
+        for task in tasks
+        for method in methods
+        for seed in seeds
+    ]
+    results: list[RunResult] = []
+    started = time.perf_counter()
+    for index, (task, method, seed, config) in enumerate(configs, 1):
+        run_dir = output_dir / "runs" / task.name / method / f"seed{seed}"
+        result = _finished(run_dir, config)
+        status = "reused"
+        if result is None:
+            saved = run_dir / "config.yaml"
+            resume = (
+                (run_dir / "checkpoint.pt").is_file()
+                and saved.is_file()
+                and (yaml.safe_load(saved.read_text(encoding="utf-8")) == config.to_dict())
+            )
+            result = run_training(
+                config, run_dir, resume=resume, overwrite=not resume, log=lambda *_: None
+            )
+            status = f"{result['wall_seconds']:.0f}s"
+        accuracy = result["final_accuracy"]
+        results.append(
+            RunResult(
+                method,
+                task.name,
+                task.group,
+                seed,
+                accuracy,
+                result["trainable_parameters"],
+                result["adapter_bytes"],
+                result["wall_seconds"],
+            )
+        )
+        elapsed = time.perf_counter() - started
+        remaining = elapsed / index * (len(configs) - index)
+        log(
+            f"[{index}/{len(configs)}] {task.name:<18} {method:<22} seed {seed}  "
+            f"acc {accuracy:5.1f}%  ({status}; ~{remaining / 60:.1f} min left)"
+        )
+    write_reports(results, output_dir)
+    return results
+
+
+def write_reports(results: list[RunResult], output_dir: Path) -> None:
+    """results.csv, results.md and the accuracy-vs-storage plot."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results)
+    atomic_write_text(output_dir / "results.csv", results_csv(results))
+    seeds = sorted({r.seed for r in results})
+    text = (
+        "# Results\n\nTop-1 test accuracy (%) after the last epoch"
+        + (f", mean ± std over seeds {seeds}" if len(seeds) > 1 else f", seed {seeds[0]}")
+        + ". Params: trainable parameters (classifier included); Stored: bytes the method "
+        "saves per task.\n\n" + markdown_table(summary)
+    )
+    atomic_write_text(output_dir / "results.md", text)
+    plot_accuracy_vs_storage(summary, output_dir / "accuracy_vs_storage.png")
+
+
+def plot_accuracy_vs_storage(summary, path: Path) -> Path:
+    """Average accuracy against stored bytes per task, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for method in summary.methods:
+        x = summary.adapter_bytes[method] / 1024
+        y = sum(summary.average[method]) / len(summary.average[method])
+        axis.scatter([x], [y], s=40)
+        axis.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlabel("stored per task (KB, log scale)")
+    axis.set_ylabel("average accuracy (%)")
+    axis.set_title("Accuracy vs stored parameters")
+    axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+    return path
+
+
+def suite_base_config(config_file: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The mini defaults, updated by a config file and ``--set key=value`` items."""
+    base = dict(MINI_DEFAULTS)
+    if config_file:
+        base.update(read_config_file(config_file))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise HeartLoRAError(f"--set expects key=value, got {item!r}")
+        base[key.strip()] = yaml.safe_load(value)
+    build_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()])  # validate early
+    return base

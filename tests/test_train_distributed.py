@@ -1,0 +1,107 @@
+"""Data parallelism (torchrun, gloo on CPU) and recovery from SIGKILL, in subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _adapter(run_dir):
+    return load_file(str(run_dir / "adapter" / "heartlora_adapter.safetensors"))
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    make_learnable_task(tmp_path)
+    checkpoint = make_base_checkpoint(tmp_path / "base.safetensors")
+    single, double = tmp_path / "one", tmp_path / "two"
+    # drop_path=0: stochastic depth draws per-sample masks from each rank's own RNG stream
+    args = train_args(tmp_path, checkpoint, single, "heart-lora", epochs=2, ne=2, drop_path=0)
+    subprocess.run(
+        [sys.executable, "-m", "heartlora", *args],
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    args = train_args(tmp_path, checkpoint, double, "heart-lora", epochs=2, ne=2, drop_path=0)
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "heartlora",
+            *args,
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    one = json.loads((single / "result.json").read_text())
+    two = json.loads((double / "result.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["final_accuracy"] == one["final_accuracy"]
+    assert two["active_heads_per_layer"] == one["active_heads_per_layer"]
+    a, b = _adapter(single), _adapter(double)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_result(tmp_path):
+    make_learnable_task(tmp_path)
+    checkpoint = make_base_checkpoint(tmp_path / "base.safetensors")
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    args = train_args(tmp_path, checkpoint, reference, "heart-lora", epochs=8, ne=2)
+    subprocess.run(
+        [sys.executable, "-m", "heartlora", *args],
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+    args = train_args(tmp_path, checkpoint, killed, "heart-lora", epochs=8, ne=2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "heartlora", *args],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once a few epochs are checkpointed, mid-run
+        metrics = killed / "metrics.csv"
+        if metrics.is_file() and metrics.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "result.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "heartlora", *args, "--resume"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed at epoch" in resumed.stdout
+    expected = json.loads((reference / "result.json").read_text())
+    got = json.loads((killed / "result.json").read_text())
+    assert got["final_accuracy"] == expected["final_accuracy"]
+    assert got["best_accuracy"] == expected["best_accuracy"]
+    a, b = _adapter(reference), _adapter(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
