@@ -4,6 +4,7 @@ The usual flow: ``inject`` adapters → ``responsiveness`` on training batches �
 ``deactivate_heads`` → train → ``merge`` or ``save_adapter``.
 """
 
+import heartlora.models  # noqa: F401  (registers the bundled base ViT with timm)
 from heartlora.adapters import HeadLoRAProj, HeadLoRAQKV
 from heartlora.checkpoint import load_adapter, read_adapter_config, save_adapter
 from heartlora.config import HeartLoRAConfig

@@ -7,9 +7,15 @@ p ∈ {q, k, v} it adds
                                             B_p: H·head_dim × r = [B_p,1; …; B_p,H]
 
 Head h is *active* when its blocks B_p,h exist. Deactivated blocks are removed from the
-parameter (no gradient, no optimizer state, not saved): `lora_B` holds only the active rows,
-and a precomputed index scatters the update into the qkv output, so a forward is one matmul
-for all A's, one batched matmul for all B's and one `index_add_`, whatever the head pattern.
+parameter (no gradient, no optimizer state, not saved): `lora_B` holds only the active rows.
+
+The forward is fused (`_FusedQKVLoRA`): one matmul computes z = x·A^T for every projection at
+once, and one in-place GEMM per projection adds s·z_p·B_p^T straight into that projection's
+columns of the base qkv output — no update tensor, no scatter over activations. Its backward
+computes exactly the gradients LoRA needs (no copy of the output gradient, one GEMM each for
+∂z and ∂B over all projections) and recomputes z rather than keeping it, so the adapter adds no
+saved activation. With deactivated heads, B_p is padded with zero rows for them (a scatter of
+the small weight, not of activations): the compute is that of all heads.
 
 `HeadLoRAProj` wraps the output projection, whose input is the concatenation of the heads:
 there head h's block is the columns of A that read head h's features.
@@ -35,6 +41,99 @@ def _check_head_mask(mask: torch.Tensor, num_heads: int, where: str) -> torch.Te
     if not bool(mask.any()):
         raise HeartLoRAError(f"{where}: a head mask must keep at least one of {num_heads} heads")
     return mask
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the matmuls run in: autocast's when it is on for x's device, else x's."""
+    device = x.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device)
+    except TypeError:  # torch < 2.4 has no per-device query
+        cpu = device == "cpu"
+        enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+        if enabled:
+            return torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+        return x.dtype
+    return torch.get_autocast_dtype(device) if enabled else x.dtype
+
+
+class _FusedQKVLoRA(torch.autograd.Function):
+    """out = x·W^T + b, plus s·(x·A_p^T)·B_p^T added into the columns of each projection p.
+
+    Inputs: x (M, d), weight (3·D, d), bias (3·D,) or None, lora_A (P·r, d), lora_B
+    (P, n·head_dim, r) for the n active heads, rows (n·head_dim,) the rows they write within a
+    projection's D = H·head_dim (None when every head is active), slots (P,) the positions of
+    the projections among q, k, v, and the scale s. Output (M, 3·D).
+
+    Backward reads the output gradient in place (no copy) and recomputes z = x·A^T instead of
+    keeping it, so the adapter keeps no activation beyond the input the base linear keeps too.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, rows, slots, scale):
+        out = F.linear(x, weight, bias)
+        z = F.linear(x, lora_A)
+        blocks = _pad_rows(lora_B, rows, weight.shape[0] // 3)
+        rank = lora_A.shape[0] // len(slots)
+        width = blocks.shape[1]
+        for index, slot in enumerate(slots):
+            out[:, slot * width : (slot + 1) * width].addmm_(
+                z[:, index * rank : (index + 1) * rank], blocks[index].t(), alpha=scale
+            )
+        ctx.save_for_backward(x, weight, lora_A, lora_B, rows)
+        ctx.slots, ctx.scale = slots, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, lora_A, lora_B, rows = ctx.saved_tensors
+        slots, scale = ctx.slots, ctx.scale
+        need_x, need_weight, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        rank = lora_A.shape[0] // len(slots)
+        width = weight.shape[0] // 3
+        grad_x = grad_weight = grad_bias = grad_a = grad_b = None
+        if need_weight:
+            grad_weight = grad.t().mm(x)
+        if need_bias:
+            grad_bias = grad.sum(0)
+        if need_x or need_a:
+            # ∂z for all projections in one GEMM: B placed in its projections' rows of a
+            # (3·D, P·r) matrix (a small weight; the gradient itself is not re-indexed)
+            blocks = _pad_rows(lora_B, rows, width)
+            placed = blocks.new_zeros(weight.shape[0], lora_A.shape[0])
+            for index, slot in enumerate(slots):
+                placed[slot * width : (slot + 1) * width, index * rank : (index + 1) * rank] = (
+                    blocks[index]
+                )
+            grad_z = grad.mm(placed)
+            if scale != 1.0:
+                grad_z.mul_(scale)
+            if need_x:
+                grad_x = grad.mm(weight).addmm_(grad_z, lora_A)
+            if need_a:
+                grad_a = grad_z.t().mm(x)
+        elif need_x:
+            grad_x = grad.mm(weight)
+        if need_b:
+            full = grad.t().mm(F.linear(x, lora_A))  # (3·D, P·r); its diagonal blocks are ∂B_p
+            grad_b = torch.stack(
+                [
+                    full[slot * width : (slot + 1) * width, index * rank : (index + 1) * rank]
+                    for index, slot in enumerate(slots)
+                ]
+            )
+            if rows is not None:
+                grad_b = grad_b.index_select(1, rows)
+            if scale != 1.0:
+                grad_b.mul_(scale)
+        return grad_x, grad_weight, grad_bias, grad_a, grad_b, None, None, None
+
+
+def _pad_rows(blocks: torch.Tensor, rows: torch.Tensor | None, width: int) -> torch.Tensor:
+    """(P, n·head_dim, r) blocks of the active heads → (P, width, r), zero rows elsewhere."""
+    if rows is None:
+        return blocks
+    return blocks.new_zeros(blocks.shape[0], width, blocks.shape[2]).index_copy_(1, rows, blocks)
 
 
 class HeadLoRAQKV(nn.Module):
@@ -74,6 +173,14 @@ class HeadLoRAQKV(nn.Module):
         )
         self.register_buffer("head_mask", torch.ones(num_heads, dtype=torch.bool))
         self.register_buffer("_rows", self._active_rows(), persistent=False)
+        self.register_buffer("_slot_rows", self._active_slot_rows(), persistent=False)
+        self._slots = tuple(QKV_SLOT[t] for t in self.targets)
+
+    def _active_slot_rows(self) -> torch.Tensor:
+        """Indices, within one projection's H·head_dim rows, of the rows active heads write."""
+        heads = torch.nonzero(self.head_mask.cpu()).flatten()
+        rows = heads[:, None] * self.head_dim + torch.arange(self.head_dim)
+        return rows.flatten().to(self.base.weight.device)
 
     def _active_rows(self) -> torch.Tensor:
         """Indices of the qkv output rows that active heads of targeted projections write."""
@@ -106,6 +213,7 @@ class HeadLoRAQKV(nn.Module):
         self.lora_B = nn.Parameter(new_blocks.flatten(1, 2), requires_grad=requires_grad)
         self.head_mask.copy_(mask.to(self.head_mask.device))
         self._rows = self._active_rows()
+        self._slot_rows = self._active_slot_rows()
 
     def delta_weight(self) -> torch.Tensor:
         """s·B·A scattered into a (3·H·head_dim, d) matrix: what `merge` adds to the qkv weight."""
@@ -123,7 +231,19 @@ class HeadLoRAQKV(nn.Module):
         return update.transpose(0, 1).reshape(*lead, -1) * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x).index_add_(-1, self._rows, self.lora_update(x))
+        dtype = _compute_dtype(x)
+        bias = self.base.bias
+        out = _FusedQKVLoRA.apply(
+            x.reshape(-1, x.shape[-1]).to(dtype),
+            self.base.weight.to(dtype),
+            None if bias is None else bias.to(dtype),
+            self.lora_A.to(dtype),
+            self.lora_B.to(dtype),
+            None if self.active_heads == self.num_heads else self._slot_rows,
+            self._slots,
+            self.scale,
+        )
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def extra_repr(self) -> str:
         return (
@@ -199,8 +319,21 @@ class HeadLoRAProj(nn.Module):
             x = x.index_select(-1, self._cols)
         return F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.scale
 
+    def _full_width_A(self) -> torch.Tensor:
+        """A as (r, H·head_dim): the parameter itself, or zero columns for deactivated heads."""
+        if self.active_heads == self.num_heads:
+            return self.lora_A
+        full = self.lora_A.new_zeros(self.rank, self.num_heads * self.head_dim)
+        return full.index_copy(1, self._cols, self.lora_A)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora_update(x)
+        # the update is accumulated in place into the fresh base output: no update tensor, and
+        # deactivated heads cost a zero column of A instead of a gather over the activations
+        flat = x.reshape(-1, x.shape[-1])
+        out = self.base(flat)
+        z = F.linear(flat, self._full_width_A().to(out.dtype))
+        out.addmm_(z.to(out.dtype), self.lora_B.to(out.dtype).t(), alpha=self.scale)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scale={self.scale}, active_heads={self.active_heads}/{self.num_heads}"

@@ -2,7 +2,7 @@
 
 Each sub-command lives in its own module under `heartlora.commands` and exposes
 `add_arguments(parser)` and `run(args) -> int`. User errors (`HeartLoRAError`, `ValueError`,
-`FileNotFoundError`) become a one-line message and exit code 2; `--debug` shows the traceback.
+`OSError` such as a missing file or a full disk) become a one-line message and exit code 2; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("heads", "heads", "plot head responsiveness and redundancy of an adapter"),
     ("export", "export", "export an adapter as a peft LoRA adapter or a merged timm checkpoint"),
     ("predict", "predict", "classify images with one or more task adapters on one shared backbone"),
+    (
+        "speed",
+        "speed",
+        "benchmark training/inference speed and memory against peft LoRA and the frozen-backbone bound",
+    ),
 )
 
 
@@ -36,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name, help_text in COMMANDS:
         module = importlib.import_module(f"heartlora.commands.{module_name}")
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)
     return parser
@@ -54,9 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("heartlora: interrupted", file=sys.stderr)
         return 130
-    except (HeartLoRAError, ValueError, FileNotFoundError) as error:
+    except (HeartLoRAError, ValueError, OSError) as error:
         if args.debug:
             raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"heartlora: error: {message}", file=sys.stderr)
+        print(f"heartlora: error: {_one_line(error)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error; for an error re-raised from a DataLoader worker ("Caught
+    X in DataLoader worker process 0. Original Traceback ..."), the original message."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    if lines[0].startswith("Caught ") and len(lines) > 1 and ": " in lines[-1]:
+        return lines[-1].split(": ", 1)[1]
+    return lines[0]

@@ -49,7 +49,7 @@ class HeartLoRAConfig:
     percent: float = 0.0
     scorer: str = "taylor"
     warmup_steps: int = 20
-    calib_batches: int = 8
+    calib_batches: int = 4
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

@@ -20,43 +20,91 @@ from heartlora.inject import classifier_parameters, inject
 from heartlora.train_config import TrainConfig
 
 
-def create_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The timm model named by ``config.model``, with weights from ``config.checkpoint``.
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load base weights from a local file into ``model`` with timm's loaders, checking the fit.
 
-    A checkpoint is a local ``.safetensors``, ``.pth``/``.bin`` or ``.npz`` file (the original
-    ViT-B/16 ImageNet-21k release), loaded through timm's pretrained-file path so its usual
-    adaptation (position-embedding resampling, classifier reset) applies. Without a checkpoint,
-    models with bundled weights (heartlora's `vit_mini_patch4_28`) load them; others start random.
+    ``.npz`` is the original ViT release (ImageNet-21k ViT-B/16), read by timm's
+    ``load_pretrained``; ``.safetensors``/``.pth``/``.bin`` go through ``timm.models.load_state_dict``
+    and the model family's ``checkpoint_filter_fn`` (position-embedding resampling, key renames).
+    A classifier of another class count is left freshly initialised.
+
+    Raises:
+        HeartLoRAError: a missing or unreadable file, or weights that do not fit the model.
     """
-    import heartlora.models  # noqa: F401  (registers the bundled base model with timm)
+    import sys
+
+    path = Path(path)
+    if not path.is_file():
+        raise HeartLoRAError(f"{path}: checkpoint file not found")
+    if path.suffix == ".npz":
+        try:
+            model.load_pretrained(str(path))
+        except (KeyError, ValueError, RuntimeError, AttributeError) as error:
+            raise HeartLoRAError(f"{path}: does not fit {type(model).__name__} ({error})") from None
+        return model
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as error:  # any unreadable file: safetensors, pickle and zip raise their own
+        raise HeartLoRAError(f"{path}: cannot read checkpoint ({type(error).__name__})") from None
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except (KeyError, RuntimeError, ValueError, AttributeError) as error:
+            raise HeartLoRAError(
+                f"{path}: does not fit model ({type(error).__name__}: {error})"
+            ) from None
+    own = model.state_dict()
+    classifier = {
+        f"{n}.{k}"
+        for n, m in model.named_modules()
+        if m is model.get_classifier()
+        for k in m.state_dict()
+    }
+    state = {k: v for k, v in state.items() if not (k in classifier and v.shape != own[k].shape)}
+    missing = [k for k in own if k not in state and k not in classifier]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or misshapen:
+        kind, key = next(
+            (kind, keys[0])
+            for kind, keys in (
+                ("lacks", missing),
+                ("has unknown", unexpected),
+                ("has mis-shaped", misshapen),
+            )
+            if keys
+        )
+        raise HeartLoRAError(
+            f"{path}: does not fit model {type(model).__name__}: the file {kind} weights "
+            f"(first: {key}; {len(missing)} missing, {len(unexpected)} unknown, "
+            f"{len(misshapen)} mis-shaped)"
+        )
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def create_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The timm model named by ``config.model`` with weights from ``config.checkpoint``.
+
+    Without a checkpoint, models with bundled weights (heartlora's `vit_mini_patch4_28`) load
+    them through the same `load_checkpoint`; others start from random weights.
+    """
+    import heartlora.models as bundled
 
     kwargs = {"num_classes": num_classes, "drop_path_rate": config.drop_path}
     if "swin" not in config.model:
         kwargs["img_size"] = config.img_size
-    pretrained = False
-    if config.checkpoint:
-        path = Path(config.checkpoint)
-        if not path.is_file():
-            raise HeartLoRAError(f"{path}: checkpoint file not found")
-        overlay = {"file": str(path)}
-        if path.suffix == ".npz":
-            overlay["custom_load"] = True
-        kwargs["pretrained_cfg_overlay"] = overlay
-        pretrained = True
-    elif config.model == heartlora.models.BASE_MODEL_NAME:
-        heartlora.models.base_checkpoint_path()
-        pretrained = True
     try:
-        return timm.create_model(config.model, pretrained=pretrained, **kwargs)
-    except RuntimeError as error:  # state-dict mismatch: a checkpoint of another architecture
-        first = str(error).strip().splitlines()[0]
-        raise HeartLoRAError(
-            f"{config.checkpoint}: does not fit model {config.model!r} ({first})"
-        ) from None
-    except (KeyError, ValueError) as error:
+        model = timm.create_model(config.model, pretrained=False, **kwargs)
+    except RuntimeError as error:
         if "Unknown model" in str(error) or "Invalid model" in str(error):
             raise HeartLoRAError(f"unknown timm model {config.model!r}") from None
         raise
+    checkpoint = config.checkpoint
+    if checkpoint is None and config.model == bundled.BASE_MODEL_NAME:
+        checkpoint = bundled.base_checkpoint_path()
+    return load_checkpoint(model, checkpoint) if checkpoint else model
 
 
 def _peft_wrap(model: nn.Module, config: TrainConfig) -> nn.Module:

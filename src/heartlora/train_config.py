@@ -7,6 +7,7 @@ error that names the key, the file and the closest known key.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ class TrainConfig:
     scorer: str = "taylor"
     selection_mode: str | None = None
     warmup_steps: int = 20
-    calib_batches: int = 8
+    calib_batches: int = 4
     # optimisation (paper protocol)
     epochs: int = 100
     batch_size: int = 64
@@ -77,10 +78,19 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        for item in fields(self):  # YAML 1.1 reads "1e-3" as a string: accept it as a number
+            value = getattr(self, item.name)
+            if item.type.startswith("float") and isinstance(value, str):
+                try:
+                    setattr(self, item.name, float(value))
+                except ValueError:
+                    pass  # reported by validate()
         self.validate()
 
     def validate(self) -> None:
         """Check every value; raise `HeartLoRAError` naming the first bad key."""
+        for item in fields(self):
+            _check_type(item.name, getattr(self, item.name), item.type)
         if self.method not in METHODS:
             raise HeartLoRAError(_choice_error("method", self.method, METHODS))
         if self.data_kind not in DATA_KINDS:
@@ -137,6 +147,32 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (YAML/JSON ready)."""
         return asdict(self)
+
+
+_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    """Check ``value`` against a field annotation such as ``int``, ``str | None``, ``list[str]``."""
+    kinds = [part.strip() for part in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return
+        raise HeartLoRAError(f"{key} must be set (got null)")
+    if not _matches(value, kinds[0]):
+        raise HeartLoRAError(
+            f"{key} must be {annotation.replace(' | None', ' or null')}, got {value!r}"
+        )
+
+
+def _matches(value: Any, kind: str) -> bool:
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_matches(v, kind[5:-1]) for v in value)
+    if isinstance(value, bool) and kind != "bool":
+        return False
+    if kind == "float" and isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, _SCALARS[kind])
 
 
 def known_keys() -> list[str]:

@@ -1,0 +1,48 @@
+"""Heart-LoRA on a timm ViT-S/16 in a few lines: inject, score heads, deactivate, train, merge.
+
+Run: .venv/bin/python examples/quickstart.py
+Random images stand in for your data here; with real weights, pass `pretrained=True`
+(online) or `pretrained_cfg_overlay=dict(file="vit_small.safetensors")` to `create_model`.
+"""
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import heartlora as hl
+
+torch.manual_seed(0)
+model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=5)
+batches = [(torch.rand(2, 3, 224, 224), torch.randint(0, 5, (2,))) for _ in range(2)]
+
+# 1. Per-head LoRA on q and v; the base is frozen, only adapters and the classifier train.
+config = hl.HeartLoRAConfig(
+    rank=8, scale=1.0, targets=("q", "v"), ne=3, mode="layer", scorer="grad-norm"
+)
+hl.inject(model, config)
+print("trainable before selection:", hl.trainable_parameters(model))
+
+# 2. Responsiveness of every head on training batches: a (layers × heads) tensor.
+scores = hl.responsiveness(model, batches, F.cross_entropy, scorer=config.scorer)
+
+# 3. Deactivate the ne=3 least responsive heads of each layer (Heart-LoRA†); their B blocks go.
+hl.deactivate_heads(model, scores)
+print("trainable after selection: ", hl.trainable_parameters(model))
+
+# 4. Train the remaining heads (build the optimizer after deactivation).
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+model.train()
+for images, labels in batches:
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    print(f"loss {loss.item():.3f}")
+
+# 5. Save the small adapter, then merge it into the qkv weights for zero-cost inference.
+hl.save_adapter(model, "runs/quickstart-adapter")
+model.eval()
+with torch.no_grad():
+    before = model(batches[0][0])
+    hl.merge(model)  # now a plain timm model
+    print("merged max |Δ|:", (model(batches[0][0]) - before).abs().max().item())

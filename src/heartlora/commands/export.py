@@ -1,0 +1,64 @@
+"""`heartlora export`: an adapter as a peft LoRA adapter or as a merged timm checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from heartlora.checkpoint import load_adapter, read_adapter_config
+from heartlora.errors import HeartLoRAError
+from heartlora.export import EXPORT_FORMATS, export_merged, export_peft
+from heartlora.serving import base_model_from_adapter
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of `heartlora export`."""
+    parser.add_argument(
+        "--adapter", required=True, type=Path, metavar="DIR", help="adapter directory"
+    )
+    parser.add_argument(
+        "--format",
+        required=True,
+        metavar="FORMAT",
+        help=f"one of {', '.join(EXPORT_FORMATS)}",
+        dest="export_format",
+    )
+    parser.add_argument("--output-dir", required=True, type=Path, help="folder to write")
+    parser.add_argument("--model", default=None, help="timm model name (overrides the adapter's)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="base weights file (overrides the adapter's)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export the adapter; returns the exit code."""
+    if args.export_format not in EXPORT_FORMATS:
+        raise HeartLoRAError(
+            f"unknown export format {args.export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}"
+        )
+    metadata = read_adapter_config(args.adapter)
+    extra = metadata.get("extra") or {}
+    name = args.model or extra.get("model") or metadata["base_model"]
+    # peft export reads only the adapter tensors: the base weights need not be at hand.
+    weights = args.export_format == "merged"
+    base = base_model_from_adapter(args.adapter, args.checkpoint, args.model, weights=weights)
+    model = load_adapter(base, args.adapter)
+    if args.export_format == "peft":
+        out = export_peft(model, args.output_dir)
+        print(f"wrote peft LoRA adapter to {out}")
+        print(
+            f"load it with: peft.PeftModel.from_pretrained(timm.create_model({name!r}, ...), {str(out)!r})"
+        )
+        return 0
+    create_kwargs = dict(extra.get("model_kwargs") or {})
+    if extra.get("img_size"):
+        create_kwargs.setdefault("img_size", int(extra["img_size"]))
+    path = export_merged(model, args.output_dir, model_name=name, create_kwargs=create_kwargs)
+    classes = getattr(model, "num_classes", None)
+    kwargs = "".join(f", {k}={v!r}" for k, v in create_kwargs.items())
+    print(f"wrote merged timm checkpoint {path}")
+    print(
+        f"load it with: timm.create_model({name!r}, pretrained=True, num_classes={classes}{kwargs}, "
+        f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={classes}))"
+    )
+    return 0

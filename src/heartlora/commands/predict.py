@@ -1,0 +1,130 @@
+"""`heartlora predict`: classify image files with one or more task adapters on one backbone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heartlora.checkpoint import read_adapter_config
+from heartlora.data.loading import open_image
+from heartlora.data.transforms import build_transform
+from heartlora.errors import HeartLoRAError
+from heartlora.serving import MultiTaskModel, adapter_img_size, base_model_from_adapter
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of `heartlora predict`."""
+    parser.add_argument(
+        "--adapter",
+        dest="adapters",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="task adapter directory (repeat for several tasks on the same backbone)",
+    )
+    parser.add_argument("images", nargs="+", type=Path, help="image files (png, jpg, ...)")
+    parser.add_argument("--model", default=None, help="timm model name (overrides the adapters')")
+    parser.add_argument(
+        "--checkpoint", default=None, help="base weights file (overrides the adapters')"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of text"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+
+
+def _task_names(directories: list[Path], metadata: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for directory, meta in zip(directories, metadata):
+        base = str((meta.get("extra") or {}).get("task") or directory.resolve().name)
+        name, count = base, 1
+        while name in names:
+            count += 1
+            name = f"{base}#{count}"
+        names.append(name)
+    return names
+
+
+def _check_shared_backbone(directories: list[Path], metadata: list[dict[str, Any]], args) -> None:
+    """Every adapter must sit on the same architecture, input size and (unless overridden) weights."""
+    first = metadata[0].get("extra") or {}
+    for directory, meta in zip(directories[1:], metadata[1:]):
+        extra = meta.get("extra") or {}
+        keys = (
+            ["img_size"]
+            + ([] if args.model else ["model"])
+            + ([] if args.checkpoint else ["checkpoint"])
+        )
+        for key in keys:
+            if extra.get(key) != first.get(key):
+                raise HeartLoRAError(
+                    f"{directory}: {key} {extra.get(key)!r} differs from {directories[0]}'s "
+                    f"{first.get(key)!r} (expected adapters of one shared backbone)"
+                )
+
+
+def _format_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Classify every image with every task; returns the exit code."""
+    if args.batch_size < 1:
+        raise HeartLoRAError(f"--batch-size must be >= 1, got {args.batch_size}")
+    metadata = [read_adapter_config(d) for d in args.adapters]
+    _check_shared_backbone(args.adapters, metadata, args)
+    names = _task_names(args.adapters, metadata)
+    server = MultiTaskModel(base_model_from_adapter(args.adapters[0], args.checkpoint, args.model))
+    for name, directory in zip(names, args.adapters):
+        server.add_task(name, directory)
+    dataset = (metadata[0].get("extra") or {}).get("dataset") or {}
+    transform = build_transform(
+        adapter_img_size(args.adapters[0], server.model), normalize=dataset.get("normalize")
+    )
+    images = [transform(open_image(path)) for path in args.images]
+    predictions = []
+    for start in range(0, len(images), args.batch_size):
+        batch = torch.stack(images[start : start + args.batch_size])
+        paths = args.images[start : start + args.batch_size]
+        results = {name: server.predict(batch, name) for name in names}
+        for index, path in enumerate(paths):
+            for name, meta in zip(names, metadata):
+                label = int(results[name][0][index])
+                classes = (meta.get("extra") or {}).get("classes")
+                predictions.append(
+                    {
+                        "image": str(path),
+                        "task": name,
+                        "class": label,
+                        "label": classes[label]
+                        if isinstance(classes, list) and label < len(classes)
+                        else None,
+                        "probability": float(results[name][1][index]),
+                    }
+                )
+    memory = server.memory_report()
+    if args.json:
+        print(json.dumps({"predictions": predictions, "memory": memory}, indent=2))
+        return 0
+    for row in predictions:
+        shown = row["class"] if row["label"] is None else f"{row['class']} ({row['label']})"
+        print(f"{row['image']}\t{row['task']}\t{shown}\t{row['probability']:.4f}")
+    print(
+        f"memory: backbone {_format_bytes(memory['backbone_bytes'])}, shared by {len(names)} task(s)"
+    )
+    for name, size in memory["task_bytes"].items():
+        print(f"memory: task {name} adds {_format_bytes(size)}")
+    print(
+        f"memory: total {_format_bytes(memory['total_bytes'])} "
+        f"(one model per task: {_format_bytes(memory['separate_models_bytes'])})"
+    )
+    return 0

@@ -1,0 +1,75 @@
+"""`heartlora speed`: training/inference speed and memory against peft LoRA and the bound."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from heartlora.speed import SpeedConfig, format_report, run_speed_benchmark
+
+_DEFAULTS = SpeedConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of `heartlora speed`."""
+    parser.add_argument(
+        "--model", default=_DEFAULTS.model, help="timm architecture, random weights"
+    )
+    parser.add_argument(
+        "--img-size", type=int, default=_DEFAULTS.img_size, help="input resolution in pixels"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=_DEFAULTS.batch_size, help="images per step"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=_DEFAULTS.steps,
+        help="timed rounds (each runs one step of every variant)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=_DEFAULTS.warmup, help="untimed rounds before them"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=_DEFAULTS.device)
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default=_DEFAULTS.dtype,
+        help="bf16 runs under autocast; weights stay fp32",
+    )
+    parser.add_argument("--rank", type=int, default=_DEFAULTS.rank, help="LoRA rank r")
+    parser.add_argument(
+        "--calib-batches",
+        type=int,
+        default=_DEFAULTS.calib_batches,
+        help="batches the taylor scorer averages over",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--quiet", action="store_true", help="print the table only")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the table, write the JSON; returns the exit code."""
+    config = SpeedConfig(
+        model=args.model,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        dtype=args.dtype,
+        rank=args.rank,
+        calib_batches=args.calib_batches,
+        threads=args.threads,
+    )
+    log = None if args.quiet else (lambda line: print(line, flush=True))
+    result = run_speed_benchmark(config, log=log)
+    print(format_report(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0

@@ -1,0 +1,386 @@
+"""Export adapters as standard peft LoRA adapters or merged timm checkpoints, and import peft LoRA.
+
+**peft export.** peft's LoRA on a linear adds ``(α/r)·B·A·x`` with one ``A`` (r × d) and one ``B``
+(d_out × r). heartlora's update of the fused qkv linear is ``s·Σ_p B_p·A_p·x`` over the targeted
+projections p, each with its own ``A_p`` (r × d) and a ``B_p`` that writes only p's rows of the qkv
+output (and only the active heads' rows). Stacking gives one LoRA of rank P·r:
+
+    A_peft = [A_1; …; A_P]                      (P·r × d)
+    B_peft[rows of p, head h; cols of p] = B_p,h   (3·H·hd × P·r), zeros elsewhere
+    α = s·P·r  so that α / (P·r) = s
+
+and ``B_peft·A_peft = Σ_p B_p·A_p`` exactly. Deactivated heads and untargeted projections are zero
+rows. The ``proj`` adapter is already a plain LoRA once its A is widened back to all heads (zero
+columns for deactivated heads): rank r, α = s·r (peft's ``rank_pattern``/``alpha_pattern``).
+The classifier travels as a peft ``modules_to_save`` module.
+
+**merged export.** `heartlora.merge` on a copy of the model folds every update into the base
+weights; the state dict is then a plain timm checkpoint.
+
+**peft import** is the inverse of the stacking when peft's single A is used as every ``A_p``:
+heartlora rank = peft rank, ``A_p = A_peft`` for each p, ``B_p`` = p's rows of ``B_peft``,
+s = α/r. Then Σ_p B_p·A_p = B_peft·A_peft, and heads can be scored and pruned like any adapter.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from heartlora.adapters import QKV_SLOT, HeadLoRAProj, HeadLoRAQKV
+from heartlora.atomic import atomic_write, atomic_write_json
+from heartlora.checkpoint import architecture_name
+from heartlora.config import HeartLoRAConfig
+from heartlora.errors import HeartLoRAError
+from heartlora.inject import adapter_modules, find_attention_layers, has_adapters, inject, merge
+
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+MERGED_WEIGHTS_NAME = "model.safetensors"
+MERGED_INFO_NAME = "timm_model.json"
+EXPORT_FORMATS: tuple[str, ...] = ("peft", "merged")
+
+_PEFT_PREFIX = "base_model.model."
+_PEFT_LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+
+
+def _live_adapters(model: nn.Module, what: str) -> list[tuple[str, nn.Module]]:
+    adapters = list(adapter_modules(model))
+    if getattr(model, "heartlora_config", None) is None or not adapters:
+        raise HeartLoRAError(f"{what} needs a model with live heartlora adapters (unmerge first)")
+    return adapters
+
+
+def _classifier_prefix(model: nn.Module) -> str | None:
+    """The module path of the model's classifier (``head`` for a ViT, ``head.fc`` for Swin)."""
+    get_classifier = getattr(model, "get_classifier", None)
+    classifier = get_classifier() if callable(get_classifier) else None
+    if not isinstance(classifier, nn.Module) or not any(True for _ in classifier.parameters()):
+        return None
+    return next((name for name, m in model.named_modules() if m is classifier and name), None)
+
+
+def _head_columns(head_mask: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Indices of the features of the active heads, in head order: (n_active·head_dim,)."""
+    heads = torch.nonzero(head_mask.cpu()).flatten()
+    return (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+
+
+def qkv_to_peft(adapter: HeadLoRAQKV) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One qkv adapter as a single LoRA: ``(lora_A (P·r, d), lora_B (3·H·hd, P·r), scaling s)``.
+
+    ``scaling · lora_B @ lora_A`` equals ``adapter.delta_weight()``.
+    """
+    num_targets, rank = len(adapter.targets), adapter.rank
+    lora_b = adapter.lora_B.new_zeros(adapter.base.out_features, num_targets * rank)
+    heads = _head_columns(adapter.head_mask, adapter.head_dim)
+    width = adapter.num_heads * adapter.head_dim
+    for index, projection in enumerate(adapter.targets):
+        rows = QKV_SLOT[projection] * width + heads
+        lora_b[rows, index * rank : (index + 1) * rank] = adapter.lora_B[index].detach()
+    return adapter.lora_A.detach().clone(), lora_b, adapter.scale
+
+
+def proj_to_peft(adapter: HeadLoRAProj) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The proj adapter as a plain LoRA: A widened to all heads' columns (zeros for inactive)."""
+    lora_a = adapter.lora_A.new_zeros(adapter.rank, adapter.base.in_features)
+    lora_a[:, _head_columns(adapter.head_mask, adapter.head_dim)] = adapter.lora_A.detach()
+    return lora_a, adapter.lora_B.detach().clone(), adapter.scale
+
+
+def peft_adapter_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The peft LoRA tensors and ``adapter_config.json`` content for an injected model.
+
+    Returns:
+        ``(tensors, config)``: tensors keyed as peft saves them
+        (``base_model.model.<module>.lora_A.weight``, ``…lora_B.weight`` and the classifier's
+        ``base_model.model.<classifier>.weight``/``bias``), and a LoRA config whose ``r`` and
+        ``lora_alpha`` are the qkv adapters' ``P·r`` and ``s·P·r``, with ``rank_pattern`` and
+        ``alpha_pattern`` entries for ``proj`` modules (rank r, alpha s·r).
+
+    Raises:
+        HeartLoRAError: if the model carries no live adapters.
+    """
+    adapters = _live_adapters(model, "peft export")
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
+    for name, adapter in adapters:
+        convert = qkv_to_peft if isinstance(adapter, HeadLoRAQKV) else proj_to_peft
+        lora_a, lora_b, scaling = convert(adapter)
+        tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = lora_a
+        tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = lora_b
+        ranks[name] = lora_a.shape[0]
+        alphas[name] = scaling * lora_a.shape[0]
+    default_name = next((n for n, a in adapters if isinstance(a, HeadLoRAQKV)), adapters[0][0])
+    rank, alpha = ranks[default_name], alphas[default_name]
+    classifier = _classifier_prefix(model)
+    if classifier is not None:
+        for key, value in model.get_submodule(classifier).state_dict().items():
+            tensors[f"{_PEFT_PREFIX}{classifier}.{key}"] = value.detach()
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": architecture_name(model),
+        "inference_mode": True,
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "target_modules": [name for name, _ in adapters],
+        "rank_pattern": {n: r for n, r in ranks.items() if r != rank},
+        "alpha_pattern": {n: a for n, a in alphas.items() if a != alpha},
+        "modules_to_save": [classifier] if classifier is not None else None,
+    }
+    return {k: v.contiguous().cpu() for k, v in tensors.items()}, config
+
+
+def export_peft(model: nn.Module, output_dir: str | Path) -> Path:
+    """Write the model's adapters (and classifier) as a standard peft LoRA adapter.
+
+    ``peft.PeftModel.from_pretrained(base, output_dir)`` on a fresh timm ``base`` with the same
+    architecture and class count then computes what the heartlora model computes.
+
+    Returns:
+        ``output_dir`` (holding ``adapter_config.json`` and ``adapter_model.safetensors``).
+    """
+    tensors, config = peft_adapter_state(model)
+    output_dir = Path(output_dir)
+    atomic_write(output_dir / PEFT_WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_json(output_dir / PEFT_CONFIG_NAME, config)
+    return output_dir
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of a merged copy of ``model``: plain timm keys, updates folded in.
+
+    The model itself is left untouched (merging a copy avoids the rounding of merge + unmerge).
+    """
+    _live_adapters(model, "merged export")
+    merged = merge(copy.deepcopy(model))
+    return {k: v.detach().contiguous().cpu() for k, v in merged.state_dict().items()}
+
+
+def export_merged(
+    model: nn.Module,
+    output_dir: str | Path,
+    model_name: str | None = None,
+    create_kwargs: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` (merged weights) and ``timm_model.json`` (how to load it).
+
+    Load the checkpoint with::
+
+        timm.create_model(name, pretrained=True, num_classes=N, **create_kwargs,
+                          pretrained_cfg_overlay=dict(file=".../model.safetensors", num_classes=N))
+
+    (``num_classes`` in the overlay too: timm drops a checkpoint's classifier whose class count
+    differs from the pretrained config's.)
+
+    Returns:
+        The path of ``model.safetensors``.
+    """
+    state = merged_state_dict(model)
+    output_dir = Path(output_dir)
+    weights = atomic_write(output_dir / MERGED_WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp)))
+    num_classes = getattr(model, "num_classes", None)
+    info = {
+        "model": model_name or architecture_name(model),
+        "file": MERGED_WEIGHTS_NAME,
+        "num_classes": num_classes,
+        "create_kwargs": create_kwargs or {},
+    }
+    atomic_write_json(output_dir / MERGED_INFO_NAME, info)
+    return weights
+
+
+def _peft_scaling(config: dict[str, Any], module: str, rank: int) -> float:
+    """peft's scaling of ``module``: alpha (``alpha_pattern`` match or ``lora_alpha``) / r."""
+    alpha = float(config.get("lora_alpha", 8))
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            alpha = float(value)
+            break
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def read_peft_adapter(
+    peft_dir: str | Path,
+) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """``(config, lora, others)`` of a peft LoRA adapter directory.
+
+    ``lora`` maps a module path to ``{"A": lora_A, "B": lora_B}``; ``others`` maps model state
+    keys (``head.weight``, ...) to the ``modules_to_save`` tensors.
+
+    Raises:
+        HeartLoRAError: on a missing file, a non-LoRA or DoRA adapter, or a LoRA tensor without
+            its partner.
+    """
+    peft_dir = Path(peft_dir)
+    config_path, weights_path = peft_dir / PEFT_CONFIG_NAME, peft_dir / PEFT_WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise HeartLoRAError(f"{path}: missing (expected a peft LoRA adapter directory)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise HeartLoRAError(
+            f"{config_path} line {error.lineno}: invalid JSON ({error.msg})"
+        ) from None
+    if config.get("peft_type") != "LORA":
+        raise HeartLoRAError(
+            f"{config_path}: peft_type {config.get('peft_type')!r}, expected 'LORA'"
+        )
+    if config.get("use_dora"):
+        raise HeartLoRAError(
+            f"{config_path}: DoRA adapters cannot be imported (expected plain LoRA)"
+        )
+    lora: dict[str, dict[str, torch.Tensor]] = {}
+    others: dict[str, torch.Tensor] = {}
+    for key, value in load_file(str(weights_path)).items():
+        match = _PEFT_LORA_KEY.match(key)
+        if match:
+            lora.setdefault(match["module"], {})[match["part"]] = value
+        elif key.startswith(_PEFT_PREFIX) and ".lora_" not in key:
+            others[key[len(_PEFT_PREFIX) :]] = value
+        else:
+            raise HeartLoRAError(
+                f"{weights_path}: unsupported tensor {key!r} (expected plain LoRA)"
+            )
+    for module, parts in lora.items():
+        if set(parts) != {"A", "B"}:
+            raise HeartLoRAError(f"{weights_path}: {module} lacks lora_A or lora_B")
+    return config, lora, others
+
+
+def import_peft_adapter(
+    model: nn.Module, peft_dir: str | Path, config: HeartLoRAConfig | None = None
+) -> nn.Module:
+    """Turn a peft LoRA adapter trained on ``qkv`` (and optionally ``proj``) into heartlora adapters.
+
+    Exact: peft's ``lora_A`` becomes every projection's ``A_p`` and each projection's rows of
+    ``lora_B`` its ``B_p``, so the injected model computes what the peft model computes. The
+    heartlora rank is the largest peft rank (smaller ones are zero-padded), the scale peft's
+    α/r of the first qkv module (other modules' scalings are folded into their B). Targets are
+    q, k, v (leaving out a projection whose rows are zero in every layer) plus ``proj`` when
+    peft adapted it. ``config`` supplies the rest (``ne``, ``mode``, ``scorer``, ...); its
+    rank, scale and targets are replaced. ``modules_to_save`` tensors (the classifier) are
+    loaded too, after resetting the classifier to their class count.
+
+    Args:
+        model: a fresh base model of the architecture peft was trained on.
+        peft_dir: a directory with ``adapter_config.json`` and ``adapter_model.safetensors``.
+        config: head-selection settings for later scoring and pruning.
+
+    Returns:
+        The same model, injected and loaded.
+
+    Raises:
+        HeartLoRAError: if the model already carries adapters, or peft adapted a module other than
+            an attention layer's ``qkv``/``proj``, or a tensor does not fit.
+    """
+    if has_adapters(model):
+        raise HeartLoRAError(
+            "this model already carries heartlora adapters; import onto a fresh one"
+        )
+    peft_config, lora, others = read_peft_adapter(peft_dir)
+    layers = find_attention_layers(model)
+    places = {f"{layer.name}.{part}": (layer, part) for layer in layers for part in ("qkv", "proj")}
+    for module in lora:
+        if module not in places:
+            raise HeartLoRAError(
+                f"{peft_dir}: peft adapted {module}, heartlora adapts only attention qkv/proj "
+                f"(expected modules like {layers[0].name}.qkv)"
+            )
+    qkv_modules = [m for m in lora if places[m][1] == "qkv"]
+    if not qkv_modules:
+        raise HeartLoRAError(
+            f"{peft_dir}: no LoRA on an attention qkv linear (expected target 'qkv')"
+        )
+    rank = max(parts["A"].shape[0] for parts in lora.values())
+    scale = _peft_scaling(peft_config, qkv_modules[0], lora[qkv_modules[0]]["A"].shape[0])
+    targets = []
+    for projection in ("q", "k", "v"):
+        slot = QKV_SLOT[projection]
+        for module in qkv_modules:
+            layer = places[module][0]
+            width = layer.qkv.out_features // 3
+            if bool(lora[module]["B"][slot * width : (slot + 1) * width].any()):
+                targets.append(projection)
+                break
+    if "proj" in {places[m][1] for m in lora}:
+        targets.append("proj")
+    if not targets:
+        raise HeartLoRAError(f"{peft_dir}: every lora_B is zero; nothing to import")
+    config = dataclasses.replace(
+        config or HeartLoRAConfig(), rank=rank, scale=scale, targets=tuple(targets)
+    )
+    _load_classifier(model, others, peft_dir)
+    inject(model, config)
+    with torch.no_grad():
+        for module, parts in lora.items():
+            layer, part = places[module]
+            adapter = getattr(layer.module, part)
+            lora_a, lora_b = parts["A"].to(adapter.lora_A.dtype), parts["B"]
+            if (
+                lora_a.shape[1] != adapter.base.in_features
+                or lora_b.shape[0] != adapter.base.out_features
+            ):
+                raise HeartLoRAError(
+                    f"{peft_dir}: {module} LoRA is {tuple(lora_b.shape)}·{tuple(lora_a.shape)}, "
+                    f"the model's linear is {tuple(adapter.base.weight.shape)}"
+                )
+            factor = _peft_scaling(peft_config, module, lora_a.shape[0]) / scale
+            padded_a = lora_a.new_zeros(rank, lora_a.shape[1])
+            padded_a[: lora_a.shape[0]] = lora_a
+            padded_b = lora_b.new_zeros(lora_b.shape[0], rank)
+            padded_b[:, : lora_b.shape[1]] = lora_b * factor if factor != 1.0 else lora_b
+            if isinstance(adapter, HeadLoRAQKV):
+                adapter.lora_A.copy_(padded_a.repeat(len(adapter.targets), 1))
+                width = adapter.num_heads * adapter.head_dim
+                for index, projection in enumerate(adapter.targets):
+                    slot = QKV_SLOT[projection]
+                    adapter.lora_B[index].copy_(padded_b[slot * width : (slot + 1) * width])
+            else:
+                adapter.lora_A.copy_(padded_a)
+                adapter.lora_B.copy_(padded_b)
+        for name, adapter in adapter_modules(model):
+            if name not in lora:  # peft left this module alone (e.g. layers_to_transform)
+                adapter.lora_B.zero_()
+    return model
+
+
+def _load_classifier(
+    model: nn.Module, tensors: dict[str, torch.Tensor], source: Path | str
+) -> None:
+    """Copy peft ``modules_to_save`` tensors into the model, resizing the classifier first."""
+    if not tensors:
+        return
+    prefix = _classifier_prefix(model)
+    weight = tensors.get(f"{prefix}.weight") if prefix else None
+    num_classes = getattr(model, "num_classes", None)
+    if weight is not None and weight.shape[0] != num_classes and hasattr(model, "reset_classifier"):
+        model.reset_classifier(weight.shape[0])
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            target = state.get(key)
+            if target is None or target.shape != value.shape:
+                raise HeartLoRAError(
+                    f"{source}: saved module tensor {key} {tuple(value.shape)} has no place in "
+                    "this model (expected the classifier of the same architecture)"
+                )
+            target.copy_(value.to(target.dtype))

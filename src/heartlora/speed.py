@@ -1,0 +1,701 @@
+"""Speed and memory of head-level adapters, measured against peft LoRA and the frozen-backbone bound.
+
+One process builds every variant from the same random weights (no download) and times them
+round by round — each round runs one training step of every variant, in an order rotated from
+round to round — so that load from other processes on a shared machine hits all variants alike.
+Medians over the timed rounds are quoted; the raw times of every round are kept.
+
+Training variants (one step = forward + backward + AdamW step on one fixed batch):
+
+* ``bound`` — the frozen-backbone bound: every backbone weight frozen, only the classifier
+  trained, and the input image marked ``requires_grad`` so that backward still runs through
+  every block (it computes no weight gradient). Any method that trains something inside the
+  first block pays at least this.
+* ``peft_lora`` — peft ``LoraConfig(r, lora_alpha=r·s, target_modules=["qkv"])`` with the
+  classifier in ``modules_to_save``: plain LoRA on the fused qkv linear.
+* ``lora_all_heads`` — heartlora adapters on q and v, every head active.
+* ``heart_lora`` — the same with half the heads of every layer deactivated (``ne = H // 2``).
+* ``full`` — full fine-tuning.
+
+Memory per variant is the peak of live tensor bytes during one training step: the bytes that
+exist before it (parameters, optimizer state, the batch) plus the highest point of what the step
+allocates on top. On CUDA the step's share is ``torch.cuda.max_memory_allocated`` minus what was
+allocated before; on CPU it is the running sum of the allocation events that the PyTorch profiler
+(``profile_memory=True``) records. The bytes saved for backward (activations, counted once per
+storage, parameters excluded) are reported beside it, recorded with
+``torch.autograd.graph.saved_tensors_hooks``.
+
+Also measured: inference of the merged Heart-LoRA model against the base model (and of the
+unmerged adapters), the cost of responsiveness calibration (``taylor`` over ``calib_batches``
+batches) against one training epoch of ``epoch_images`` images at Heart-LoRA's median step time,
+and the adapter's size on disk against peft's ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heartlora.checkpoint import save_adapter
+from heartlora.config import HeartLoRAConfig
+from heartlora.errors import HeartLoRAError
+from heartlora.inject import classifier_parameters, find_attention_layers, inject, merge
+from heartlora.responsiveness import responsiveness
+from heartlora.selection import deactivate_heads
+
+TRAIN_VARIANTS: tuple[str, ...] = ("bound", "peft_lora", "lora_all_heads", "heart_lora", "full")
+"""The training variants, in the order of the report."""
+
+LABELS: dict[str, str] = {
+    "bound": "frozen-backbone bound",
+    "peft_lora": "peft LoRA (qkv)",
+    "lora_all_heads": "heartlora, all heads (q, v)",
+    "heart_lora": "Heart-LoRA, half the heads",
+    "full": "full fine-tuning",
+    "base": "base model",
+    "merged": "merged Heart-LoRA",
+    "unmerged": "Heart-LoRA, adapters live",
+}
+
+INFERENCE_VARIANTS: tuple[str, ...] = ("base", "merged", "unmerged")
+
+TARGETS: dict[str, float] = {
+    "heart_lora_vs_bound": 1.03,
+    "heart_lora_vs_peft_lora": 1.00,
+    "merged_vs_base": 1.01,
+    "heart_lora_memory_vs_peft_lora": 1.00,
+    "calibration_vs_epoch": 0.05,
+}
+"""The issue's targets: each ratio must be at most this."""
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class SpeedConfig:
+    """What to benchmark and how long.
+
+    Args:
+        model: timm architecture name, built with random weights (``pretrained=False``).
+        img_size: input resolution in pixels.
+        batch_size: images per step.
+        steps: timed rounds; every round runs one step of every variant.
+        warmup: untimed rounds before them.
+        device: ``cpu`` or ``cuda``.
+        dtype: ``fp32``, or ``bf16`` (autocast; the weights stay fp32).
+        rank: LoRA rank r of every adapter (peft and heartlora).
+        scale: LoRA scale s (peft's ``lora_alpha = r·s``).
+        num_classes: classes of the new classifier.
+        epoch_images: images in the epoch that calibration is compared with.
+        calib_batches: batches the responsiveness scorer averages over.
+        calib_rounds: timed calibration runs (one in each of the first timed rounds).
+        lr: AdamW learning rate.
+        seed: seed of the weights, the batch and the head scores.
+        threads: torch CPU threads; ``None`` keeps torch's choice.
+        model_kwargs: extra keyword arguments for ``timm.create_model`` (tiny models in tests).
+    """
+
+    model: str = "vit_small_patch16_224"
+    img_size: int = 224
+    batch_size: int = 8
+    steps: int = 10
+    warmup: int = 2
+    device: str = "cpu"
+    dtype: str = "fp32"
+    rank: int = 8
+    scale: float = 1.0
+    num_classes: int = 10
+    epoch_images: int = 1000
+    calib_batches: int = HeartLoRAConfig().calib_batches
+    calib_rounds: int = 3
+    lr: float = 1e-3
+    seed: int = 0
+    threads: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "img_size": self.img_size,
+            "batch_size": self.batch_size,
+            "steps": self.steps,
+            "rank": self.rank,
+            "num_classes": self.num_classes,
+            "epoch_images": self.epoch_images,
+            "calib_batches": self.calib_batches,
+            "calib_rounds": self.calib_rounds,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise HeartLoRAError(f"{name} must be a positive integer, got {value!r}")
+        if self.warmup < 0:
+            raise HeartLoRAError(f"warmup must be >= 0, got {self.warmup!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise HeartLoRAError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise HeartLoRAError("device 'cuda' was asked for, but torch sees no CUDA device")
+        if self.dtype not in DTYPES:
+            raise HeartLoRAError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.threads is not None and self.threads < 1:
+            raise HeartLoRAError(f"threads must be >= 1, got {self.threads!r}")
+
+
+@dataclass
+class _Variant:
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    input_requires_grad: bool = False
+    times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
+
+
+def _autocast(config: SpeedConfig) -> contextlib.AbstractContextManager:
+    if config.dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(config.device, dtype=DTYPES[config.dtype])
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _build_model(config: SpeedConfig) -> nn.Module:
+    import timm
+
+    torch.manual_seed(config.seed)
+    model = timm.create_model(
+        config.model,
+        pretrained=False,
+        num_classes=config.num_classes,
+        img_size=config.img_size,
+        **config.model_kwargs,
+    )
+    return model.to(config.device).train()
+
+
+def _adapter_config(config: SpeedConfig, ne: int = 0) -> HeartLoRAConfig:
+    return HeartLoRAConfig(rank=config.rank, scale=config.scale, targets=("q", "v"), ne=ne)
+
+
+def _peft_model(model: nn.Module, config: SpeedConfig) -> nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise HeartLoRAError(
+            "the speed benchmark compares with peft LoRA: install it with "
+            "`pip install heartlora[peft]`"
+        ) from None
+    classifier = model.get_classifier()
+    head_name = next(name for name, module in model.named_modules() if module is classifier)
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.rank * config.scale,
+        lora_dropout=0.0,
+        target_modules=["qkv"],
+        modules_to_save=[head_name],
+    )
+    return get_peft_model(model, lora)
+
+
+def _make_variant(name: str, config: SpeedConfig) -> _Variant:
+    model = _build_model(config)
+    input_requires_grad = False
+    if name == "bound":
+        model.requires_grad_(False)
+        for param in classifier_parameters(model):
+            param.requires_grad_(True)
+        input_requires_grad = True
+    elif name == "peft_lora":
+        model = _peft_model(model, config)
+    elif name == "lora_all_heads":
+        inject(model, _adapter_config(config))
+    elif name == "heart_lora":
+        heads = [layer.num_heads for layer in find_attention_layers(model)]
+        adapter_config = _adapter_config(config, ne=min(heads) // 2)
+        inject(model, adapter_config)
+        generator = torch.Generator().manual_seed(config.seed)
+        scores = torch.rand(len(heads), max(heads), generator=generator)
+        deactivate_heads(model, scores, adapter_config)
+    elif name != "full":
+        raise HeartLoRAError(f"unknown variant {name!r}: expected one of {TRAIN_VARIANTS}")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-4)
+    return _Variant(name, model, optimizer, input_requires_grad)
+
+
+def _train_step(variant: _Variant, images: torch.Tensor, labels: torch.Tensor, config) -> None:
+    variant.optimizer.zero_grad(set_to_none=True)
+    if variant.input_requires_grad:
+        images = images.detach().requires_grad_(True)
+    with _autocast(config):
+        logits = variant.model(images)
+    F.cross_entropy(logits.float(), labels).backward()
+    variant.optimizer.step()
+
+
+def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of ``fn()``, the device synchronised on both ends.
+
+    CPU time leaves out the time the process waited for a core, so on a shared machine it is
+    the steadier of the two (with one torch thread it is the time of the work itself).
+    """
+    _synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _rotated(names: tuple[str, ...], round_index: int) -> list[str]:
+    shift = round_index % len(names)
+    return list(names[shift:] + names[:shift])
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[int, int]:
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+def _unique_bytes(tensors: Iterator[torch.Tensor]) -> int:
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+            ptr, nbytes = _storage_key(tensor)
+            seen[ptr] = max(seen.get(ptr, 0), nbytes)
+    return sum(seen.values())
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                yield value
+
+
+@contextlib.contextmanager
+def _saved_activation_bytes(model: nn.Module) -> Iterator[dict[str, int]]:
+    """Count, once per storage, the non-parameter tensors autograd saves for backward."""
+    parameters = {_storage_key(p)[0] for p in model.parameters()}
+    seen: dict[int, int] = {}
+    result = {"bytes": 0}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        ptr, nbytes = _storage_key(tensor)
+        if ptr not in parameters:
+            seen[ptr] = max(seen.get(ptr, 0), nbytes)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield result
+    result["bytes"] = sum(seen.values())
+
+
+def _cpu_step_peak(step: Callable[[], None]) -> int:
+    """Highest net bytes the step has allocated on the CPU, from the profiler's memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [
+        event
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]" and str(event.device_type()).endswith("CPU")
+    ]
+    running = peak = 0
+    for event in sorted(events, key=lambda event: event.start_ns()):
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def _measure_memory(
+    variant: _Variant, images: torch.Tensor, labels: torch.Tensor, config: SpeedConfig
+) -> dict[str, int]:
+    """Peak live tensor bytes of one training step, with its parts (see the module docstring)."""
+    model, optimizer = variant.model, variant.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    parameter_bytes = _unique_bytes(model.parameters())
+    optimizer_bytes = _unique_bytes(_optimizer_tensors(optimizer))
+    batch_bytes = _unique_bytes(iter((images, labels)))
+    before = parameter_bytes + optimizer_bytes + batch_bytes
+    saved: dict[str, int] = {}
+
+    def step() -> None:
+        with _saved_activation_bytes(model) as counter:
+            _train_step(variant, images, labels, config)
+        saved.update(counter)
+
+    if config.device == "cuda":
+        torch.cuda.synchronize()
+        allocated = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        step_peak = torch.cuda.max_memory_allocated() - allocated
+    else:
+        step_peak = _cpu_step_peak(step)
+    return {
+        "peak_bytes": before + step_peak,
+        "parameter_bytes": parameter_bytes,
+        "optimizer_state_bytes": _unique_bytes(_optimizer_tensors(optimizer)),
+        "gradient_bytes": _unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
+        "saved_activation_bytes": saved["bytes"],
+        "batch_bytes": batch_bytes,
+    }
+
+
+def _directory_bytes(directory: Path, suffix: str | None = None) -> int:
+    return sum(
+        path.stat().st_size
+        for path in directory.rglob("*")
+        if path.is_file() and (suffix is None or path.name.endswith(suffix))
+    )
+
+
+def _adapter_sizes(variants: dict[str, _Variant]) -> dict[str, dict[str, int]]:
+    sizes = {}
+    with tempfile.TemporaryDirectory(prefix="heartlora-speed-") as tmp:
+        for name in ("heart_lora", "lora_all_heads", "peft_lora"):
+            directory = Path(tmp) / name
+            model = variants[name].model
+            if name == "peft_lora":
+                model.save_pretrained(str(directory))
+            else:
+                save_adapter(model, directory)
+            sizes[name] = {
+                "weights_bytes": _directory_bytes(directory, ".safetensors"),
+                "total_bytes": _directory_bytes(directory),
+            }
+    return sizes
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _summary(wall: list[float], cpu: list[float]) -> dict[str, Any]:
+    ms = [s * 1000.0 for s in wall]
+    cpu_ms = [s * 1000.0 for s in cpu]
+    return {
+        "times_ms": ms,
+        "median_ms": _median(ms),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+        "cpu_times_ms": cpu_ms,
+        "cpu_median_ms": _median(cpu_ms),
+    }
+
+
+def _paired(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of the per-round ratio (robust to load that drifts between rounds)."""
+    return _median([n / d for n, d in zip(numerator, denominator)])
+
+
+def _time_ratios(
+    train: dict[str, Any],
+    inference: dict[str, Any],
+    calibration: dict[str, Any],
+    key: str,
+    epoch_key: str,
+) -> dict[str, float]:
+    """Ratios of the medians under ``key`` (wall ``median_ms`` or ``cpu_median_ms``)."""
+
+    def step(a: str, b: str) -> float:
+        return train[a][key] / train[b][key]
+
+    return {
+        "heart_lora_vs_bound": step("heart_lora", "bound"),
+        "heart_lora_vs_peft_lora": step("heart_lora", "peft_lora"),
+        "lora_all_heads_vs_bound": step("lora_all_heads", "bound"),
+        "lora_all_heads_vs_peft_lora": step("lora_all_heads", "peft_lora"),
+        "peft_lora_vs_bound": step("peft_lora", "bound"),
+        "full_vs_bound": step("full", "bound"),
+        "merged_vs_base": inference["merged"][key] / inference["base"][key],
+        "unmerged_vs_base": inference["unmerged"][key] / inference["base"][key],
+        "calibration_vs_epoch": calibration[key] / calibration[epoch_key],
+    }
+
+
+def _environment(config: SpeedConfig) -> dict[str, Any]:
+    import timm
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    device_name = (
+        torch.cuda.get_device_name() if config.device == "cuda" else platform.processor() or "cpu"
+    )
+    return {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "peft": peft_version,
+        "python": platform.python_version(),
+        "device_name": device_name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_speed_benchmark(
+    config: SpeedConfig | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run the whole benchmark in this process and return a JSON-ready result.
+
+    Returns:
+        ``{"config", "environment", "memory_method", "train", "inference", "calibration",
+        "adapter_bytes", "ratios", "paired_ratios", "targets"}``: per variant the raw times of
+        every timed round (ms), their median, min and max; memory in bytes; ``ratios`` of
+        medians (and of peak memory, adapter size); ``paired_ratios`` as medians of per-round
+        ratios; ``targets`` each ratio's limit and whether it is met.
+
+    Raises:
+        HeartLoRAError: on an invalid configuration, a model without attention heads, or no peft.
+    """
+    config = config or SpeedConfig()
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, log or (lambda _line: None))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    started = time.perf_counter()
+
+    generator = torch.Generator().manual_seed(config.seed)
+    images = torch.rand(config.batch_size, 3, config.img_size, config.img_size, generator=generator)
+    labels = torch.randint(0, config.num_classes, (config.batch_size,), generator=generator)
+    images, labels = images.to(config.device), labels.to(config.device)
+
+    log(f"building {len(TRAIN_VARIANTS)} variants of {config.model}")
+    variants = {name: _make_variant(name, config) for name in TRAIN_VARIANTS}
+    calib_batches = [(images, labels)] * config.calib_batches
+    calibration_times: list[tuple[float, float]] = []
+
+    def calibrate() -> None:
+        with _autocast(config):
+            responsiveness(
+                variants["lora_all_heads"].model,
+                calib_batches,
+                loss_fn=lambda logits, target: F.cross_entropy(logits.float(), target),
+                scorer="taylor",
+                max_batches=config.calib_batches,
+            )
+
+    rounds = config.warmup + config.steps
+    for round_index in range(rounds):
+        timed = round_index >= config.warmup
+        for name in _rotated(TRAIN_VARIANTS, round_index):
+            variant = variants[name]
+            wall, cpu = _timed(
+                lambda v=variant: _train_step(v, images, labels, config), config.device
+            )
+            if timed:
+                variant.times.append(wall)
+                variant.cpu_times.append(cpu)
+        # the scorer needs trained B blocks: it runs after this round's steps
+        if round_index == config.warmup - 1 or (config.warmup == 0 and round_index == 0):
+            calibrate()  # untimed warm-up of the scoring path
+        if timed and round_index - config.warmup < config.calib_rounds:
+            calibration_times.append(_timed(calibrate, config.device))
+        summary = "warm-up"
+        if timed:
+            steps = (f"{n} {variants[n].times[-1] * 1000:.0f} ms" for n in TRAIN_VARIANTS)
+            summary = "timed: " + ", ".join(steps)
+        log(f"round {round_index + 1}/{rounds} ({summary})")
+
+    log("measuring peak memory of one step per variant")
+    memory = {
+        name: _measure_memory(variant, images, labels, config) for name, variant in variants.items()
+    }
+
+    log("timing inference: base, merged and unmerged Heart-LoRA")
+    heart = variants["heart_lora"].model
+    inference_models = {
+        "base": _build_model(config).eval(),
+        "merged": merge(copy.deepcopy(heart)).eval(),
+        "unmerged": heart.eval(),
+    }
+    inference_times: dict[str, list[tuple[float, float]]] = {n: [] for n in INFERENCE_VARIANTS}
+    for round_index in range(rounds):
+        for name in _rotated(INFERENCE_VARIANTS, round_index):
+            model = inference_models[name]
+
+            def forward(model: nn.Module = model) -> None:
+                with torch.inference_mode(), _autocast(config):
+                    model(images)
+
+            measured = _timed(forward, config.device)
+            if round_index >= config.warmup:
+                inference_times[name].append(measured)
+    heart.train()
+
+    log("saving adapters")
+    adapter_bytes = _adapter_sizes(variants)
+
+    train = {
+        name: {
+            "label": LABELS[name],
+            "trainable_parameters": sum(
+                p.numel() for p in variant.model.parameters() if p.requires_grad
+            ),
+            **_summary(variant.times, variant.cpu_times),
+            "memory": memory[name],
+        }
+        for name, variant in variants.items()
+    }
+    inference = {
+        name: {"label": LABELS[name], **_summary(*zip(*times))}
+        for name, times in inference_times.items()
+    }
+    steps_per_epoch = math.ceil(config.epoch_images / config.batch_size)
+    calibration = {
+        "scorer": "taylor",
+        "calib_batches": config.calib_batches,
+        "images": config.calib_batches * config.batch_size,
+        **_summary(*zip(*calibration_times)),
+        "epoch_images": config.epoch_images,
+        "steps_per_epoch": steps_per_epoch,
+        "epoch_ms": steps_per_epoch * train["heart_lora"]["median_ms"],
+        "cpu_epoch_ms": steps_per_epoch * train["heart_lora"]["cpu_median_ms"],
+    }
+
+    def memory_ratio(a: str, b: str) -> float:
+        return memory[a]["peak_bytes"] / memory[b]["peak_bytes"]
+
+    def bytes_ratio(a: str, b: str) -> float:
+        return adapter_bytes[a]["total_bytes"] / adapter_bytes[b]["total_bytes"]
+
+    ratios = {
+        **_time_ratios(train, inference, calibration, "median_ms", "epoch_ms"),
+        "heart_lora_memory_vs_peft_lora": memory_ratio("heart_lora", "peft_lora"),
+        "heart_lora_memory_vs_bound": memory_ratio("heart_lora", "bound"),
+        "lora_all_heads_memory_vs_peft_lora": memory_ratio("lora_all_heads", "peft_lora"),
+        "full_memory_vs_bound": memory_ratio("full", "bound"),
+        "heart_lora_adapter_bytes_vs_peft_lora": bytes_ratio("heart_lora", "peft_lora"),
+        "lora_all_heads_adapter_bytes_vs_peft_lora": bytes_ratio("lora_all_heads", "peft_lora"),
+    }
+    cpu_ratios = _time_ratios(train, inference, calibration, "cpu_median_ms", "cpu_epoch_ms")
+
+    def times(name: str) -> list[float]:
+        return variants[name].times
+
+    inference_wall = {name: [wall for wall, _ in pairs] for name, pairs in inference_times.items()}
+    paired_ratios = {
+        "heart_lora_vs_bound": _paired(times("heart_lora"), times("bound")),
+        "heart_lora_vs_peft_lora": _paired(times("heart_lora"), times("peft_lora")),
+        "lora_all_heads_vs_bound": _paired(times("lora_all_heads"), times("bound")),
+        "lora_all_heads_vs_peft_lora": _paired(times("lora_all_heads"), times("peft_lora")),
+        "merged_vs_base": _paired(inference_wall["merged"], inference_wall["base"]),
+    }
+    targets = {
+        name: {"limit": limit, "value": ratios[name], "met": ratios[name] <= limit}
+        for name, limit in TARGETS.items()
+    }
+    result = {
+        "config": asdict(config),
+        "environment": _environment(config),
+        "memory_method": (
+            "peak live tensor bytes in one training step: parameters + optimizer state + batch "
+            "before the step, plus the highest net allocation during it ("
+            + (
+                "torch.cuda.max_memory_allocated"
+                if config.device == "cuda"
+                else "running sum of torch.profiler CPU memory events"
+            )
+            + "); saved_activation_bytes: unique non-parameter storages saved for backward"
+        ),
+        "train": train,
+        "inference": inference,
+        "calibration": calibration,
+        "adapter_bytes": adapter_bytes,
+        "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
+        "paired_ratios": paired_ratios,
+        "targets": targets,
+        "wall_s": time.perf_counter() - started,
+    }
+    return result
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.1f}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A plain-text table of a `run_speed_benchmark` result."""
+    config, env = result["config"], result["environment"]
+    lines = [
+        f"heartlora speed: {config['model']}, {config['img_size']} px, "
+        f"batch {config['batch_size']}, {config['device']} {config['dtype']}, "
+        f"rank {config['rank']}, {env['torch_threads']} torch threads on {env['cpu_count']} CPUs, "
+        f"{config['steps']} timed rounds after {config['warmup']} warm-up (medians)",
+        "",
+        f"{'training step (fwd+bwd+AdamW)':<32}{'wall ms':>9}{'min ms':>9}{'CPU ms':>9}"
+        f"{'trainable':>12}{'peak MiB':>10}{'saved MiB':>11}",
+    ]
+    for row in result["train"].values():
+        memory = row["memory"]
+        lines.append(
+            f"  {row['label']:<30}{row['median_ms']:>9.1f}{row['min_ms']:>9.1f}"
+            f"{row['cpu_median_ms']:>9.1f}{row['trainable_parameters']:>12,}"
+            f"{_mib(memory['peak_bytes']):>10}{_mib(memory['saved_activation_bytes']):>11}"
+        )
+    lines += ["", f"{'inference (forward, eval)':<32}{'wall ms':>9}{'min ms':>9}{'CPU ms':>9}"]
+    for row in result["inference"].values():
+        lines.append(
+            f"  {row['label']:<30}{row['median_ms']:>9.1f}{row['min_ms']:>9.1f}"
+            f"{row['cpu_median_ms']:>9.1f}"
+        )
+    calibration = result["calibration"]
+    lines += [
+        "",
+        f"calibration ({calibration['scorer']}, {calibration['calib_batches']} batches = "
+        f"{calibration['images']} images): {calibration['median_ms']:.0f} ms wall; one epoch of "
+        f"{calibration['epoch_images']} images = {calibration['steps_per_epoch']} Heart-LoRA "
+        f"steps = {calibration['epoch_ms']:.0f} ms wall",
+        "adapter on disk, all files (weights only): "
+        + ", ".join(
+            f"{name} {sizes['total_bytes'] / 1024:.1f} KiB ({sizes['weights_bytes'] / 1024:.1f})"
+            for name, sizes in result["adapter_bytes"].items()
+        ),
+        "",
+        f"{'ratio':<44}{'wall':>7}{'paired':>8}{'CPU':>7}   target",
+    ]
+    for name, value in result["ratios"].items():
+        target = result["targets"].get(name)
+        paired = result["paired_ratios"].get(name)
+        cpu = result["cpu_ratios"].get(name)
+        lines.append(
+            f"  {name:<42}{value:>7.3f}"
+            + (f"{paired:>8.3f}" if paired is not None else " " * 8)
+            + (f"{cpu:>7.3f}" if cpu is not None else " " * 7)
+            + (
+                f"   <= {target['limit']:.2f} {'met' if target['met'] else 'MISSED'}"
+                if target
+                else ""
+            )
+        )
+    lines += ["", f"memory: {result['memory_method']}"]
+    return "\n".join(lines)
