@@ -51,12 +51,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy, tmp_path, monkey
     assert not (out / "result.json").exists()
 
 
-def test_corrupt_image_is_an_error_or_skipped_and_counted(toy, tmp_path, capsys):
-    root, checkpoint = toy
-    broken_root = tmp_path / "data"
-    make_learnable_task(broken_root)
-    victim = broken_root / "toy" / "images" / "train800" / "0003.png"
+def _task_with_truncated_image(root, name: str):
+    """The toy task under ``root`` with training image ``name`` cut after 40 bytes."""
+    make_learnable_task(root)
+    victim = root / "toy" / "images" / "train800" / name
     victim.write_bytes(victim.read_bytes()[:40])
+    return root
+
+
+def test_corrupt_image_is_an_error_or_skipped_and_counted(toy, tmp_path, capsys):
+    _, checkpoint = toy
+    broken_root = _task_with_truncated_image(tmp_path / "data", "0003.png")
     args = train_args(broken_root, checkpoint, tmp_path / "strict", "linear", epochs=1)
     assert main(args) == 2
     assert "0003.png" in _one_line_error(capsys)
@@ -177,11 +182,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_errors_from_dataloader_workers_keep_their_message(toy, tmp_path, capsys):
-    root, checkpoint = toy
-    broken_root = tmp_path / "data"
-    make_learnable_task(broken_root)
-    victim = broken_root / "toy" / "images" / "train800" / "0005.png"
-    victim.write_bytes(victim.read_bytes()[:40])
+    _, checkpoint = toy
+    broken_root = _task_with_truncated_image(tmp_path / "data", "0005.png")
     args = train_args(broken_root, checkpoint, tmp_path / "run", "linear", epochs=1, num_workers=1)
     assert main(args) == 2
     assert "0005.png" in _one_line_error(capsys)
