@@ -28,6 +28,8 @@ def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
             str(out),
             "--data-root",
             str(tmp_path / "data"),
+            "--set",
+            "warmup_steps=4",
             "--methods",
             "linear,lora,heart-lora-layer[ne=3],peft-lora",
         ]
@@ -57,6 +59,8 @@ def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
                 str(out),
                 "--data-root",
                 str(tmp_path / "data"),
+                "--set",
+                "warmup_steps=4",
                 "--methods",
                 "linear",
             ]

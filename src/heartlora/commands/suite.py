@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from heartlora.errors import HeartLoRAError
 from heartlora.suite import DEFAULT_METHODS
 
 
@@ -16,9 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_METHODS),
         help="comma-separated methods; NAME[key=value;...] adds overrides",
     )
-    parser.add_argument("--epochs", type=int, help="epochs per run (default 10)")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default 8)")
     parser.add_argument("--seeds", default="1", help="a count (3 → seeds 0,1,2) or a list (0,7)")
     parser.add_argument("--output-dir", default="runs/suite", help="where runs and tables go")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs trained at once, one process and `threads` torch threads each "
+        "(default 2, for 2 cores)",
+    )
     parser.add_argument(
         "--data-root",
         help="where mini-VTAB is materialised "
@@ -57,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
         for name, spec in MINI_VTAB_TASKS.items():
             print(f"{name:<20} {spec.group:<12} {spec.num_classes:>3} classes  {spec.description}")
         return 0
+    if args.jobs < 1:
+        raise HeartLoRAError(f"--jobs must be at least 1, got {args.jobs}")
     overrides = list(args.set) + ([f"epochs={args.epochs}"] if args.epochs else [])
-    base = suite_base_config(args.config, overrides)
+    base, method_defaults = suite_base_config(args.config, overrides)
     methods = _split_methods(args.methods)
     seeds = parse_seeds(args.seeds)
     data_root = Path(args.data_root) if args.data_root else default_data_root()
@@ -72,7 +82,15 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     output_dir = Path(args.output_dir)
-    run_suite(tasks, methods, seeds, output_dir, base, log=lambda line: print(line, flush=True))
+    run_suite(
+        tasks,
+        methods,
+        seeds,
+        output_dir,
+        base,
+        log=lambda line: print(line, flush=True),
+        method_defaults=method_defaults,
+    )
     print()
     print((output_dir / "results.md").read_text(encoding="utf-8"))
     print(
