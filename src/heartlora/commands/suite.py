@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         base,
         log=lambda line: print(line, flush=True),
         method_defaults=method_defaults,
+        jobs=args.jobs,
     )
     print()
     print((output_dir / "results.md").read_text(encoding="utf-8"))
