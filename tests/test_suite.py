@@ -15,26 +15,17 @@ from heartlora.suite import parse_method, parse_seeds
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _one_epoch_suite(tmp_path, methods: str) -> list[str]:
+    """`heartlora suite` arguments: sk-digits, one epoch, calibration after 4 steps."""
+    return [
+        "suite", "--tasks", "sk-digits", "--epochs", "1", "--output-dir", str(tmp_path / "suite"),
+        "--data-root", str(tmp_path / "data"), "--set", "warmup_steps=4", "--methods", methods,
+    ]  # fmt: skip
+
+
 def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
     out = tmp_path / "suite"
-    code = main(
-        [
-            "suite",
-            "--tasks",
-            "sk-digits",
-            "--epochs",
-            "1",
-            "--output-dir",
-            str(out),
-            "--data-root",
-            str(tmp_path / "data"),
-            "--set",
-            "warmup_steps=4",
-            "--methods",
-            "linear,lora,heart-lora-layer[ne=3],peft-lora",
-        ]
-    )
-    assert code == 0
+    assert main(_one_epoch_suite(tmp_path, "linear,lora,heart-lora-layer[ne=3],peft-lora")) == 0
     printed = capsys.readouterr().out
     assert "| Method |" in printed and "accuracy_vs_storage.png" in printed
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -47,26 +38,7 @@ def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "Natural" in table and "Average" in table
     # a second call reuses every finished run
-    assert (
-        main(
-            [
-                "suite",
-                "--tasks",
-                "sk-digits",
-                "--epochs",
-                "1",
-                "--output-dir",
-                str(out),
-                "--data-root",
-                str(tmp_path / "data"),
-                "--set",
-                "warmup_steps=4",
-                "--methods",
-                "linear",
-            ]
-        )
-        == 0
-    )
+    assert main(_one_epoch_suite(tmp_path, "linear")) == 0
     assert "reused" in capsys.readouterr().out
 
 
