@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from heartlora.atomic import atomic_write_json
 from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.suite import SuiteTask, parse_seeds, run_suite, write_reports
-from heartlora.train_config import read_config_file
+from heartlora.train_config import parse_override, read_config_file
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "vtab1k"
 SCALES = (0.01, 0.1, 1, 10, 100)
@@ -51,8 +49,8 @@ def main() -> None:
     if args.model:
         base["model"] = args.model
     for item in args.set:
-        key, _, value = item.partition("=")
-        base[key] = yaml.safe_load(value)
+        key, value = parse_override(item)
+        base[key] = value
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     protocol = read_config_file(CONFIGS / "base.yaml")
     tasks = []

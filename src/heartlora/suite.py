@@ -26,7 +26,7 @@ import yaml
 from heartlora.atomic import atomic_write, atomic_write_text
 from heartlora.errors import HeartLoRAError
 from heartlora.report import RunResult, markdown_table, results_csv, summarize
-from heartlora.train_config import TrainConfig, build_config, read_config_file
+from heartlora.train_config import TrainConfig, build_config, parse_override, read_config_file
 
 DEFAULT_METHODS = ("linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora")
 
@@ -140,10 +140,8 @@ def _run_config(
 
 
 def _finished(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
-    result, saved = run_dir / "result.json", run_dir / "config.yaml"
-    if not (result.is_file() and saved.is_file()):
-        return None
-    if yaml.safe_load(saved.read_text(encoding="utf-8")) != config.to_dict():
+    result = run_dir / "result.json"
+    if not result.is_file() or _saved_config(run_dir) != config.to_dict():
         return None
     return json.loads(result.read_text(encoding="utf-8"))
 
@@ -286,10 +284,8 @@ def suite_base_config(
     base = dict(MINI_DEFAULTS)
     given = read_config_file(config_file) if config_file else {}
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise HeartLoRAError(f"--set expects key=value, got {item!r}")
-        given[key.strip()] = yaml.safe_load(value)
+        key, value = parse_override(item)
+        given[key] = value
     base.update(given)
     build_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()])  # validate early
     method_defaults = {

@@ -196,10 +196,15 @@ def _check_keys(data: dict[str, Any], where: str) -> None:
             raise HeartLoRAError(f"{where}: unknown config key {key!r}{hint}")
 
 
-def _coerce(key: str, text: str) -> Any:
-    """Parse a ``--set key=value`` value with YAML rules (numbers, bools, lists, null)."""
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"key=value"`` → ``(key, value)``, the value read with YAML rules (numbers, bools,
+    lists, null). Used by every ``--set`` option; the key is checked where it is applied."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise HeartLoRAError(f"--set expects key=value, got {item!r}")
     try:
-        return yaml.safe_load(text)
+        return key, yaml.safe_load(text)
     except yaml.YAMLError:
         raise HeartLoRAError(f"--set {key}: cannot parse value {text!r}") from None
 
@@ -239,11 +244,9 @@ def build_config(
     data: dict[str, Any] = read_config_file(config_file) if config_file else {}
     data.update({k: v for k, v in (flags or {}).items() if v is not None})
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise HeartLoRAError(f"--set expects key=value, got {item!r}")
-        _check_keys({key.strip(): None}, "--set")
-        data[key.strip()] = _coerce(key, value)
+        key, value = parse_override(item)
+        _check_keys({key: None}, "--set")
+        data[key] = value
     if isinstance(data.get("targets"), str):
         data["targets"] = [t.strip() for t in data["targets"].split(",") if t.strip()]
     try:
