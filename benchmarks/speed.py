@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py --model vit_small_patch16_224 --steps 10 --json speed.json
 
-The same as `heartlora speed`; see `heartlora.speed` for what is measured and docs/performance.md
+The same as `heartlora speed`; see `heartlora.tools.speed` for what is measured and docs/performance.md
 for the figures.
 """
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from heartlora.atomic import atomic_write_json
 from heartlora.data.vtab1k import VTAB1K_TASKS
-from heartlora.suite import SuiteTask, parse_seeds, run_suite, write_reports
-from heartlora.train_config import parse_override, read_config_file
+from heartlora.training.config import parse_override, read_config_file
+from heartlora.training.suite import SuiteTask, parse_seeds, run_suite, write_reports
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "vtab1k"
 SCALES = (0.01, 0.1, 1, 10, 100)

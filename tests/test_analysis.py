@@ -10,7 +10,8 @@ from test_export import make_registered_adapter
 from tiny_models import randomize_adapters, tiny_swin
 
 import heartlora as hl
-from heartlora.analysis import (
+from heartlora.cli import main
+from heartlora.tools.analysis import (
     DPI,
     HEADS_JSON,
     OVERLAP_JSON,
@@ -26,7 +27,6 @@ from heartlora.analysis import (
     responsiveness_figsize,
     task_heads_figsize,
 )
-from heartlora.cli import main
 
 
 def _png_size(path) -> tuple[int, int]:

@@ -5,7 +5,7 @@ import torch
 from tiny_models import images, randomize_adapters, tiny_swin, tiny_vit
 
 import heartlora as hl
-from heartlora.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from heartlora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
 
 
 def _trained(build=tiny_vit, ne=1, **config):

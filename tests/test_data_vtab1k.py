@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from heartlora.data.loading import build_dataset
+from heartlora.data.factory import build_dataset
 from heartlora.data.transforms import IMAGENET_NORMALIZE, build_transform
 from heartlora.data.vtab1k import (
     VTAB1K_GROUPS,

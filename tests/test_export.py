@@ -9,7 +9,7 @@ from tiny_models import batches, images, randomize_adapters, tiny_swin, tiny_vit
 
 import heartlora as hl
 from heartlora.cli import main
-from heartlora.export import (
+from heartlora.tools.export import (
     MERGED_INFO_NAME,
     MERGED_WEIGHTS_NAME,
     PEFT_CONFIG_NAME,

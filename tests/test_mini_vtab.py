@@ -1,4 +1,4 @@
-"""Tests for the bundled mini-VTAB tasks (`heartlora.data.mini_vtab`, `heartlora.data.bundled`)."""
+"""Tests for the bundled mini-VTAB tasks (`heartlora.bundled.mini_vtab`, `heartlora.bundled.tasks`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from heartlora.data.bundled import (
+from heartlora.bundled.tasks import (
     MINI_VTAB_TASKS,
     SPLIT_FILES,
     build_task,

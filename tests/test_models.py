@@ -9,9 +9,9 @@ from safetensors.torch import load_file, save_file
 from timm.data import resolve_data_config
 from timm.models import _builder
 
-import heartlora.models as models
+import heartlora.bundled.model as models
+from heartlora.bundled.model import BASE_CHECKPOINT, BASE_MODEL_NAME, create_base_model
 from heartlora.errors import HeartLoRAError
-from heartlora.models import BASE_CHECKPOINT, BASE_MODEL_NAME, create_base_model
 
 
 @pytest.fixture

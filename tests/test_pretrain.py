@@ -12,11 +12,17 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from heartlora.bundled.fashion_mnist import FashionMNIST, load_fashion_mnist, read_idx
+from heartlora.bundled.model import BASE_MODEL_NAME
+from heartlora.bundled.pretrain import (
+    PretrainConfig,
+    _augment,
+    _lr_factor,
+    pretrain,
+    save_state_dict,
+)
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
-from heartlora.fashion_mnist import FashionMNIST, load_fashion_mnist, read_idx
-from heartlora.models import BASE_MODEL_NAME
-from heartlora.pretrain import PretrainConfig, _augment, _lr_factor, pretrain, save_state_dict
 
 
 def _write_idx(path: Path, tensor: torch.Tensor, compress: bool) -> None:

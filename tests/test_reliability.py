@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
 
-import heartlora.train as train_module
+import heartlora.training.trainer as train_module
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
-from heartlora.train_config import build_config, known_keys
+from heartlora.training.config import build_config, known_keys
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_image_too_small_or_grey_is_fine(tmp_path):
     # grey 10×12 PNGs are resized and converted: not an error
     image = tmp_path / "x.png"
     Image.new("L", (10, 12), 3).save(image)
-    from heartlora.data.loading import open_image
+    from heartlora.data.base import open_image
 
     assert open_image(image).mode == "RGB"
 

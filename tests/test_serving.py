@@ -10,7 +10,7 @@ from tiny_models import images, randomize_adapters, tiny_vit
 import heartlora as hl
 from heartlora.cli import main
 from heartlora.data.transforms import build_transform
-from heartlora.serving import MultiTaskModel, base_model_from_adapter
+from heartlora.tools.serving import MultiTaskModel, base_model_from_adapter
 
 
 def _tiny_adapter(tmp_path, name, num_classes, targets, ne, seed):

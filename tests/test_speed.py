@@ -5,7 +5,7 @@ import pytest
 
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
-from heartlora.speed import (
+from heartlora.tools.speed import (
     INFERENCE_VARIANTS,
     TARGETS,
     TRAIN_VARIANTS,

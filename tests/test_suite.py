@@ -9,8 +9,8 @@ from PIL import Image
 from train_fixtures import make_base_checkpoint, make_learnable_task
 
 from heartlora.cli import main
-from heartlora.report import RunResult, markdown_table, summarize
-from heartlora.suite import parse_method, parse_seeds
+from heartlora.training.report import RunResult, markdown_table, summarize
+from heartlora.training.suite import parse_method, parse_seeds
 
 ROOT = Path(__file__).resolve().parent.parent
 

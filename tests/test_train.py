@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
 
 from heartlora.cli import main
-from heartlora.train import Trainer
+from heartlora.training.trainer import Trainer
 
 METHODS = ["linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora"]
 

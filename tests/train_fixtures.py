@@ -9,7 +9,7 @@ import timm
 from PIL import Image
 from safetensors.torch import save_file
 
-import heartlora.models  # noqa: F401  (registers vit_mini_patch4_28)
+import heartlora.bundled.model  # noqa: F401  (registers vit_mini_patch4_28)
 
 SPLITS = {"train800": 32, "val200": 16, "test": 24}
 

@@ -4,9 +4,9 @@ The usual flow: ``inject`` adapters → ``responsiveness`` on training batches �
 ``deactivate_heads`` → train → ``merge`` or ``save_adapter``.
 """
 
-import heartlora.models  # noqa: F401  (registers the bundled base ViT with timm)
+import heartlora.bundled  # noqa: F401  (registers the bundled base ViT with timm)
+from heartlora.adapter_io import load_adapter, read_adapter_config, save_adapter
 from heartlora.adapters import HeadLoRAProj, HeadLoRAQKV
-from heartlora.checkpoint import load_adapter, read_adapter_config, save_adapter
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.checkpoint import load_adapter, read_adapter_config
+from heartlora.adapter_io import load_adapter, read_adapter_config
 from heartlora.errors import HeartLoRAError
-from heartlora.export import EXPORT_FORMATS, export_merged, export_peft
-from heartlora.serving import base_model_from_adapter
+from heartlora.tools.export import EXPORT_FORMATS, export_merged, export_peft
+from heartlora.tools.serving import base_model_from_adapter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,15 @@ import torch
 from torch.nn.functional import cross_entropy
 from torch.utils.data import DataLoader
 
-from heartlora.analysis import (
+from heartlora.adapter_io import load_adapter, read_adapter_config
+from heartlora.config import MODES, SCORERS, HeartLoRAConfig
+from heartlora.data.base import DATASET_KINDS
+from heartlora.data.factory import build_dataset
+from heartlora.errors import HeartLoRAError
+from heartlora.inject import inject
+from heartlora.responsiveness import responsiveness
+from heartlora.selection import select_heads
+from heartlora.tools.analysis import (
     HeadReport,
     adapter_head_report,
     compare_tasks,
@@ -28,14 +36,7 @@ from heartlora.analysis import (
     write_head_report,
     write_task_comparison,
 )
-from heartlora.checkpoint import load_adapter, read_adapter_config
-from heartlora.config import MODES, SCORERS, HeartLoRAConfig
-from heartlora.data.loading import DATASET_KINDS, build_dataset
-from heartlora.errors import HeartLoRAError
-from heartlora.inject import inject
-from heartlora.responsiveness import responsiveness
-from heartlora.selection import select_heads
-from heartlora.serving import adapter_img_size, base_model_from_adapter, create_base_model
+from heartlora.tools.serving import adapter_img_size, base_model_from_adapter, create_base_model
 
 TRAIN_SPLITS = {"vtab1k": "train800val200", "fgvc": "train", "imagefolder": None}
 """The training split each dataset kind is scored on (never the test split)."""

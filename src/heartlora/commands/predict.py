@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from heartlora.checkpoint import read_adapter_config
-from heartlora.data.loading import open_image
+from heartlora.adapter_io import read_adapter_config
+from heartlora.data.base import open_image
 from heartlora.data.transforms import build_transform
 from heartlora.errors import HeartLoRAError
-from heartlora.serving import MultiTaskModel, adapter_img_size, base_model_from_adapter
+from heartlora.tools.serving import MultiTaskModel, adapter_img_size, base_model_from_adapter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

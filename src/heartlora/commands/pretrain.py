@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from heartlora.bundled.fashion_mnist import DEFAULT_DATA_DIR
+from heartlora.bundled.pretrain import PretrainConfig, pretrain
 from heartlora.errors import HeartLoRAError
-from heartlora.fashion_mnist import DEFAULT_DATA_DIR
-from heartlora.pretrain import PretrainConfig, pretrain
 
 _DEFAULTS = PretrainConfig()
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from heartlora.speed import SpeedConfig, format_report, run_speed_benchmark
+from heartlora.tools.speed import SpeedConfig, format_report, run_speed_benchmark
 
 _DEFAULTS = SpeedConfig()
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from heartlora.errors import HeartLoRAError
-from heartlora.suite import DEFAULT_METHODS
+from heartlora.training.suite import DEFAULT_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +58,8 @@ def _split_methods(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from heartlora.data.bundled import MINI_VTAB_TASKS, default_data_root
-    from heartlora.suite import mini_vtab_tasks, parse_seeds, run_suite, suite_base_config
+    from heartlora.bundled.tasks import MINI_VTAB_TASKS, default_data_root
+    from heartlora.training.suite import mini_vtab_tasks, parse_seeds, run_suite, suite_base_config
 
     if args.list:
         for name, spec in MINI_VTAB_TASKS.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from heartlora.train_config import METHODS, build_config
+from heartlora.training.config import METHODS, build_config
 
 # flag → config key, type, help
 FLAGS: tuple[tuple[str, str, type, str], ...] = (
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from heartlora.train import run_training
+    from heartlora.training.trainer import run_training
 
     flags = {
         name[len("flag_") :]: value

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from heartlora.data.loading import (
+from heartlora.data.base import (
     LabelledImageDataset,
     data_error,
     is_dir,

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from heartlora.data.loading import (
+from heartlora.data.base import (
     IMAGE_EXTENSIONS,
     LabelledImageDataset,
     data_error,

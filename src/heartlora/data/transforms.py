@@ -3,7 +3,7 @@
 The paper's protocol: resize to ``S × S`` with bicubic interpolation, convert to a float tensor in
 ``[0, 1]``, no normalisation, no augmentation. Normalisation and a simple augmentation (random
 resized crop + horizontal flip) are opt-in. Datasets hand the transform RGB PIL images
-(`heartlora.data.loading.open_image` converts).
+(`heartlora.data.base.open_image` converts).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from heartlora.data.loading import data_error
+from heartlora.data.base import data_error
 
 IMAGENET_NORMALIZE: tuple[tuple[float, ...], tuple[float, ...]] = (
     (0.485, 0.456, 0.406),

@@ -36,9 +36,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from heartlora.adapter_io import architecture_name
 from heartlora.adapters import QKV_SLOT, HeadLoRAProj, HeadLoRAQKV
 from heartlora.atomic import atomic_write, atomic_write_json
-from heartlora.checkpoint import architecture_name
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters, inject, merge

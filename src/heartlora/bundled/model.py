@@ -3,7 +3,7 @@
 `vit_mini_patch4_28` is an ordinary timm `VisionTransformer` (28×28 input, 4×4 patches, 49 tokens
 plus a class token, width 96, depth 6, 6 heads of 16 dims, ≈0.68 M parameters), registered in timm's
 model registry when `heartlora` is imported. Its pretrained weights are a safetensors file inside the
-package (`heartlora/assets/`), named by the `file` field of the model's `pretrained_cfg`, so
+package (`heartlora/bundled/assets/`), named by the `file` field of the model's `pretrained_cfg`, so
 
     timm.create_model("vit_mini_patch4_28", pretrained=True, num_classes=37)
 
@@ -11,8 +11,8 @@ loads them through timm's own file-checkpoint path, offline, exactly like any ot
 and a `num_classes` other than 10 drops the pretrained head (timm's classifier reset).
 
 Inputs are RGB images with values in [0, 1] and no normalisation (`mean` 0, `std` 1): Fashion-MNIST's
-grayscale images were replicated to three channels for pretraining. See `heartlora.pretrain` for how
-the checkpoint was made and `heartlora/assets/MODEL_CARD.md` for its provenance.
+grayscale images were replicated to three channels for pretraining. See `heartlora.bundled.pretrain` for how
+the checkpoint was made and `heartlora/bundled/assets/MODEL_CARD.md` for its provenance.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from heartlora.data import mini_sources as src
+from heartlora.bundled import mini_sources as src
 from heartlora.errors import HeartLoRAError
 
 IMAGE_SIZE = 28

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heartlora.checkpoint import save_adapter
+from heartlora.adapter_io import save_adapter
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import classifier_parameters, find_attention_layers, inject, merge

@@ -24,45 +24,17 @@ from typing import Any
 import yaml
 
 from heartlora.atomic import atomic_write, atomic_write_text
+from heartlora.bundled.tasks import (
+    MINI_DEFAULTS,
+    MINI_METHOD_DEFAULTS,
+    MINI_VTAB_TASKS,
+    materialize,
+)
 from heartlora.errors import HeartLoRAError
-from heartlora.report import RunResult, markdown_table, results_csv, summarize
-from heartlora.train_config import TrainConfig, build_config, parse_override, read_config_file
+from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
+from heartlora.training.report import RunResult, markdown_table, results_csv, summarize
 
 DEFAULT_METHODS = ("linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora")
-
-MINI_DEFAULTS: dict[str, Any] = {
-    "model": "vit_mini_patch4_28",
-    "checkpoint": None,
-    "img_size": 28,
-    "data_kind": "vtab1k",
-    "train_split": "train800val200",
-    "eval_split": "test",
-    "cache_images": True,
-    "epochs": 8,
-    "batch_size": 64,
-    "lr": 0.003,
-    "weight_decay": 0.0001,
-    "warmup_epochs": 2,
-    "warmup_lr": 0.000001,
-    "min_lr": 0.00001,
-    "drop_path": 0.1,
-    "eval_every": 5,
-    "rank": 8,
-    "scale": 10.0,
-    "ne": 2,
-    "scorer": "taylor",
-    "warmup_steps": 16,
-    "calib_batches": 4,
-    "threads": 1,
-}
-"""The mini-VTAB protocol: the paper's recipe scaled to 28-px images and an 8-epoch budget.
-``lr`` and ``scale`` were chosen on val200 of three tasks (docs/results.md)."""
-
-MINI_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"lr": 0.01},
-    "full": {"lr": 0.001},
-}
-"""Per-method learning rates, also chosen on val200; a key the user sets wins over these."""
 
 _METHOD_PATTERN = re.compile(r"^([a-z-]+)(?:\[(.*)\])?$")
 
@@ -105,8 +77,6 @@ def parse_seeds(text: str) -> list[int]:
 
 def mini_vtab_tasks(names: list[str] | None, data_root: Path) -> list[SuiteTask]:
     """The mini-VTAB tasks (all by default), materialised under ``data_root``."""
-    from heartlora.data.bundled import MINI_VTAB_TASKS, materialize
-
     names = names or list(MINI_VTAB_TASKS)
     unknown = [n for n in names if n not in MINI_VTAB_TASKS]
     if unknown:
@@ -156,7 +126,7 @@ def _train_run(settings: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any],
 
     Top-level (and given plain data) so that a worker process can run it.
     """
-    from heartlora.train import run_training
+    from heartlora.training.trainer import run_training
 
     config = TrainConfig(**settings)
     result = _finished(run_dir, config)

@@ -12,7 +12,7 @@ temporary folder next to it and renamed into place, so a reader never sees half 
 a folder whose manifest matches and whose files are all there is left untouched.
 
 Example:
-    >>> from heartlora.data.bundled import materialize, list_tasks
+    >>> from heartlora.bundled.tasks import materialize, list_tasks
     >>> root = materialize("/tmp/mini-vtab", tasks=["mnist", "animal-rotation"])
     >>> (root / "mnist" / "train800val200.txt").read_text().splitlines()[0]  # doctest: +SKIP
     'images/train/000000.png 3'
@@ -26,11 +26,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from heartlora.data.mini_vtab import (
+from heartlora.bundled.mini_vtab import (
     MINI_VTAB_TASKS,
     SPLITS,
     Sample,
@@ -205,3 +206,38 @@ def materialize(
     for spec in specs:
         _materialize_task(root_path, spec, seed, overwrite)
     return root_path
+
+
+MINI_DEFAULTS: dict[str, Any] = {
+    "model": "vit_mini_patch4_28",
+    "checkpoint": None,
+    "img_size": 28,
+    "data_kind": "vtab1k",
+    "train_split": "train800val200",
+    "eval_split": "test",
+    "cache_images": True,
+    "epochs": 8,
+    "batch_size": 64,
+    "lr": 0.003,
+    "weight_decay": 0.0001,
+    "warmup_epochs": 2,
+    "warmup_lr": 0.000001,
+    "min_lr": 0.00001,
+    "drop_path": 0.1,
+    "eval_every": 5,
+    "rank": 8,
+    "scale": 10.0,
+    "ne": 2,
+    "scorer": "taylor",
+    "warmup_steps": 16,
+    "calib_batches": 4,
+    "threads": 1,
+}
+"""The mini-VTAB protocol: the paper's recipe scaled to 28-px images and an 8-epoch budget.
+``lr`` and ``scale`` were chosen on val200 of three tasks (docs/results.md)."""
+
+MINI_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "linear": {"lr": 0.01},
+    "full": {"lr": 0.001},
+}
+"""Per-method learning rates, also chosen on val200; a key the user sets wins over these."""

@@ -28,8 +28,13 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
-from heartlora.data.loading import build_dataset
-from heartlora.distributed import (
+from heartlora.data.factory import build_dataset
+from heartlora.errors import HeartLoRAError
+from heartlora.inject import head_masks, set_head_masks, trainable_parameters
+from heartlora.responsiveness import responsiveness
+from heartlora.selection import deactivate_heads
+from heartlora.training.config import TrainConfig
+from heartlora.training.distributed import (
     World,
     all_reduce_gradients,
     all_reduce_sum,
@@ -37,19 +42,14 @@ from heartlora.distributed import (
     init_world,
     shard,
 )
-from heartlora.errors import HeartLoRAError
-from heartlora.inject import head_masks, set_head_masks, trainable_parameters
-from heartlora.methods import (
+from heartlora.training.methods import (
     active_heads_per_layer,
     create_model,
     prepare_model,
     save_trained,
     trainable,
 )
-from heartlora.responsiveness import responsiveness
-from heartlora.schedule import learning_rate
-from heartlora.selection import deactivate_heads
-from heartlora.train_config import TrainConfig
+from heartlora.training.schedule import learning_rate
 
 RUN_FILES = ("result.json", "checkpoint.pt", "metrics.csv")
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds")

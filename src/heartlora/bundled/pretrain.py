@@ -1,7 +1,7 @@
 """Pretraining the bundled base model from scratch on Fashion-MNIST.
 
-This is how `heartlora/assets/vit_mini_patch4_28.fmnist.safetensors` was made (the exact command,
-seed and result are in `heartlora/assets/MODEL_CARD.md`); CI never runs it at full size.
+This is how `heartlora/bundled/assets/vit_mini_patch4_28.fmnist.safetensors` was made (the exact command,
+seed and result are in `heartlora/bundled/assets/MODEL_CARD.md`); CI never runs it at full size.
 
 Recipe: AdamW, linear warm-up then cosine decay per step, label smoothing, and light augmentation
 (random 28×28 crop of the image zero-padded by 2 pixels, horizontal flip). Everything random — the
@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from heartlora.atomic import atomic_write
+from heartlora.bundled.fashion_mnist import load_fashion_mnist, to_rgb_float
+from heartlora.bundled.model import BASE_MODEL_NAME, BASE_NUM_CLASSES, create_base_model
 from heartlora.errors import HeartLoRAError
-from heartlora.fashion_mnist import load_fashion_mnist, to_rgb_float
-from heartlora.models import BASE_MODEL_NAME, BASE_NUM_CLASSES, create_base_model
 
 __all__ = [
     "PretrainConfig",
@@ -65,7 +65,7 @@ class PretrainConfig:
     seed: int = 0
     """seeds the initialisation, the shuffling and the augmentation."""
     data_dir: str | None = None
-    """directory of the Fashion-MNIST idx files (default `heartlora.fashion_mnist.DEFAULT_DATA_DIR`)."""
+    """directory of the Fashion-MNIST idx files (default `heartlora.bundled.fashion_mnist.DEFAULT_DATA_DIR`)."""
     eval_batch_size: int = 500
     """images per forward pass when evaluating."""
 

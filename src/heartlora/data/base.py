@@ -1,4 +1,4 @@
-"""Shared pieces of the dataset package: image opening, the common dataset class, `build_dataset`.
+"""Shared pieces of the dataset package: image opening and the common dataset class.
 
 Every dataset format (VTAB-1k split files, FGVC json splits, ImageFolder trees) turns its listing
 into `samples: list[tuple[Path, int]]` and hands it to `LabelledImageDataset`, which owns
@@ -191,80 +191,3 @@ class LabelledImageDataset(Dataset):
         path, label = self.samples[index]
         image = open_image(path)
         return (self.transform(image) if self.transform is not None else image), label
-
-
-def build_dataset(
-    kind: str,
-    root: str | Path,
-    task: str | None,
-    split: str | None,
-    img_size: int,
-    *,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-    augment: bool = False,
-    skip_corrupt: bool = False,
-    num_classes: int | None = None,
-    image_dir: str | None = None,
-) -> LabelledImageDataset:
-    """Build a dataset of any supported format with the paper's transform.
-
-    Args:
-        kind: ``"vtab1k"``, ``"fgvc"`` or ``"imagefolder"``.
-        root: the folder holding the tasks (VTAB-1k, FGVC) or the image tree (ImageFolder).
-        task: VTAB-1k task (``"cifar"``, ...), FGVC dataset (``"CUB_200_2011"``, ...), or for
-            ImageFolder an optional subfolder of `root` (``None``: `root` itself).
-        split: VTAB-1k ``train800|val200|train800val200|test``; FGVC ``train|val|trainval|test``;
-            ImageFolder a split folder name, or ``None`` for a tree without split folders.
-        img_size: images are resized to ``img_size × img_size`` (bicubic).
-        normalize: ``(mean, std)`` per channel, or ``None`` (the paper: no normalisation).
-        augment: random resized crop + horizontal flip (training only; the paper uses none).
-        skip_corrupt: drop and count corrupt images instead of failing on them.
-        num_classes: the class count, overriding (VTAB-1k) or checking (FGVC, ImageFolder) the
-            one found from the data.
-        image_dir: FGVC only: image folder inside the dataset folder (default per dataset).
-
-    Returns:
-        A `LabelledImageDataset` with `num_classes`, `samples` and `skipped`.
-
-    Raises:
-        HeartLoRAError: unknown `kind` or any bad input found in the data.
-    """
-    from heartlora.data.fgvc import FGVCDataset
-    from heartlora.data.imagefolder import ImageFolderDataset
-    from heartlora.data.transforms import build_transform
-    from heartlora.data.vtab1k import VTAB1kDataset
-
-    if kind not in DATASET_KINDS:
-        raise data_error(
-            f"unknown dataset kind {quote(str(kind))} (expected one of {', '.join(DATASET_KINDS)})"
-        )
-    if kind != "imagefolder" and not task:
-        raise data_error(f"dataset kind {kind} needs a task name (got {task!r})")
-    if kind != "imagefolder" and not split:
-        raise data_error(f"dataset kind {kind} needs a split name (got {split!r})")
-    if image_dir is not None and kind != "fgvc":
-        raise data_error(f"image_dir applies to fgvc datasets only (got kind {kind})")
-    transform = build_transform(img_size, normalize=normalize, augment=augment)
-    if kind == "vtab1k":
-        return VTAB1kDataset(
-            root,
-            task,
-            split,
-            transform=transform,
-            skip_corrupt=skip_corrupt,
-            num_classes=num_classes,
-        )
-    if kind == "fgvc":
-        return FGVCDataset(
-            root,
-            task,
-            split,
-            transform=transform,
-            image_dir=image_dir,
-            skip_corrupt=skip_corrupt,
-            num_classes=num_classes,
-        )
-    folder = Path(root) / task if task else Path(root)
-    return ImageFolderDataset(
-        folder, split, transform=transform, skip_corrupt=skip_corrupt, num_classes=num_classes
-    )

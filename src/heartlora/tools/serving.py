@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from heartlora.checkpoint import load_adapter, read_adapter_config
+from heartlora.adapter_io import load_adapter, read_adapter_config
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters
@@ -54,7 +54,7 @@ def create_base_model(
     Raises:
         HeartLoRAError: on an unknown model, a missing checkpoint file, or no local weights.
     """
-    import heartlora.models  # noqa: F401  (registers the bundled base model with timm)
+    import heartlora.bundled.model  # noqa: F401  (registers the bundled base model with timm)
 
     if not timm.is_model(name):
         raise HeartLoRAError(

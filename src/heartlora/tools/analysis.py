@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from heartlora.adapter_io import read_adapter_config
 from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
-from heartlora.checkpoint import read_adapter_config
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import find_attention_layers
 

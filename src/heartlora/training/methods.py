@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from heartlora.adapter_io import save_adapter
 from heartlora.atomic import atomic_write
-from heartlora.checkpoint import save_adapter
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import classifier_parameters, inject
-from heartlora.train_config import TrainConfig
+from heartlora.training.config import TrainConfig
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
@@ -90,7 +90,7 @@ def create_model(config: TrainConfig, num_classes: int) -> nn.Module:
     Without a checkpoint, models with bundled weights (heartlora's `vit_mini_patch4_28`) load
     them through the same `load_checkpoint`; others start from random weights.
     """
-    import heartlora.models as bundled
+    import heartlora.bundled.model as bundled
 
     kwargs = {"num_classes": num_classes, "drop_path_rate": config.drop_path}
     if "swin" not in config.model:
