@@ -12,20 +12,16 @@ import csv
 import io
 import math
 import os
-import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
 from heartlora.data.factory import build_dataset
@@ -42,6 +38,7 @@ from heartlora.training.distributed import (
     init_world,
     shard,
 )
+from heartlora.training.feed import CachedImages, epoch_order, iterate_batches
 from heartlora.training.methods import (
     active_heads_per_layer,
     create_model,
@@ -49,97 +46,15 @@ from heartlora.training.methods import (
     save_trained,
     trainable,
 )
+from heartlora.training.run_directory import prepare_run_directory
+from heartlora.training.run_state import RunProgress, rng_state, seed_everything, set_rng_state
 from heartlora.training.schedule import learning_rate
 
-RUN_FILES = ("result.json", "checkpoint.pt", "metrics.csv")
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds")
 
 
 class TrainingDiverged(HeartLoRAError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class _Progress:
-    """Everything that changes while training, i.e. what a checkpoint must restore."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    seen: float = 0.0
-    calibrated: bool = False
-    calibration_seconds: float = 0.0
-    best_accuracy: float | None = None
-    best_epoch: int | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    elapsed: float = 0.0
-
-
-class _CachedImages(Dataset):
-    """All images of a dataset decoded and transformed once, held as one tensor."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        loader = DataLoader(dataset, batch_size=256, shuffle=False, num_workers=0)
-        images, labels = zip(*loader)
-        self.images = torch.cat(images)
-        self.labels = torch.cat(labels)
-        self.num_classes = dataset.num_classes
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        return self.images[index], self.labels[index]
-
-
-def _batches(dataset: Dataset, batches: list[list[int]], num_workers: int):
-    """Yield (images, labels) for each list of indices."""
-    if isinstance(dataset, _CachedImages):
-        for indices in batches:
-            index = torch.tensor(indices, dtype=torch.long)
-            yield dataset.images[index], dataset.labels[index]
-        return
-    # Its own generator: creating the iterator must not draw from the global RNG, whose state a
-    # mid-epoch checkpoint restores.
-    generator = torch.Generator().manual_seed(len(batches))
-    loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=num_workers, generator=generator
-    )
-    yield from loader
-
-
-def _epoch_order(size: int, seed: int, epoch: int, batch_size: int) -> list[list[int]]:
-    """The global batches of one epoch: a seeded permutation, independent of resume."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(size, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, size, batch_size)]
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -150,40 +65,6 @@ def _resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HeartLoRAError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
-
-
-def prepare_run_directory(
-    output_dir: Path, config: TrainConfig, resume: bool, overwrite: bool
-) -> None:
-    """Refuse a directory that holds another run unless told to resume or overwrite it."""
-    existing = [name for name in RUN_FILES if (output_dir / name).exists()]
-    if resume:
-        if not (output_dir / "checkpoint.pt").is_file():
-            raise HeartLoRAError(f"{output_dir}: nothing to resume (no checkpoint.pt)")
-        saved = output_dir / "config.yaml"
-        if saved.is_file():
-            previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-            differing = sorted(
-                k for k, v in config.to_dict().items() if k in previous and previous[k] != v
-            )
-            if differing:
-                raise HeartLoRAError(
-                    f"{saved}: --resume with different settings ({', '.join(differing)}); "
-                    "resume with the same config"
-                )
-        return
-    if existing and not overwrite:
-        raise HeartLoRAError(
-            f"{output_dir} holds another run ({', '.join(existing)}); pass --overwrite to replace "
-            "it or --resume to continue it"
-        )
-    if existing:
-        for name in (*RUN_FILES, "adapter", "tensorboard", "config.yaml"):
-            target = output_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
 
 
 class Trainer:
@@ -197,7 +78,7 @@ class Trainer:
         self.world: World = init_world(self.device)
         if config.threads:
             torch.set_num_threads(config.threads)
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         self.train_set, self.eval_set = self._datasets()
         self.num_classes = self.train_set.num_classes
         model = create_model(config, self.num_classes)
@@ -210,7 +91,7 @@ class Trainer:
                 f"{self.total_steps} steps"
             )
         self.optimizer = self._optimizer()
-        self.progress = _Progress()
+        self.progress = RunProgress()
         self.writer = self._tensorboard()
 
     # ----------------------------------------------------------------- setup
@@ -245,7 +126,7 @@ class Trainer:
         if config.cache_images:
             if config.augment:
                 raise HeartLoRAError("cache_images cannot be combined with augment")
-            train, evaluation = _CachedImages(train), _CachedImages(evaluation)
+            train, evaluation = CachedImages(train), CachedImages(evaluation)
         return train, evaluation
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -269,7 +150,7 @@ class Trainer:
         return nullcontext()
 
     # ----------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> None:
+    def save_resume_state(self) -> None:
         """Write ``checkpoint.pt`` atomically (main rank only)."""
         if not self.world.is_main:
             return
@@ -279,7 +160,7 @@ class Trainer:
                 n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad
             },
             "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "head_masks": None,
             "scores": getattr(self.model, "heartlora_scores", None),
         }
@@ -291,8 +172,8 @@ class Trainer:
             self.output_dir / "checkpoint.pt", lambda tmp: tmp.write_bytes(buffer.getvalue())
         )
 
-    def load_checkpoint(self) -> None:
-        """Restore the state saved by `save_checkpoint`."""
+    def load_resume_state(self) -> None:
+        """Restore the state saved by `save_resume_state`."""
         path = self.output_dir / "checkpoint.pt"
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
@@ -311,8 +192,8 @@ class Trainer:
             with torch.no_grad():
                 params[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.progress = _Progress(**state["progress"])
-        _set_rng_state(state["rng"])
+        self.progress = RunProgress(**state["progress"])
+        set_rng_state(state["rng"])
         self._write_metrics()
 
     # ------------------------------------------------------------- training
@@ -320,8 +201,8 @@ class Trainer:
         """Score heads on training batches and deactivate the least responsive (Heart-LoRA)."""
         config = self.config
         started = time.perf_counter()
-        order = _epoch_order(len(self.train_set), config.seed + 7919, 0, config.batch_size)
-        batches = _batches(self.train_set, order[: config.calib_batches], 0)
+        order = epoch_order(len(self.train_set), config.seed + 7919, 0, config.batch_size)
+        batches = iterate_batches(self.train_set, order[: config.calib_batches], 0)
         scores = responsiveness(
             self.model,
             batches,
@@ -382,7 +263,7 @@ class Trainer:
         indices = shard(list(range(len(self.eval_set))), self.world)
         size = self.config.batch_size * 2
         correct = 0.0
-        for images, labels in _batches(
+        for images, labels in iterate_batches(
             self.eval_set,
             [indices[i : i + size] for i in range(0, len(indices), size)],
             self.config.num_workers,
@@ -433,7 +314,7 @@ class Trainer:
         progress.epoch, progress.step_in_epoch = epoch, 0
         progress.loss_sum = progress.correct = progress.seen = 0.0
         self._write_metrics()
-        self.save_checkpoint()
+        self.save_resume_state()
         shown = "" if accuracy is None else f" test_acc {accuracy:.2f}"
         self.log(
             f"epoch {epoch}/{config.epochs} loss {row['train_loss']:.4f} "
@@ -457,7 +338,7 @@ class Trainer:
         self.model.train()
         while progress.epoch < config.epochs:
             started = time.perf_counter()
-            order = _epoch_order(
+            order = epoch_order(
                 len(self.train_set), config.seed, progress.epoch, config.batch_size
             )
             pending = order[progress.step_in_epoch :]
@@ -466,7 +347,7 @@ class Trainer:
             lr = config.lr
             try:
                 for batch, (images, labels) in zip(
-                    pending, _batches(self.train_set, local, config.num_workers)
+                    pending, iterate_batches(self.train_set, local, config.num_workers)
                 ):
                     if (
                         config.selects_heads
@@ -489,7 +370,7 @@ class Trainer:
                         bar.update(1)
             except KeyboardInterrupt:
                 progress.elapsed += time.perf_counter() - started
-                self.save_checkpoint()
+                self.save_resume_state()
                 self.log(
                     f"interrupted: state saved in {self.output_dir / 'checkpoint.pt'}; "
                     "continue with --resume"
@@ -581,7 +462,7 @@ def run_training(
     trainer = Trainer(config, output_dir, log=log if is_main else _quiet)
     barrier(trainer.world)
     if resume:
-        trainer.load_checkpoint()
+        trainer.load_resume_state()
         log(f"resumed at epoch {trainer.progress.epoch + 1}, step {trainer.progress.step_in_epoch}")
     return trainer.fit()
 
