@@ -71,3 +71,83 @@ def test_proj_target_deactivation_removes_columns():
     x_without_head2[:, 2 * adapter.head_dim : 3 * adapter.head_dim] = 0
     # head 2's input no longer reaches the update
     torch.testing.assert_close(adapter.lora_update(x), adapter.lora_update(x_without_head2))
+
+
+def _reference_qkv(adapter: HeadLoRAQKV, x: torch.Tensor) -> torch.Tensor:
+    """W·x + s·B_p·A_p·x written out with autograd's own ops, one projection at a time."""
+    dim = adapter.num_heads * adapter.head_dim
+    rows = hl.adapters.head_feature_indices(adapter.head_mask, adapter.head_dim)
+    out = adapter.base(x)
+    pieces = list(out.split(dim, dim=-1))
+    for index, target in enumerate(adapter.targets):
+        slot = {"q": 0, "k": 1, "v": 2}[target]
+        a = adapter.lora_A if adapter.shared_a else adapter.lora_A[index * adapter.rank : (index + 1) * adapter.rank]
+        update = adapter.scale * x @ a.T @ adapter.lora_B[index].T
+        full = torch.zeros(*x.shape[:-1], dim).index_copy(-1, rows, update)
+        pieces[slot] = pieces[slot] + full
+    return torch.cat(pieces, dim=-1)
+
+
+@pytest.mark.parametrize("layout", ["per-projection", "shared"])
+@pytest.mark.parametrize("mask", [None, [True, False, True, False]])
+@pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v")])
+def test_fused_forward_and_backward_match_the_written_out_formula(layout, mask, targets):
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=3, scale=2.0, targets=targets, layout=layout))
+    randomize_adapters(model)
+    adapter: HeadLoRAQKV = model.blocks[0].attn.qkv
+    if mask is not None:
+        adapter.set_head_mask(torch.tensor(mask))
+        with torch.no_grad():
+            adapter.lora_B.normal_()
+    adapter.base.weight.requires_grad_(True)
+    x = torch.randn(2, 5, adapter.base.in_features, requires_grad=True)
+    upstream = torch.randn(2, 5, adapter.base.out_features)
+    grads = []
+    for fn in (adapter, lambda v: _reference_qkv(adapter, v)):
+        out = fn(x)
+        params = (x, adapter.lora_A, adapter.lora_B, adapter.base.weight)
+        grads.append((out, *torch.autograd.grad((out * upstream).sum(), params)))
+    for fused, reference in zip(*grads):
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_layout_stores_one_a_and_merges_exactly():
+    base, model = tiny_vit(), tiny_vit()
+    config = hl.HeartLoRAConfig(rank=2, targets=("q", "k", "v"), layout="shared", ne=1)
+    hl.inject(model, config)
+    randomize_adapters(model)
+    hl.deactivate_heads(model, torch.rand(2, 4, generator=torch.Generator().manual_seed(0)))
+    adapter = model.blocks[0].attn.qkv
+    assert adapter.lora_A.shape == (2, adapter.base.in_features)
+    head_dim, dim = adapter.head_dim, adapter.base.in_features
+    assert hl.trainable_parameters(model) - sum(
+        p.numel() for p in model.get_classifier().parameters()
+    ) == hl.expected_adapter_parameters(config, dim, head_dim, [3, 3], dim)
+    x = images()
+    live = model(x)
+    hl.merge(model)
+    torch.testing.assert_close(model(x), live, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(model(x), base(x))
+
+
+def test_weight_property_gives_the_effective_weight_with_gradients():
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, targets=("q", "v")))
+    randomize_adapters(model)
+    adapter = model.blocks[0].attn.qkv
+    x = torch.randn(4, adapter.in_features)
+    via_weight = torch.nn.functional.linear(x, adapter.weight, adapter.bias)
+    torch.testing.assert_close(via_weight, adapter(x), rtol=1e-5, atol=1e-5)
+    via_weight.sum().backward()
+    assert adapter.lora_B.grad is not None and adapter.lora_B.grad.abs().sum() > 0
+    assert adapter.base.weight.grad is None  # frozen base
+
+
+def test_active_heads_is_a_plain_int_kept_by_set_head_mask():
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, targets=("q", "v", "proj")))
+    for adapter in (model.blocks[0].attn.qkv, model.blocks[0].attn.proj):
+        assert type(adapter.active_heads) is int and adapter.active_heads == 4
+        adapter.set_head_mask(torch.tensor([True, False, False, True]))
+        assert type(adapter.active_heads) is int and adapter.active_heads == 2

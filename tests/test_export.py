@@ -86,9 +86,17 @@ def _trained_tiny(targets=("q", "v"), ne=1, build=tiny_vit, **config):
     return model
 
 
-@pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v", "proj"), ("k",)])
-def test_peft_export_loads_into_peft_with_the_same_outputs(tmp_path, targets):
-    model = _trained_tiny(targets, mode="layer")
+@pytest.mark.parametrize(
+    "targets, layout",
+    [
+        (("q", "v"), "per-projection"),
+        (("q", "k", "v", "proj"), "per-projection"),
+        (("k",), "per-projection"),
+        (("q", "k", "v"), "shared"),
+    ],
+)
+def test_peft_export_loads_into_peft_with_the_same_outputs(tmp_path, targets, layout):
+    model = _trained_tiny(targets, mode="layer", layout=layout)
     export_peft(model, tmp_path)
     assert (tmp_path / PEFT_CONFIG_NAME).is_file() and (tmp_path / PEFT_WEIGHTS_NAME).is_file()
     peft_model = PeftModel.from_pretrained(tiny_vit(), tmp_path).eval()
@@ -167,6 +175,16 @@ def test_peft_import_matches_peft_then_heads_can_be_scored_and_pruned(tmp_path):
     assert keep.sum(1).tolist() == [3, 3]
     assert model(x).shape == (4, 3)
     hl.save_adapter(model, tmp_path / "heartlora")
+
+
+def test_peft_import_into_the_shared_layout_is_exact_and_keeps_one_a(tmp_path):
+    peft_model = _peft_trained(tmp_path, modules_to_save=["head"])
+    config = hl.HeartLoRAConfig(layout="shared")
+    model = import_peft_adapter(tiny_vit(), tmp_path, config)
+    adapter = model.blocks[0].attn.qkv
+    assert adapter.shared_a and adapter.lora_A.shape == (4, adapter.base.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images()), peft_model(images()), atol=1e-5, rtol=0)
 
 
 def test_peft_import_rejects_lora_outside_attention(tmp_path):

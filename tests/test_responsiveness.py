@@ -79,3 +79,40 @@ def test_scoring_errors():
         hl.responsiveness(tiny_vit(), batches(1), F.cross_entropy, scorer="grad-norm")
     with pytest.raises(ValueError, match="no batches"):
         hl.responsiveness(_injected(), [], F.cross_entropy, scorer="grad-norm")
+
+
+def test_random_control_is_deterministic_per_seed_and_nan_padded():
+    vit = _injected()
+    first = hl.responsiveness(vit, [], scorer="random", seed=5)
+    assert first.shape == (2, 4) and ((first >= 0) & (first < 1)).all()
+    assert torch.equal(first, hl.responsiveness(vit, [], scorer="random", seed=5))
+    assert not torch.equal(first, hl.responsiveness(vit, [], scorer="random", seed=6))
+    swin = hl.responsiveness(_injected(tiny_swin), [], scorer="random", seed=5)
+    assert swin.shape == (2, 4) and torch.isnan(swin[0, 2:]).all() and torch.isfinite(swin[1]).all()
+    # different seeds choose different heads: over 10 seeds the dropped head is not always the same
+    dropped = {
+        int(
+            hl.select_heads(hl.responsiveness(vit, [], scorer="random", seed=s), 1)[0]
+            .int()
+            .argmin()
+        )
+        for s in range(10)
+    }
+    assert len(dropped) > 1
+
+
+@pytest.mark.parametrize("mode", ["global", "layer", "budget"])
+def test_inverse_control_deactivates_the_most_responsive_heads(mode):
+    model = _injected()
+    randomize_adapters(model)
+    taylor = hl.responsiveness(model, batches(2), F.cross_entropy, scorer="taylor")
+    inverse = hl.responsiveness(model, batches(2), F.cross_entropy, scorer="inverse")
+    torch.testing.assert_close(inverse, -taylor)
+    kept_by_taylor = hl.select_heads(taylor, ne=1, mode=mode)
+    kept_by_inverse = hl.select_heads(inverse, ne=1, mode=mode)
+    # each drops heads the other keeps: the taylor choice drops the lowest, inverse the highest
+    assert (kept_by_taylor != kept_by_inverse).any()
+    if mode == "layer":
+        assert torch.equal(~kept_by_inverse, taylor == taylor.max(dim=1, keepdim=True).values)
+    with pytest.raises(ValueError, match="warm-up"):
+        hl.responsiveness(_injected(), batches(1), F.cross_entropy, scorer="inverse")

@@ -19,7 +19,7 @@ def _one_epoch_suite(tmp_path, methods: str) -> list[str]:
     """`heartlora suite` arguments: sk-digits, one epoch, calibration after 4 steps."""
     return [
         "suite", "--tasks", "sk-digits", "--epochs", "1", "--output-dir", str(tmp_path / "suite"),
-        "--data-root", str(tmp_path / "data"), "--set", "warmup_steps=4", "--methods", methods,
+        "--data-root", str(tmp_path / "data"), "--set", "calib_warmup_steps=4", "--methods", methods,
     ]  # fmt: skip
 
 
@@ -83,7 +83,7 @@ def test_vtab1k_benchmark_script_runs_on_the_vtab_layout(tmp_path):
         "batch_size=16",
         "img_size=28",
         "num_workers=0",
-        "warmup_steps=1",
+        "calib_warmup_steps=1",
         "eval_every=1",
         "rank=2",
         "ne=2",

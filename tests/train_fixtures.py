@@ -77,7 +77,7 @@ def train_args(
         "--set",
         "eval_every=1",
         "--set",
-        "warmup_steps=2",
+        "calib_warmup_steps=2",
         "--set",
         "calib_batches=2",
         "--set",

@@ -4,16 +4,19 @@ An adapter directory holds:
 
 * ``heartlora_adapter.safetensors`` — every adapter's ``lora_A`` and (active rows of)
   ``lora_B`` under its module path, and the classifier's parameters under their own names;
-* ``heartlora_config.json`` — the `HeartLoRAConfig`, the base architecture, heads per layer,
-  the head masks and the responsiveness scores (null where a layer has fewer heads).
+* ``heartlora_config.json`` — an `AdapterMetadata`: the `HeartLoRAConfig`, the base
+  architecture, heads per layer, the head masks, the responsiveness scores (null where a layer
+  has fewer heads) and, under ``"extra"``, a `RunInfo` saying how the adapter was trained.
 
-Deactivated heads are not stored, so the file shrinks with ``ne``.
+Deactivated heads are not stored, so the file shrinks with ``ne``. This module is the only one
+that writes or parses the JSON: everything else reads the typed `AdapterMetadata`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from heartlora.atomic import atomic_write, atomic_write_json
+from heartlora.backbone import classifier_state
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
@@ -39,21 +43,212 @@ CONFIG_NAME = "heartlora_config.json"
 FORMAT = "heartlora-adapter/1"
 
 
+@dataclass
+class DatasetInfo:
+    """Where an adapter's training images came from (`heartlora.data.factory.build_dataset`)."""
+
+    kind: str
+    root: str
+    task: str | None = None
+    split: str | None = None
+    image_dir: str | None = None
+
+
+@dataclass
+class RunInfo:
+    """How an adapter was trained; stored under ``"extra"`` of ``heartlora_config.json``.
+
+    Attributes:
+        model: the timm model name the run built (may carry a pretrained tag).
+        checkpoint: the base weights file, when one was given.
+        model_kwargs: more ``timm.create_model`` arguments needed to rebuild the base.
+        img_size: the input side the adapter was trained at.
+        normalize: ``[mean, std]`` of the input normalisation, or ``None``.
+        task: the task's name.
+        method: the training method (``heart-lora``, ...).
+        dataset: the training data, for `heartlora heads` to score on it again.
+        classes: class names, index = label, when known.
+        other: keys this version does not know, kept as they were.
+    """
+
+    model: str | None = None
+    checkpoint: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    img_size: int | None = None
+    normalize: list[list[float]] | None = None
+    task: str | None = None
+    method: str | None = None
+    dataset: DatasetInfo | None = None
+    classes: list[str] | None = None
+    other: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object stored under ``"extra"`` (unset keys left out)."""
+        data = {k: v for k, v in asdict(self).items() if k != "other" and v not in (None, {})}
+        return {**self.other, **data}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> RunInfo:
+        """Parse ``"extra"``; ``where`` names the file in errors."""
+        data = dict(_require(data, dict, where, "extra") or {})
+        dataset = data.pop("dataset", None)
+        if dataset is not None:
+            dataset = dict(_require(dataset, dict, where, "extra.dataset"))
+            if "normalize" in dataset and data.get("normalize") is None:
+                data["normalize"] = dataset.pop("normalize")  # where early files kept it
+            dataset = _typed(DatasetInfo, dataset, where, "extra.dataset")
+        known = {f.name for f in fields(cls)} - {"other", "dataset"}
+        values = {k: data.pop(k) for k in list(data) if k in known}
+        info = _typed(cls, values, where, "extra")
+        info.dataset, info.other = dataset, data
+        return info
+
+
+@dataclass
+class AdapterMetadata:
+    """Everything ``heartlora_config.json`` says about an adapter.
+
+    Attributes:
+        base_model: timm architecture of the base model.
+        config: the adapter's `HeartLoRAConfig`.
+        layers: module paths of the attention layers, in forward order.
+        num_heads: heads per layer.
+        embed_dim: the width d that ``lora_A`` reads.
+        num_classes: the classifier's class count, or ``None``.
+        head_masks: per layer, True for an active head.
+        scores: responsiveness per layer and head (``None`` where a layer has fewer heads), or
+            ``None`` when the heads were never scored.
+        run: how the adapter was trained (`RunInfo`).
+    """
+
+    base_model: str
+    config: HeartLoRAConfig
+    layers: list[str]
+    num_heads: list[int]
+    embed_dim: int
+    num_classes: int | None
+    head_masks: list[list[bool]]
+    scores: list[list[float | None]] | None = None
+    run: RunInfo = field(default_factory=RunInfo)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document, in the ``heartlora-adapter/1`` format."""
+        return {
+            "format": FORMAT,
+            "base_model": self.base_model,
+            "config": self.config.to_dict(),
+            "layers": self.layers,
+            "num_heads": self.num_heads,
+            "embed_dim": self.embed_dim,
+            "num_classes": self.num_classes,
+            "head_masks": self.head_masks,
+            "scores": self.scores,
+            "extra": self.run.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> AdapterMetadata:
+        """Parse and check a JSON document; errors name ``where`` (the file) and the key."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise HeartLoRAError(
+                f"{where}: not a heartlora adapter config (expected format {FORMAT})"
+            )
+        for key in ("base_model", "config", "layers", "num_heads", "embed_dim", "head_masks"):
+            if key not in data:
+                raise HeartLoRAError(f"{where}: key {key!r} is missing")
+        config_where = f"{where}: key config"
+        try:
+            config = HeartLoRAConfig.from_dict(
+                _require(data["config"], dict, where, "config"), where=config_where
+            )
+        except HeartLoRAError as error:
+            if str(error).startswith(config_where):
+                raise
+            raise HeartLoRAError(f"{config_where}: {error}") from None
+        layers = _require_list(data["layers"], str, where, "layers")
+        num_heads = _require_list(data["num_heads"], int, where, "num_heads", len(layers))
+        masks = _require_list(data["head_masks"], list, where, "head_masks", len(layers))
+        for index, (mask, heads) in enumerate(zip(masks, num_heads)):
+            _require_list(mask, bool, where, f"head_masks[{index}]", heads)
+            if not any(mask):
+                raise HeartLoRAError(f"{where}: key head_masks[{index}] keeps no head")
+        scores = data.get("scores")
+        if scores is not None:
+            rows = _require_list(scores, list, where, "scores", len(layers))
+            for index, row in enumerate(rows):
+                for value in row:
+                    if value is not None and (
+                        isinstance(value, bool) or not isinstance(value, (int, float))
+                    ):
+                        raise HeartLoRAError(
+                            f"{where}: key scores[{index}] holds {value!r} (expected numbers or null)"
+                        )
+        num_classes = data.get("num_classes")
+        if num_classes is not None:
+            _require(num_classes, int, where, "num_classes")
+        return cls(
+            base_model=_require(data["base_model"], str, where, "base_model"),
+            config=config,
+            layers=layers,
+            num_heads=num_heads,
+            embed_dim=_require(data["embed_dim"], int, where, "embed_dim"),
+            num_classes=num_classes,
+            head_masks=masks,
+            scores=scores,
+            run=RunInfo.from_json(data.get("extra"), where),
+        )
+
+
+def _type_name(kind: type) -> str:
+    return {dict: "an object", list: "a list", str: "a string", int: "an integer"}.get(
+        kind, kind.__name__
+    )
+
+
+def _require(value: Any, kind: type, where: str, key: str) -> Any:
+    """``value`` when it is a ``kind`` (bools are not integers), else a one-line error."""
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise HeartLoRAError(f"{where}: key {key} is {value!r} (expected {_type_name(kind)})")
+
+
+def _require_list(
+    value: Any, kind: type, where: str, key: str, length: int | None = None
+) -> list[Any]:
+    items = _require(value, list, where, key)
+    if length is not None and len(items) != length:
+        raise HeartLoRAError(f"{where}: key {key} has {len(items)} entries (expected {length})")
+    for index, item in enumerate(items):
+        _require(item, kind, where, f"{key}[{index}]")
+    return items
+
+
+_FIELD_TYPES = {"str": str, "int": int, "dict[str, Any]": dict, "list[str]": list}
+
+
+def _typed(cls: type, values: dict[str, Any], where: str, key: str) -> Any:
+    """``cls(**values)`` after checking each value against its field's annotation."""
+    known = {f.name: f for f in fields(cls)}
+    for name, value in values.items():
+        if name not in known:
+            raise HeartLoRAError(f"{where}: unknown key {key}.{name}")
+        annotation = str(known[name].type).replace(" | None", "")
+        kind = _FIELD_TYPES.get(annotation, list if annotation.startswith("list") else None)
+        if value is not None and kind is not None:
+            _require(value, kind, where, f"{key}.{name}")
+    required = (
+        f.name for f in known.values() if f.default is MISSING and f.default_factory is MISSING
+    )
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise HeartLoRAError(f"{where}: key {key}.{missing[0]} is missing")
+    return cls(**values)
+
+
 def architecture_name(model: nn.Module) -> str:
     """timm's architecture name of ``model`` (from its pretrained_cfg), else its class name."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return str(cfg.get("architecture") or type(model).__name__)
-
-
-def _classifier_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    get_classifier = getattr(model, "get_classifier", None)
-    classifier = get_classifier() if callable(get_classifier) else None
-    if not isinstance(classifier, nn.Module):
-        return {}
-    prefix = next((n for n, m in model.named_modules() if m is classifier), None)
-    if prefix is None:
-        return {}
-    return {f"{prefix}.{k}" if prefix else k: v for k, v in classifier.state_dict().items()}
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -62,11 +257,13 @@ def _num_classes(model: nn.Module) -> int | None:
 
 
 def save_adapter(
-    model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None
+    model: nn.Module, directory: str | Path, extra: RunInfo | dict[str, Any] | None = None
 ) -> Path:
     """Write the model's adapters, classifier, config, masks and scores to ``directory``.
 
-    Both files are written atomically. ``extra`` (JSON-ready) is stored under ``"extra"``.
+    Both files are written atomically. ``extra`` — a `RunInfo`, or a dict of its keys (unknown
+    keys are kept as they are) — says how the adapter was trained; it is stored under
+    ``"extra"``.
 
     Raises:
         HeartLoRAError: if the model carries no live adapters (not injected, or merged).
@@ -77,53 +274,59 @@ def save_adapter(
             "save_adapter needs a model with live heartlora adapters (unmerge first)"
         )
     directory = Path(directory)
+    run = extra if isinstance(extra, RunInfo) else RunInfo.from_json(extra or {}, "extra")
     tensors = {}
     for name, adapter in adapter_modules(model):
         tensors[f"{name}.lora_A"] = adapter.lora_A.detach()
         tensors[f"{name}.lora_B"] = adapter.lora_B.detach()
-    tensors.update(_classifier_state(model))
+    tensors.update(classifier_state(model))
     tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     layers = find_attention_layers(model)
     scores = getattr(model, "heartlora_scores", None)
-    metadata = {
-        "format": FORMAT,
-        "base_model": architecture_name(model),
-        "config": config.to_dict(),
-        "layers": [layer.name for layer in layers],
-        "num_heads": [layer.num_heads for layer in layers],
-        "embed_dim": int(
-            layers[0].qkv.in_features
-            if hasattr(layers[0].qkv, "in_features")
-            else layers[0].qkv.base.in_features
-        ),
-        "num_classes": _num_classes(model),
-        "head_masks": [mask.tolist() for mask in head_masks(model)],
-        "scores": None
+    metadata = AdapterMetadata(
+        base_model=architecture_name(model),
+        config=config,
+        layers=[layer.name for layer in layers],
+        num_heads=[layer.num_heads for layer in layers],
+        embed_dim=int(layers[0].qkv.in_features),
+        num_classes=_num_classes(model),
+        head_masks=[mask.tolist() for mask in head_masks(model)],
+        scores=None
         if scores is None
         else [[None if math.isnan(v) else float(v) for v in row] for row in scores.tolist()],
-        "extra": extra or {},
-    }
+        run=run,
+    )
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write_json(directory / CONFIG_NAME, metadata)
+    atomic_write_json(directory / CONFIG_NAME, metadata.to_json())
     return directory
 
 
-def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    """The parsed ``heartlora_config.json`` of an adapter directory.
+def read_adapter_metadata(directory: str | Path) -> AdapterMetadata:
+    """The checked `AdapterMetadata` of an adapter directory.
 
     Raises:
-        HeartLoRAError: if the directory, the file or its JSON is missing or malformed.
+        HeartLoRAError: if the directory, the file or its JSON is missing or malformed; the
+            message names the file and the key.
     """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise HeartLoRAError(f"{path}: no heartlora adapter here (expected {CONFIG_NAME})")
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HeartLoRAError(f"{path}: not UTF-8 text (expected JSON)") from None
     except json.JSONDecodeError as error:
         raise HeartLoRAError(f"{path} line {error.lineno}: invalid JSON ({error.msg})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise HeartLoRAError(f"{path}: not a heartlora adapter config (expected format {FORMAT})")
-    return metadata
+    return AdapterMetadata.from_json(data, str(path))
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """The checked ``heartlora_config.json`` of an adapter directory, as a plain dict.
+
+    Raises:
+        HeartLoRAError: as `read_adapter_metadata`.
+    """
+    return read_adapter_metadata(directory).to_json()
 
 
 def load_adapter(
@@ -139,7 +342,7 @@ def load_adapter(
             saved for another architecture, layer layout or head count, or a tensor's shape differs.
     """
     directory = Path(directory)
-    metadata = read_adapter_config(directory)
+    metadata = read_adapter_metadata(directory)
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
         raise HeartLoRAError(f"{weights_path}: missing adapter weights")
@@ -148,32 +351,38 @@ def load_adapter(
             "this model already carries heartlora adapters; load onto a fresh base model"
         )
     base = architecture_name(model)
-    if strict_architecture and metadata["base_model"] != base:
+    if strict_architecture and metadata.base_model != base:
         raise HeartLoRAError(
-            f"{directory}: adapter was saved for {metadata['base_model']!r}, the model is {base!r}"
+            f"{directory}: adapter was saved for {metadata.base_model!r}, the model is {base!r}"
         )
     layers = find_attention_layers(model)
     heads = [layer.num_heads for layer in layers]
-    if [layer.name for layer in layers] != metadata["layers"] or heads != metadata["num_heads"]:
+    if [layer.name for layer in layers] != metadata.layers or heads != metadata.num_heads:
         raise HeartLoRAError(
-            f"{directory}: adapter expects heads per layer {metadata['num_heads']}, "
+            f"{directory}: adapter expects heads per layer {metadata.num_heads}, "
             f"the model has {heads}"
         )
-    num_classes = metadata.get("num_classes")
+    num_classes = metadata.num_classes
     if num_classes is not None and _num_classes(model) not in (None, num_classes):
         if not hasattr(model, "reset_classifier"):
             raise HeartLoRAError(
                 f"{directory}: adapter has {num_classes} classes, the model differs"
             )
         model.reset_classifier(num_classes)
-    config = HeartLoRAConfig.from_dict(metadata["config"])
-    inject(model, config)
-    set_head_masks(model, [torch.tensor(mask, dtype=torch.bool) for mask in metadata["head_masks"]])
-    if metadata.get("scores") is not None:
+    inject(model, metadata.config)
+    set_head_masks(model, [torch.tensor(mask, dtype=torch.bool) for mask in metadata.head_masks])
+    if metadata.scores is not None:
         model.heartlora_scores = torch.tensor(
-            [[math.nan if v is None else v for v in row] for row in metadata["scores"]]
+            [[math.nan if v is None else v for v in row] for row in metadata.scores]
         )
-    tensors = load_file(str(weights_path))
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as error:  # truncated or foreign files: safetensors raises its own errors
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise HeartLoRAError(
+            f"{weights_path}: cannot read adapter weights ({reason}; expected a safetensors file "
+            "written by save_adapter)"
+        ) from None
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     for key, value in tensors.items():

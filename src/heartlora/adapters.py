@@ -43,6 +43,24 @@ def _check_head_mask(mask: torch.Tensor, num_heads: int, where: str) -> torch.Te
     return mask
 
 
+def head_feature_indices(head_mask: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Indices of the features that the active heads own, in head order.
+
+    Head h owns features ``h·head_dim … (h+1)·head_dim − 1`` of a projection's H·head_dim: the
+    rows of q, k or v in the fused qkv weight, or the input columns of ``proj``. This is the one
+    place that arithmetic lives.
+
+    Args:
+        head_mask: (H,) bool, True for an active head.
+        head_dim: features per head.
+
+    Returns:
+        (n_active·head_dim,) int64 on the CPU.
+    """
+    heads = torch.nonzero(torch.as_tensor(head_mask).cpu()).flatten()
+    return (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the matmuls run in: autocast's when it is on for x's device, else x's."""
     device = x.device.type
@@ -60,36 +78,39 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 class _FusedQKVLoRA(torch.autograd.Function):
     """out = x·W^T + b, plus s·(x·A_p^T)·B_p^T added into the columns of each projection p.
 
-    Inputs: x (M, d), weight (3·D, d), bias (3·D,) or None, lora_A (P·r, d), lora_B
-    (P, n·head_dim, r) for the n active heads, rows (n·head_dim,) the rows they write within a
-    projection's D = H·head_dim (None when every head is active), slots (P,) the positions of
-    the projections among q, k, v, and the scale s. Output (M, 3·D).
+    Inputs: x (M, d), weight (3·D, d), bias (3·D,) or None, lora_A (n_A·r, d) holding one A per
+    projection (n_A = P) or one shared A (n_A = 1), lora_B (P, n·head_dim, r) for the n active
+    heads, rows (n·head_dim,) the rows they write within a projection's D = H·head_dim (None when
+    every head is active), slots (P,) the positions of the projections among q, k, v, a_index (P,)
+    which A each projection reads, and the scale s. Output (M, 3·D).
 
     Backward reads the output gradient in place (no copy) and recomputes z = x·A^T instead of
     keeping it, so the adapter keeps no activation beyond the input the base linear keeps too.
+    Each gradient is computed from the projection's own columns of the output gradient: no
+    product over rows or columns that only zeros would fill.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, rows, slots, scale):
+    def forward(ctx, x, weight, bias, lora_A, lora_B, rows, slots, a_index, scale):
         out = F.linear(x, weight, bias)
         z = F.linear(x, lora_A)
         blocks = _pad_rows(lora_B, rows, weight.shape[0] // 3)
-        rank = lora_A.shape[0] // len(slots)
+        rank = lora_B.shape[2]
         width = blocks.shape[1]
-        for index, slot in enumerate(slots):
+        for index, (slot, a) in enumerate(zip(slots, a_index)):
             out[:, slot * width : (slot + 1) * width].addmm_(
-                z[:, index * rank : (index + 1) * rank], blocks[index].t(), alpha=scale
+                z[:, a * rank : (a + 1) * rank], blocks[index].t(), alpha=scale
             )
         ctx.save_for_backward(x, weight, lora_A, lora_B, rows)
-        ctx.slots, ctx.scale = slots, scale
+        ctx.slots, ctx.a_index, ctx.scale = slots, a_index, scale
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, lora_A, lora_B, rows = ctx.saved_tensors
-        slots, scale = ctx.slots, ctx.scale
+        slots, a_index, scale = ctx.slots, ctx.a_index, ctx.scale
         need_x, need_weight, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
-        rank = lora_A.shape[0] // len(slots)
+        rank = lora_B.shape[2]
         width = weight.shape[0] // 3
         grad_x = grad_weight = grad_bias = grad_a = grad_b = None
         if need_weight:
@@ -97,17 +118,13 @@ class _FusedQKVLoRA(torch.autograd.Function):
         if need_bias:
             grad_bias = grad.sum(0)
         if need_x or need_a:
-            # ∂z for all projections in one GEMM: B placed in its projections' rows of a
-            # (3·D, P·r) matrix (a small weight; the gradient itself is not re-indexed)
+            # ∂z_a = Σ_p s·∂out_p·B_p over the projections p that read A_a
             blocks = _pad_rows(lora_B, rows, width)
-            placed = blocks.new_zeros(weight.shape[0], lora_A.shape[0])
-            for index, slot in enumerate(slots):
-                placed[slot * width : (slot + 1) * width, index * rank : (index + 1) * rank] = (
-                    blocks[index]
+            grad_z = grad.new_zeros(grad.shape[0], lora_A.shape[0])
+            for index, (slot, a) in enumerate(zip(slots, a_index)):
+                grad_z[:, a * rank : (a + 1) * rank].addmm_(
+                    grad[:, slot * width : (slot + 1) * width], blocks[index], alpha=scale
                 )
-            grad_z = grad.mm(placed)
-            if scale != 1.0:
-                grad_z.mul_(scale)
             if need_x:
                 grad_x = grad.mm(weight).addmm_(grad_z, lora_A)
             if need_a:
@@ -115,18 +132,20 @@ class _FusedQKVLoRA(torch.autograd.Function):
         elif need_x:
             grad_x = grad.mm(weight)
         if need_b:
-            full = grad.t().mm(F.linear(x, lora_A))  # (3·D, P·r); its diagonal blocks are ∂B_p
+            z = F.linear(x, lora_A)
             grad_b = torch.stack(
                 [
-                    full[slot * width : (slot + 1) * width, index * rank : (index + 1) * rank]
-                    for index, slot in enumerate(slots)
+                    grad[:, slot * width : (slot + 1) * width]
+                    .t()
+                    .mm(z[:, a * rank : (a + 1) * rank])
+                    for slot, a in zip(slots, a_index)
                 ]
             )
             if rows is not None:
                 grad_b = grad_b.index_select(1, rows)
             if scale != 1.0:
                 grad_b.mul_(scale)
-        return grad_x, grad_weight, grad_bias, grad_a, grad_b, None, None, None
+        return grad_x, grad_weight, grad_bias, grad_a, grad_b, None, None, None, None
 
 
 def _pad_rows(blocks: torch.Tensor, rows: torch.Tensor | None, width: int) -> torch.Tensor:
@@ -145,13 +164,27 @@ class HeadLoRAQKV(nn.Module):
         rank: r.
         scale: s.
         targets: any of ``"q", "k", "v"``.
+        shared_a: one A shared by every targeted projection (peft's LoRA on a fused qkv:
+            ΔW_p = s·B_p·A) instead of one A per projection (ΔW_p = s·B_p·A_p). At rank r the
+            shared layout stores (P−1)·r·d fewer parameters.
 
-    Shapes: ``lora_A`` (P·r, d), ``lora_B`` (P, n_active·head_dim, r) for P targets;
-    ``head_mask`` (H,) bool; input (..., d) → output (..., 3·H·head_dim).
+    Shapes: ``lora_A`` (P·r, d), or (r, d) when shared; ``lora_B`` (P, n_active·head_dim, r)
+    for P targets; ``head_mask`` (H,) bool; input (..., d) → output (..., 3·H·head_dim).
+
+    The module also answers ``weight`` (W + s·B·A, differentiable), ``bias``, ``in_features``
+    and ``out_features`` like the ``nn.Linear`` it replaces, for attention code that calls
+    ``F.linear(x, self.qkv.weight, bias)`` itself (BEiT, EVA-02); such models pay one
+    (3·D × d) weight sum per forward instead of the fused kernel.
     """
 
     def __init__(
-        self, base: nn.Linear, num_heads: int, rank: int, scale: float, targets: tuple[str, ...]
+        self,
+        base: nn.Linear,
+        num_heads: int,
+        rank: int,
+        scale: float,
+        targets: tuple[str, ...],
+        shared_a: bool = False,
     ) -> None:
         super().__init__()
         if base.out_features % (3 * num_heads):
@@ -164,37 +197,55 @@ class HeadLoRAQKV(nn.Module):
         self.rank = rank
         self.scale = float(scale)
         self.targets = tuple(t for t in ("q", "k", "v") if t in targets)
+        self.shared_a = bool(shared_a)
+        self._slots = tuple(QKV_SLOT[t] for t in self.targets)
+        self._a_index = tuple(0 if self.shared_a else i for i in range(len(self.targets)))
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        num_targets = len(self.targets)
-        self.lora_A = nn.Parameter(torch.empty(num_targets * rank, base.in_features, **factory))
+        num_a = 1 if self.shared_a else len(self.targets)
+        self.lora_A = nn.Parameter(torch.empty(num_a * rank, base.in_features, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_B = nn.Parameter(
-            torch.zeros(num_targets, num_heads * self.head_dim, rank, **factory)
+            torch.zeros(len(self.targets), num_heads * self.head_dim, rank, **factory)
         )
         self.register_buffer("head_mask", torch.ones(num_heads, dtype=torch.bool))
         self.register_buffer("_rows", self._active_rows(), persistent=False)
         self.register_buffer("_slot_rows", self._active_slot_rows(), persistent=False)
-        self._slots = tuple(QKV_SLOT[t] for t in self.targets)
+        self._active_count = num_heads
 
     def _active_slot_rows(self) -> torch.Tensor:
         """Indices, within one projection's H·head_dim rows, of the rows active heads write."""
-        heads = torch.nonzero(self.head_mask.cpu()).flatten()
-        rows = heads[:, None] * self.head_dim + torch.arange(self.head_dim)
-        return rows.flatten().to(self.base.weight.device)
+        return head_feature_indices(self.head_mask, self.head_dim).to(self.base.weight.device)
 
     def _active_rows(self) -> torch.Tensor:
         """Indices of the qkv output rows that active heads of targeted projections write."""
-        heads = torch.nonzero(self.head_mask.cpu()).flatten()
-        per_head = heads[:, None] * self.head_dim + torch.arange(self.head_dim)
+        per_head = head_feature_indices(self.head_mask, self.head_dim)
         width = self.num_heads * self.head_dim
-        slots = torch.tensor([QKV_SLOT[t] for t in self.targets])
-        rows = slots[:, None] * width + per_head.flatten()[None, :]
+        slots = torch.tensor(self._slots)
+        rows = slots[:, None] * width + per_head[None, :]
         return rows.flatten().to(self.base.weight.device)
 
     @property
     def active_heads(self) -> int:
-        """How many heads still have B blocks."""
-        return int(self.head_mask.sum())
+        """How many heads still have B blocks (a Python int kept by `set_head_mask`: reading
+        it never waits for the device)."""
+        return self._active_count
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W + s·B·A: the effective qkv weight, differentiable in A and B."""
+        return self.base.weight + self.delta_weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
 
     def set_head_mask(self, mask: torch.Tensor) -> None:
         """Keep only the heads where ``mask`` is True; the others' B blocks are removed.
@@ -212,21 +263,26 @@ class HeadLoRAQKV(nn.Module):
         requires_grad = self.lora_B.requires_grad
         self.lora_B = nn.Parameter(new_blocks.flatten(1, 2), requires_grad=requires_grad)
         self.head_mask.copy_(mask.to(self.head_mask.device))
+        self._active_count = int(mask.sum())
         self._rows = self._active_rows()
         self._slot_rows = self._active_slot_rows()
 
+    def _a_blocks(self) -> torch.Tensor:
+        """A as (P, r, d): each projection's own A, or the shared A repeated (a view)."""
+        a = self.lora_A.unflatten(0, (-1, self.rank))
+        return a.expand(len(self.targets), -1, -1) if self.shared_a else a
+
     def delta_weight(self) -> torch.Tensor:
         """s·B·A scattered into a (3·H·head_dim, d) matrix: what `merge` adds to the qkv weight."""
-        a = self.lora_A.unflatten(0, (len(self.targets), self.rank))
-        blocks = torch.bmm(self.lora_B, a).flatten(0, 1)
+        blocks = torch.bmm(self.lora_B, self._a_blocks()).flatten(0, 1)
         delta = torch.zeros_like(self.base.weight)
-        return delta.index_add_(0, self._rows, blocks.to(delta.dtype), alpha=self.scale)
+        return delta.index_add(0, self._rows, blocks.to(delta.dtype), alpha=self.scale)
 
     def lora_update(self, x: torch.Tensor) -> torch.Tensor:
         """The update of the active rows only: (..., P·n_active·head_dim), scale applied."""
-        z = F.linear(x, self.lora_A.to(x.dtype)).unflatten(-1, (len(self.targets), self.rank))
-        lead = z.shape[:-2]
-        z = z.reshape(-1, len(self.targets), self.rank).transpose(0, 1)
+        a = self._a_blocks().to(x.dtype)
+        lead = x.shape[:-1]
+        z = torch.einsum("md,prd->pmr", x.reshape(-1, x.shape[-1]), a)
         update = torch.bmm(z, self.lora_B.to(x.dtype).transpose(1, 2))
         return update.transpose(0, 1).reshape(*lead, -1) * self.scale
 
@@ -239,15 +295,17 @@ class HeadLoRAQKV(nn.Module):
             None if bias is None else bias.to(dtype),
             self.lora_A.to(dtype),
             self.lora_B.to(dtype),
-            None if self.active_heads == self.num_heads else self._slot_rows,
+            None if self._active_count == self.num_heads else self._slot_rows,
             self._slots,
+            self._a_index,
             self.scale,
         )
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def extra_repr(self) -> str:
+        layout = ", shared_a=True" if self.shared_a else ""
         return (
-            f"targets={self.targets}, rank={self.rank}, scale={self.scale}, "
+            f"targets={self.targets}, rank={self.rank}, scale={self.scale}{layout}, "
             f"active_heads={self.active_heads}/{self.num_heads}"
         )
 
@@ -281,16 +339,15 @@ class HeadLoRAProj(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
         self.register_buffer("head_mask", torch.ones(num_heads, dtype=torch.bool))
         self.register_buffer("_cols", self._active_cols(), persistent=False)
+        self._active_count = num_heads
 
     def _active_cols(self) -> torch.Tensor:
-        heads = torch.nonzero(self.head_mask.cpu()).flatten()
-        cols = heads[:, None] * self.head_dim + torch.arange(self.head_dim)
-        return cols.flatten().to(self.base.weight.device)
+        return head_feature_indices(self.head_mask, self.head_dim).to(self.base.weight.device)
 
     @property
     def active_heads(self) -> int:
-        """How many heads' columns of A remain."""
-        return int(self.head_mask.sum())
+        """How many heads' columns of A remain (a Python int: never waits for the device)."""
+        return self._active_count
 
     def set_head_mask(self, mask: torch.Tensor) -> None:
         """Keep only the heads where ``mask`` is True (their A columns); see `HeadLoRAQKV`."""
@@ -305,6 +362,7 @@ class HeadLoRAProj(nn.Module):
         requires_grad = self.lora_A.requires_grad
         self.lora_A = nn.Parameter(new_blocks.flatten(1), requires_grad=requires_grad)
         self.head_mask.copy_(mask.to(self.head_mask.device))
+        self._active_count = int(mask.sum())
         self._cols = self._active_cols()
 
     def delta_weight(self) -> torch.Tensor:

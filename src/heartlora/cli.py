@@ -18,6 +18,11 @@ from heartlora.errors import HeartLoRAError
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train", "train", "fine-tune a timm ViT with one method on one task"),
     ("suite", "suite", "run methods × tasks on mini-VTAB and print the paper-style table"),
+    (
+        "frontier",
+        "frontier",
+        "accuracy vs stored bytes of LoRA, peft LoRA, Heart-LoRA and controls, chosen on val200",
+    ),
     ("pretrain", "pretrain", "pretrain the bundled base ViT on Fashion-MNIST"),
     ("heads", "heads", "plot head responsiveness and redundancy of an adapter"),
     ("export", "export", "export an adapter as a peft LoRA adapter or a merged timm checkpoint"),

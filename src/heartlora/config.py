@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from heartlora.errors import HeartLoRAError
@@ -13,8 +15,46 @@ TARGETS: tuple[str, ...] = ("q", "k", "v", "proj")
 MODES: tuple[str, ...] = ("global", "layer", "percent", "budget")
 """Head-selection modes (DESIGN.md §2.3): Heart-LoRA, Heart-LoRA†, per-layer share, network budget."""
 
-SCORERS: tuple[str, ...] = ("taylor", "grad-norm", "output-norm", "redundancy")
+SCORERS: tuple[str, ...] = ("taylor", "grad-norm", "output-norm", "redundancy", "random", "inverse")
 """Responsiveness scorers (DESIGN.md §2.2)."""
+
+LAYOUTS: tuple[str, ...] = ("per-projection", "shared")
+"""Where the A matrices of the q/k/v updates live (DESIGN.md §1): ``per-projection``: one A
+(r × d) per targeted q/k/v projection; ``shared``: one A (r × d) shared by all targeted q/k/v
+projections of the fused qkv (peft's LoRA on qkv). B is split per head in both."""
+
+RENAMED_KEYS: dict[str, str] = {"warmup_steps": "calib_warmup_steps"}
+"""Old config key → its new name. The old name is still read from adapter files, YAML config
+files, ``--set`` and suite method brackets, with a `FutureWarning`."""
+
+_REMOVED_KEYS: tuple[str, ...] = ("extra",)
+"""Keys older adapter files may hold that carry nothing any more; ignored when reading."""
+
+
+def rename_deprecated_keys(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with every old key of `RENAMED_KEYS` replaced by its new name.
+
+    Each old key found emits a `FutureWarning` (shown to end users by default, as
+    transformers does for renamed `TrainingArguments`) naming ``where`` and the new key; it is
+    attributed to this function, so Python's default filter shows each message once per process.
+
+    Raises:
+        HeartLoRAError: if ``data`` holds both the old and the new name of a key.
+    """
+    renamed = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise HeartLoRAError(
+                f"{where}: both {old!r} and {new!r} are given; keep only {new!r} "
+                f"({old!r} is its deprecated name)"
+            )
+        warnings.warn(
+            f"{where}: config key {old!r} is deprecated, use {new!r}", FutureWarning, stacklevel=1
+        )
+        renamed = {new if key == old else key: value for key, value in renamed.items()}
+    return renamed
 
 
 @dataclass
@@ -31,14 +71,19 @@ class HeartLoRAConfig:
             ``round(percent · H_l)`` heads of layer l, for models whose layers differ in head count),
             ``budget`` (deactivate the ``L · ne`` lowest (layer, head) pairs of the network).
         percent: share of heads to deactivate per layer in ``percent`` mode, in [0, 1).
-        scorer: responsiveness scorer: ``taylor``, ``grad-norm``, ``output-norm`` or ``redundancy``.
-        warmup_steps: plain-LoRA training steps before scoring (the ``taylor`` and
-            ``output-norm`` scorers need trained B blocks; they count toward the schedule).
+        scorer: responsiveness scorer, one of `SCORERS` (DESIGN.md §2.2).
+        calib_warmup_steps: plain-LoRA optimizer steps before the heads are scored (the
+            ``taylor`` and ``output-norm`` scorers need trained B blocks; the steps count toward
+            the schedule). Formerly ``warmup_steps``.
         calib_batches: training batches the scorer averages over.
+        layout: ``per-projection``: one A (r × d) per targeted q/k/v projection; ``shared``: one
+            A (r × d) shared by all targeted q/k/v projections of the fused qkv (peft's LoRA on
+            qkv), B split per head in both. ``proj`` always has its own A.
 
     Raises:
-        HeartLoRAError: on a non-positive rank, an unknown target, mode or scorer, a negative
-            ``ne`` or a ``percent`` outside [0, 1).
+        HeartLoRAError: on a non-positive rank, an unknown target, mode, scorer or layout, a
+            negative ``ne`` or ``calib_warmup_steps``, a non-positive ``calib_batches`` or a
+            ``percent`` outside [0, 1).
     """
 
     rank: int = 8
@@ -48,9 +93,9 @@ class HeartLoRAConfig:
     mode: str = "global"
     percent: float = 0.0
     scorer: str = "taylor"
-    warmup_steps: int = 20
+    calib_warmup_steps: int = 20
     calib_batches: int = 4
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    layout: str = "per-projection"
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -73,14 +118,18 @@ class HeartLoRAConfig:
             raise HeartLoRAError(
                 f"unknown scorer {self.scorer!r}: expected one of {', '.join(SCORERS)}"
             )
+        if self.layout not in LAYOUTS:
+            raise HeartLoRAError(
+                f"unknown layout {self.layout!r}: expected one of {', '.join(LAYOUTS)}"
+            )
         if not isinstance(self.ne, int) or isinstance(self.ne, bool) or self.ne < 0:
             raise HeartLoRAError(f"ne must be a non-negative integer, got {self.ne!r}")
         if not 0.0 <= float(self.percent) < 1.0:
             raise HeartLoRAError(f"percent must be in [0, 1), got {self.percent!r}")
-        if self.warmup_steps < 0 or self.calib_batches <= 0:
+        if self.calib_warmup_steps < 0 or self.calib_batches <= 0:
             raise HeartLoRAError(
-                "warmup_steps must be >= 0 and calib_batches > 0, got "
-                f"{self.warmup_steps!r} and {self.calib_batches!r}"
+                "calib_warmup_steps must be >= 0 and calib_batches > 0, got "
+                f"{self.calib_warmup_steps!r} and {self.calib_batches!r}"
             )
 
     @property
@@ -92,15 +141,24 @@ class HeartLoRAConfig:
         """A JSON-ready dict (targets as a list)."""
         data = asdict(self)
         data["targets"] = list(self.targets)
-        if not data["extra"]:
-            del data["extra"]
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HeartLoRAConfig:
-        """The inverse of `to_dict`; unknown keys are an error naming them."""
+    def from_dict(cls, data: Mapping[str, Any], where: str = "HeartLoRAConfig") -> HeartLoRAConfig:
+        """The inverse of `to_dict`, also reading the configs of older adapter files.
+
+        Older files may spell ``calib_warmup_steps`` ``warmup_steps`` (a `FutureWarning`),
+        lack ``layout`` (they are ``per-projection``) or hold an ``extra`` key (ignored).
+        ``where`` (e.g. the file) starts the warning and error messages.
+
+        Raises:
+            HeartLoRAError: on unknown keys (named), both spellings of a renamed key, or an
+                invalid value.
+        """
+        data = rename_deprecated_keys(data, where)
+        data = {k: v for k, v in data.items() if k not in _REMOVED_KEYS}
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise HeartLoRAError(f"unknown HeartLoRAConfig key(s): {', '.join(unknown)}")
+            raise HeartLoRAError(f"{where}: unknown HeartLoRAConfig key(s): {', '.join(unknown)}")
         return cls(**{**data, "targets": tuple(data.get("targets", ("q", "v")))})

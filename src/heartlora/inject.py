@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from heartlora.adapters import ADAPTER_TYPES, HeadLoRAProj, HeadLoRAQKV
+from heartlora.backbone import classifier_parameters
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 
@@ -92,7 +93,12 @@ def inject(model: nn.Module, config: HeartLoRAConfig) -> nn.Module:
     for layer in find_attention_layers(model):
         if config.qkv_targets:
             layer.module.qkv = HeadLoRAQKV(
-                layer.module.qkv, layer.num_heads, config.rank, config.scale, config.qkv_targets
+                layer.module.qkv,
+                layer.num_heads,
+                config.rank,
+                config.scale,
+                config.qkv_targets,
+                shared_a=config.layout == "shared",
             )
         if "proj" in config.targets:
             if not isinstance(getattr(layer.module, "proj", None), nn.Linear):
@@ -104,13 +110,6 @@ def inject(model: nn.Module, config: HeartLoRAConfig) -> nn.Module:
     model.heartlora_scores = None
     mark_trainable(model)
     return model
-
-
-def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters of the model's classifier head (timm's ``get_classifier()``), or none."""
-    get_classifier = getattr(model, "get_classifier", None)
-    classifier = get_classifier() if callable(get_classifier) else None
-    return list(classifier.parameters()) if isinstance(classifier, nn.Module) else []
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -131,6 +130,23 @@ def mark_trainable(model: nn.Module, train_classifier: bool = True) -> None:
 def trainable_parameters(model: nn.Module) -> int:
     """Number of parameters that receive gradients."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def heads_per_layer(model: nn.Module) -> list[int]:
+    """The number of attention heads of each layer, in forward order; also for models whose
+    ``qkv`` another library has wrapped (a peft model), where `find_attention_layers` refuses."""
+    return [
+        module.num_heads
+        for module in model.modules()
+        if isinstance(getattr(module, "num_heads", None), int) and hasattr(module, "qkv")
+    ]
+
+
+def active_heads_per_layer(model: nn.Module) -> list[int] | None:
+    """The active heads of each layer of an injected model; ``None`` without adapters."""
+    if not any(True for _ in adapter_modules(model)):
+        return None
+    return [layer.adapters[0].active_heads for layer in find_attention_layers(model)]
 
 
 def head_masks(model: nn.Module) -> list[torch.Tensor]:
@@ -162,12 +178,14 @@ def expected_adapter_parameters(
     """The adapter parameter count that `inject` + deactivation leaves trainable.
 
     Per layer l with a_l active heads and P targeted qkv projections:
-    ``P·r·d + P·r·head_dim·a_l`` for qkv, plus ``r·head_dim·a_l + proj_out·r`` for ``proj``.
+    ``P_A·r·d + P·r·head_dim·a_l`` for qkv, where P_A = P (one A per projection) or 1 (the
+    ``shared`` layout), plus ``r·head_dim·a_l + proj_out·r`` for ``proj``.
     """
     num_qkv, r = len(config.qkv_targets), config.rank
+    num_a = min(num_qkv, 1) if config.layout == "shared" else num_qkv
     total = 0
     for active in active_heads:
-        total += num_qkv * r * dim + num_qkv * r * head_dim * active
+        total += num_a * r * dim + num_qkv * r * head_dim * active
         if "proj" in config.targets:
             total += r * head_dim * active + proj_out * r
     return total

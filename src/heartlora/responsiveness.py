@@ -10,6 +10,15 @@ has fewer heads; a higher score means a more responsive head:
 * ``redundancy`` — 1 − max cosine similarity of head h's attention map to another head of
   the same layer (redundant heads score low). Needs no labels and no adapters' training.
 
+Two controls (DESIGN.md §2.2), so that a scorer can be shown to beat chance:
+
+* ``random`` — independent uniform scores in [0, 1) from a generator seeded with ``seed``: the
+  same seed gives the same scores (and so the same heads) on every machine. Reads no batches.
+* ``inverse`` — the ``taylor`` scores negated. Negation reverses every ranking that selection
+  makes (within a layer, over the network, and of the global column sums R[L, h]), so each mode
+  deactivates the *most* responsive heads instead of the least. It needs what ``taylor`` needs.
+  To invert another scorer, negate its scores before `deactivate_heads`.
+
 For the ``proj`` target a head's block is the columns of A that read it, and they enter the
 sums in the same way. Scoring runs in eval mode, leaves no gradients behind and never steps
 an optimizer; run it on training data only.
@@ -30,6 +39,9 @@ from heartlora.errors import HeartLoRAError
 from heartlora.inject import AttentionLayer, find_attention_layers
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+INVERSE_OF = "taylor"
+"""The scorer whose negated scores the ``inverse`` control uses."""
 
 
 def _head_blocks(adapter: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
@@ -156,12 +168,20 @@ def _redundancy_scores(model: nn.Module, batches: Iterable) -> list[torch.Tensor
     return scores
 
 
+def _random_scores(layers: list[AttentionLayer], seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.rand(layer.num_heads, generator=generator, dtype=torch.float64) for layer in layers
+    ]
+
+
 def responsiveness(
     model: nn.Module,
     batches: Iterable,
     loss_fn: LossFn | None = None,
     scorer: str = "taylor",
     max_batches: int | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Score every attention head of ``model`` on training ``batches``.
 
@@ -169,19 +189,27 @@ def responsiveness(
         model: an injected model (any timm ViT/Swin for ``redundancy``).
         batches: iterable of ``(images, labels)`` (a DataLoader works).
         loss_fn: ``loss_fn(logits, labels) -> scalar``; needed by ``taylor`` and ``grad-norm``.
-        scorer: one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``.
+        scorer: one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``, or a control:
+            ``random``, ``inverse`` (the negated ``taylor`` scores).
         max_batches: score on at most this many batches.
+        seed: seeds the ``random`` control (other scorers ignore it); pass the run's seed.
 
     Returns:
-        A float32 (layers × max heads) tensor, NaN where a layer has fewer heads.
+        A float32 (layers × max heads) tensor, NaN where a layer has fewer heads (``inverse``
+        scores are ≤ 0).
 
     Raises:
         HeartLoRAError: on an unknown scorer, a missing ``loss_fn``, a model without adapters,
-            untrained adapters for ``taylor``, or no batches.
+            untrained adapters for ``taylor`` and ``inverse``, or no batches (``random`` reads
+            none).
     """
     if scorer not in SCORERS:
         raise HeartLoRAError(f"unknown scorer {scorer!r}: expected one of {', '.join(SCORERS)}")
     layers = find_attention_layers(model)
+    if scorer == "random":
+        return _pad(_random_scores(layers, seed)).float()
+    if scorer == "inverse":
+        return -responsiveness(model, batches, loss_fn, INVERSE_OF, max_batches)
     if max_batches is not None:
         batches = islice(batches, max_batches)
     was_training = model.training

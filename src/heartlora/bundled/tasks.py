@@ -229,7 +229,7 @@ MINI_DEFAULTS: dict[str, Any] = {
     "scale": 10.0,
     "ne": 2,
     "scorer": "taylor",
-    "warmup_steps": 16,
+    "calib_warmup_steps": 16,
     "calib_batches": 4,
     "threads": 1,
 }

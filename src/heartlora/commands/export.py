@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.adapter_io import load_adapter, read_adapter_config
+from heartlora.adapter_io import load_adapter, read_adapter_metadata
 from heartlora.errors import HeartLoRAError
 from heartlora.tools.export import EXPORT_FORMATS, export_merged, export_peft
-from heartlora.tools.serving import base_model_from_adapter
+from heartlora.tools.serving import base_model_from_adapter, base_model_kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +36,8 @@ def run(args: argparse.Namespace) -> int:
         raise HeartLoRAError(
             f"unknown export format {args.export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}"
         )
-    metadata = read_adapter_config(args.adapter)
-    extra = metadata.get("extra") or {}
-    name = args.model or extra.get("model") or metadata["base_model"]
+    metadata = read_adapter_metadata(args.adapter)
+    name = args.model or metadata.run.model or metadata.base_model
     # peft export reads only the adapter tensors: the base weights need not be at hand.
     weights = args.export_format == "merged"
     base = base_model_from_adapter(args.adapter, args.checkpoint, args.model, weights=weights)
@@ -50,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
             f"load it with: peft.PeftModel.from_pretrained(timm.create_model({name!r}, ...), {str(out)!r})"
         )
         return 0
-    create_kwargs = dict(extra.get("model_kwargs") or {})
-    if extra.get("img_size"):
-        create_kwargs.setdefault("img_size", int(extra["img_size"]))
+    create_kwargs = base_model_kwargs(metadata)
     path = export_merged(model, args.output_dir, model_name=name, create_kwargs=create_kwargs)
     classes = getattr(model, "num_classes", None)
     kwargs = "".join(f", {k}={v!r}" for k, v in create_kwargs.items())

@@ -20,7 +20,8 @@ import torch
 from torch.nn.functional import cross_entropy
 from torch.utils.data import DataLoader
 
-from heartlora.adapter_io import load_adapter, read_adapter_config
+from heartlora.adapter_io import DatasetInfo, RunInfo, load_adapter, read_adapter_metadata
+from heartlora.backbone import create_base_model
 from heartlora.config import MODES, SCORERS, HeartLoRAConfig
 from heartlora.data.base import DATASET_KINDS
 from heartlora.data.factory import build_dataset
@@ -36,7 +37,7 @@ from heartlora.tools.analysis import (
     write_head_report,
     write_task_comparison,
 )
-from heartlora.tools.serving import adapter_img_size, base_model_from_adapter, create_base_model
+from heartlora.tools.serving import adapter_img_size, base_model_from_adapter
 
 TRAIN_SPLITS = {"vtab1k": "train800val200", "fgvc": "train", "imagefolder": None}
 """The training split each dataset kind is scored on (never the test split)."""
@@ -105,19 +106,20 @@ def _check(args: argparse.Namespace) -> None:
         )
 
 
-def _dataset_spec(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any] | None:
+def _dataset_spec(args: argparse.Namespace, run: RunInfo) -> dict[str, Any] | None:
     """kind/root/task/split/normalize of the training images, or None when none are known."""
-    stored = dict(extra.get("dataset") or {})
-    root = args.data_root or stored.get("root")
+    stored = run.dataset or DatasetInfo(kind="", root="")
+    root = args.data_root or stored.root or None
     if root is None:
         return None
-    kind = args.dataset_kind or stored.get("kind") or "vtab1k"
+    kind = args.dataset_kind or stored.kind or "vtab1k"
     return {
         "kind": kind,
         "root": root,
-        "task": args.task or stored.get("task") or extra.get("task"),
-        "split": args.split or stored.get("split") or TRAIN_SPLITS.get(kind),
-        "normalize": stored.get("normalize"),
+        "task": args.task or stored.task or run.task,
+        "split": args.split or stored.split or TRAIN_SPLITS.get(kind),
+        "normalize": run.normalize,
+        "image_dir": stored.image_dir if not args.data_root else None,
     }
 
 
@@ -130,6 +132,7 @@ def _batches(spec: dict[str, Any], img_size: int, args: argparse.Namespace) -> t
         spec["split"],
         img_size,
         normalize=spec["normalize"],
+        image_dir=spec["image_dir"],
     )
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     return dataset.num_classes, list(islice(loader, args.batches))
@@ -139,8 +142,7 @@ def _adapter_report(
     directory: Path, args: argparse.Namespace, task: str | None = None
 ) -> HeadReport:
     report = adapter_head_report(directory, task)
-    extra = read_adapter_config(directory).get("extra") or {}
-    spec = _dataset_spec(args, extra)
+    spec = _dataset_spec(args, read_adapter_metadata(directory).run)
     if spec is None:
         if args.scorer is not None:
             raise HeartLoRAError(
@@ -178,7 +180,7 @@ def _base_model_report(args: argparse.Namespace) -> HeadReport:
     img_size = args.img_size or _image_size(model)
     if not img_size:
         raise HeartLoRAError(f"{args.model}: cannot tell its input size (expected --img-size N)")
-    spec = _dataset_spec(args, {})
+    spec = _dataset_spec(args, RunInfo())
     num_classes, batches = _batches(spec, img_size, args)
     if scorer == "grad-norm":
         if hasattr(model, "reset_classifier"):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from heartlora.adapter_io import read_adapter_config
+from heartlora.adapter_io import AdapterMetadata, read_adapter_metadata
 from heartlora.data.base import open_image
 from heartlora.data.transforms import build_transform
 from heartlora.errors import HeartLoRAError
@@ -38,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
 
 
-def _task_names(directories: list[Path], metadata: list[dict[str, Any]]) -> list[str]:
+def _task_names(directories: list[Path], metadata: list[AdapterMetadata]) -> list[str]:
     names: list[str] = []
     for directory, meta in zip(directories, metadata):
-        base = str((meta.get("extra") or {}).get("task") or directory.resolve().name)
+        base = meta.run.task or directory.resolve().name
         name, count = base, 1
         while name in names:
             count += 1
@@ -50,11 +49,13 @@ def _task_names(directories: list[Path], metadata: list[dict[str, Any]]) -> list
     return names
 
 
-def _check_shared_backbone(directories: list[Path], metadata: list[dict[str, Any]], args) -> None:
+def _check_shared_backbone(
+    directories: list[Path], metadata: list[AdapterMetadata], args: argparse.Namespace
+) -> None:
     """Every adapter must sit on the same architecture, input size and (unless overridden) weights."""
-    first = metadata[0].get("extra") or {}
+    first = metadata[0].run.to_json()
     for directory, meta in zip(directories[1:], metadata[1:]):
-        extra = meta.get("extra") or {}
+        extra = meta.run.to_json()
         keys = (
             ["img_size"]
             + ([] if args.model else ["model"])
@@ -80,15 +81,14 @@ def run(args: argparse.Namespace) -> int:
     """Classify every image with every task; returns the exit code."""
     if args.batch_size < 1:
         raise HeartLoRAError(f"--batch-size must be >= 1, got {args.batch_size}")
-    metadata = [read_adapter_config(d) for d in args.adapters]
+    metadata = [read_adapter_metadata(d) for d in args.adapters]
     _check_shared_backbone(args.adapters, metadata, args)
     names = _task_names(args.adapters, metadata)
     server = MultiTaskModel(base_model_from_adapter(args.adapters[0], args.checkpoint, args.model))
     for name, directory in zip(names, args.adapters):
         server.add_task(name, directory)
-    dataset = (metadata[0].get("extra") or {}).get("dataset") or {}
     transform = build_transform(
-        adapter_img_size(args.adapters[0], server.model), normalize=dataset.get("normalize")
+        adapter_img_size(args.adapters[0], server.model), normalize=metadata[0].run.normalize
     )
     images = [transform(open_image(path)) for path in args.images]
     predictions = []
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         for index, path in enumerate(paths):
             for name, meta in zip(names, metadata):
                 label = int(results[name][0][index])
-                classes = (meta.get("extra") or {}).get("classes")
+                classes = meta.run.classes
                 predictions.append(
                     {
                         "image": str(path),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from heartlora.training.config import METHODS, build_config
+from heartlora.training.config import build_config
+from heartlora.training.methods import METHODS
 
 # flag → config key, type, help
 FLAGS: tuple[tuple[str, str, type, str], ...] = (

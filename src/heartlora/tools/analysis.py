@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from heartlora.adapter_io import read_adapter_config
+from heartlora.adapter_io import read_adapter_metadata
 from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import find_attention_layers
@@ -119,17 +119,16 @@ def _score_rows(scores: torch.Tensor | Sequence | None) -> list[list[float | Non
 def adapter_head_report(adapter_dir: str | Path, task: str | None = None) -> HeadReport:
     """The stored scores and masks of an adapter directory (no model needed).
 
-    ``task`` defaults to the adapter's ``extra["task"]``, else the directory name.
+    ``task`` defaults to the task the adapter was trained on, else the directory name.
     """
-    metadata = read_adapter_config(adapter_dir)
-    extra = metadata.get("extra") or {}
+    metadata = read_adapter_metadata(adapter_dir)
     return HeadReport(
-        task=task or str(extra.get("task") or Path(adapter_dir).resolve().name),
-        layers=list(metadata["layers"]),
-        num_heads=[int(h) for h in metadata["num_heads"]],
-        head_masks=[[bool(k) for k in mask] for mask in metadata["head_masks"]],
-        scores=_score_rows(metadata.get("scores")),
-        scorer=(metadata.get("config") or {}).get("scorer"),
+        task=task or metadata.run.task or Path(adapter_dir).resolve().name,
+        layers=list(metadata.layers),
+        num_heads=list(metadata.num_heads),
+        head_masks=[list(mask) for mask in metadata.head_masks],
+        scores=_score_rows(metadata.scores),
+        scorer=metadata.config.scorer,
     )
 
 
@@ -315,7 +314,7 @@ def compare_tasks(
 ) -> TaskComparison:
     """Compare the kept heads of adapters trained on different tasks.
 
-    Names default to each adapter's ``extra["task"]``, else its directory name (made unique).
+    Names default to each adapter's task, else its directory name (made unique).
 
     Raises:
         HeartLoRAError: on fewer than one adapter or adapters with different heads per layer.

@@ -37,8 +37,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from heartlora.adapter_io import architecture_name
-from heartlora.adapters import QKV_SLOT, HeadLoRAProj, HeadLoRAQKV
+from heartlora.adapters import QKV_SLOT, HeadLoRAProj, HeadLoRAQKV, head_feature_indices
 from heartlora.atomic import atomic_write, atomic_write_json
+from heartlora.backbone import classifier_parameters, classifier_path
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters, inject, merge
@@ -61,39 +62,31 @@ def _live_adapters(model: nn.Module, what: str) -> list[tuple[str, nn.Module]]:
 
 
 def _classifier_prefix(model: nn.Module) -> str | None:
-    """The module path of the model's classifier (``head`` for a ViT, ``head.fc`` for Swin)."""
-    get_classifier = getattr(model, "get_classifier", None)
-    classifier = get_classifier() if callable(get_classifier) else None
-    if not isinstance(classifier, nn.Module) or not any(True for _ in classifier.parameters()):
-        return None
-    return next((name for name, m in model.named_modules() if m is classifier and name), None)
-
-
-def _head_columns(head_mask: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """Indices of the features of the active heads, in head order: (n_active·head_dim,)."""
-    heads = torch.nonzero(head_mask.cpu()).flatten()
-    return (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+    """The classifier's module path when it has parameters to carry (peft ``modules_to_save``)."""
+    return classifier_path(model) if classifier_parameters(model) else None
 
 
 def qkv_to_peft(adapter: HeadLoRAQKV) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One qkv adapter as a single LoRA: ``(lora_A (P·r, d), lora_B (3·H·hd, P·r), scaling s)``.
+    """One qkv adapter as a single LoRA: ``(lora_A (P·r, d), lora_B (3·H·hd, P·r), scaling s)``,
+    or ``(lora_A (r, d), lora_B (3·H·hd, r), s)`` for the shared-A layout (peft's own layout).
 
     ``scaling · lora_B @ lora_A`` equals ``adapter.delta_weight()``.
     """
-    num_targets, rank = len(adapter.targets), adapter.rank
-    lora_b = adapter.lora_B.new_zeros(adapter.base.out_features, num_targets * rank)
-    heads = _head_columns(adapter.head_mask, adapter.head_dim)
+    rank = adapter.rank
+    lora_b = adapter.lora_B.new_zeros(adapter.base.out_features, adapter.lora_A.shape[0])
+    heads = head_feature_indices(adapter.head_mask, adapter.head_dim)
     width = adapter.num_heads * adapter.head_dim
     for index, projection in enumerate(adapter.targets):
         rows = QKV_SLOT[projection] * width + heads
-        lora_b[rows, index * rank : (index + 1) * rank] = adapter.lora_B[index].detach()
+        column = 0 if adapter.shared_a else index * rank
+        lora_b[rows, column : column + rank] = adapter.lora_B[index].detach()
     return adapter.lora_A.detach().clone(), lora_b, adapter.scale
 
 
 def proj_to_peft(adapter: HeadLoRAProj) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The proj adapter as a plain LoRA: A widened to all heads' columns (zeros for inactive)."""
     lora_a = adapter.lora_A.new_zeros(adapter.rank, adapter.base.in_features)
-    lora_a[:, _head_columns(adapter.head_mask, adapter.head_dim)] = adapter.lora_A.detach()
+    lora_a[:, head_feature_indices(adapter.head_mask, adapter.head_dim)] = adapter.lora_A.detach()
     return lora_a, adapter.lora_B.detach().clone(), adapter.scale
 
 
@@ -271,8 +264,8 @@ def import_peft_adapter(
 ) -> nn.Module:
     """Turn a peft LoRA adapter trained on ``qkv`` (and optionally ``proj``) into heartlora adapters.
 
-    Exact: peft's ``lora_A`` becomes every projection's ``A_p`` and each projection's rows of
-    ``lora_B`` its ``B_p``, so the injected model computes what the peft model computes. The
+    Exact: peft's ``lora_A`` becomes every projection's ``A_p`` (or the one shared A of the
+    ``shared`` layout) and each projection's rows of ``lora_B`` its ``B_p``, so the injected model computes what the peft model computes. The
     heartlora rank is the largest peft rank (smaller ones are zero-padded), the scale peft's
     α/r of the first qkv module (other modules' scalings are folded into their B). Targets are
     q, k, v (leaving out a projection whose rows are zero in every layer) plus ``proj`` when
@@ -349,7 +342,7 @@ def import_peft_adapter(
             padded_b = lora_b.new_zeros(lora_b.shape[0], rank)
             padded_b[:, : lora_b.shape[1]] = lora_b * factor if factor != 1.0 else lora_b
             if isinstance(adapter, HeadLoRAQKV):
-                adapter.lora_A.copy_(padded_a.repeat(len(adapter.targets), 1))
+                adapter.lora_A.copy_(padded_a.repeat(adapter.lora_A.shape[0] // rank, 1))
                 width = adapter.num_heads * adapter.head_dim
                 for index, projection in enumerate(adapter.targets):
                     slot = QKV_SLOT[projection]

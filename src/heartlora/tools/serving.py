@@ -15,65 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
-from heartlora.adapter_io import load_adapter, read_adapter_config
+from heartlora.adapter_io import AdapterMetadata, load_adapter, read_adapter_metadata
+from heartlora.backbone import classifier_path, create_base_model
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters
-
-
-def _resolve_checkpoint(checkpoint: str | Path, adapter_dir: Path | None) -> Path:
-    path = Path(checkpoint).expanduser()
-    if not path.is_file() and adapter_dir is not None and (adapter_dir / path).is_file():
-        path = adapter_dir / path
-    if not path.is_file():
-        raise HeartLoRAError(f"base checkpoint {path} does not exist (expected a weights file)")
-    return path
-
-
-def create_base_model(
-    name: str,
-    checkpoint: str | Path | None = None,
-    weights: bool = True,
-    adapter_dir: Path | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """A timm model ``name`` with its base weights, through timm's own file-checkpoint path.
-
-    Args:
-        name: a timm architecture (the bundled ``vit_mini_patch4_28`` is registered on import).
-        checkpoint: a weights file, loaded with ``pretrained_cfg_overlay=dict(file=checkpoint)``.
-            Without one, the model's registered weights are used when they are a local file.
-        weights: ``False`` builds the architecture with random weights (enough to read adapters).
-        adapter_dir: a relative ``checkpoint`` is also looked up here.
-        **kwargs: passed to ``timm.create_model`` (``num_classes``, ``img_size``, ...).
-
-    Raises:
-        HeartLoRAError: on an unknown model, a missing checkpoint file, or no local weights.
-    """
-    import heartlora.bundled.model  # noqa: F401  (registers the bundled base model with timm)
-
-    if not timm.is_model(name):
-        raise HeartLoRAError(
-            f"unknown timm model {name!r} (expected a timm architecture name; pass --model NAME)"
-        )
-    if weights and checkpoint:
-        path = _resolve_checkpoint(checkpoint, adapter_dir)
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
-        )
-    if weights:
-        default_file = getattr(timm.models.get_pretrained_cfg(name), "file", None)
-        if not default_file:
-            raise HeartLoRAError(
-                f"no local base weights for {name!r}: pass --checkpoint PATH (expected a weights "
-                "file, or an adapter whose extra names its 'checkpoint')"
-            )
-        return timm.create_model(name, pretrained=True, **kwargs)
-    return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def base_model_from_adapter(
@@ -84,30 +33,36 @@ def base_model_from_adapter(
 ) -> nn.Module:
     """The base model an adapter was trained on, ready for `heartlora.load_adapter`.
 
-    Reads the adapter's ``extra``: ``model`` (timm name, else the stored ``base_model``),
-    ``checkpoint`` (base weights), ``img_size`` and optional ``model_kwargs`` (more
+    Reads the adapter's `RunInfo`: ``model`` (timm name, else the stored ``base_model``),
+    ``checkpoint`` (base weights), ``img_size`` and ``model_kwargs`` (more
     ``timm.create_model`` arguments); ``checkpoint`` and ``model_name`` override them.
     The model is built with the adapter's class count and returned in eval mode.
     """
     adapter_dir = Path(adapter_dir)
-    metadata = read_adapter_config(adapter_dir)
-    extra = metadata.get("extra") or {}
-    name = model_name or extra.get("model") or metadata["base_model"]
-    kwargs = dict(extra.get("model_kwargs") or {})
-    if extra.get("img_size"):
-        kwargs.setdefault("img_size", int(extra["img_size"]))
-    if metadata.get("num_classes") is not None:
-        kwargs["num_classes"] = int(metadata["num_classes"])
-    checkpoint = checkpoint if checkpoint is not None else extra.get("checkpoint")
-    model = create_base_model(name, checkpoint, weights=weights, adapter_dir=adapter_dir, **kwargs)
+    metadata = read_adapter_metadata(adapter_dir)
+    name = model_name or metadata.run.model or metadata.base_model
+    kwargs = base_model_kwargs(metadata)
+    if metadata.num_classes is not None:
+        kwargs["num_classes"] = metadata.num_classes
+    checkpoint = checkpoint if checkpoint is not None else metadata.run.checkpoint
+    model = create_base_model(name, checkpoint, weights=weights, search_dir=adapter_dir, **kwargs)
     return model.eval()
 
 
+def base_model_kwargs(metadata: AdapterMetadata) -> dict[str, Any]:
+    """The ``timm.create_model`` arguments that rebuild an adapter's base architecture: its
+    ``model_kwargs`` and ``img_size``."""
+    kwargs = dict(metadata.run.model_kwargs)
+    if metadata.run.img_size:
+        kwargs.setdefault("img_size", metadata.run.img_size)
+    return kwargs
+
+
 def adapter_img_size(adapter_dir: str | Path, model: nn.Module | None = None) -> int:
-    """The input side of an adapter's images: its ``extra["img_size"]``, else the model's."""
-    extra = read_adapter_config(adapter_dir).get("extra") or {}
-    if extra.get("img_size"):
-        return int(extra["img_size"])
+    """The input side of an adapter's images: its `RunInfo` ``img_size``, else the model's."""
+    img_size = read_adapter_metadata(adapter_dir).run.img_size
+    if img_size:
+        return img_size
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if size is None:
         raise HeartLoRAError(f"{adapter_dir}: no img_size in the adapter's extra (expected an int)")
@@ -117,14 +72,6 @@ def adapter_img_size(adapter_dir: str | Path, model: nn.Module | None = None) ->
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
-def _classifier_path(model: nn.Module) -> str | None:
-    get_classifier = getattr(model, "get_classifier", None)
-    classifier = get_classifier() if callable(get_classifier) else None
-    if not isinstance(classifier, nn.Module):
-        return None
-    return next((name for name, m in model.named_modules() if m is classifier and name), None)
 
 
 def _tensor_bytes(tensors: list[torch.Tensor]) -> int:
@@ -142,7 +89,7 @@ class TaskAdapter:
         classifier: the task's classifier, or ``None`` for a model without one.
         num_classes: its class count.
         config: the adapter's `HeartLoRAConfig`.
-        metadata: the parsed ``heartlora_config.json``.
+        metadata: the adapter's `AdapterMetadata`.
     """
 
     name: str
@@ -150,7 +97,7 @@ class TaskAdapter:
     classifier: nn.Module | None
     num_classes: int | None
     config: HeartLoRAConfig
-    metadata: dict[str, Any] = field(repr=False)
+    metadata: AdapterMetadata = field(repr=False)
 
     def own_tensors(self, backbone: set[int]) -> list[torch.Tensor]:
         """The tensors this task adds: adapter weights and buffers, classifier (not the backbone)."""
@@ -184,7 +131,7 @@ class MultiTaskModel:
         self.model = base_model.eval().requires_grad_(False)
         self.tasks: dict[str, TaskAdapter] = {}
         self.active: str | None = None
-        self._classifier_path = _classifier_path(base_model)
+        self._classifier_path = classifier_path(base_model)
         self._base_modules = {
             f"{layer.name}.{part}": getattr(layer.module, part)
             for layer in find_attention_layers(base_model)
@@ -206,7 +153,7 @@ class MultiTaskModel:
         """
         if name in self.tasks:
             raise HeartLoRAError(f"task {name!r} is already loaded (expected a new task name)")
-        metadata = read_adapter_config(adapter_dir)
+        metadata = read_adapter_metadata(adapter_dir)
         self.use(None)
         if self._classifier_path is not None:
             # load_adapter writes a same-sized classifier in place: give it a copy to fill.

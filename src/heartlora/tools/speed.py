@@ -51,11 +51,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from heartlora.adapter_io import save_adapter
+from heartlora.backbone import create_architecture
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
-from heartlora.inject import classifier_parameters, find_attention_layers, inject, merge
+from heartlora.inject import heads_per_layer, merge
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads
+from heartlora.training.config import TrainConfig
+from heartlora.training.methods import directory_bytes, get_method
 
 TRAIN_VARIANTS: tuple[str, ...] = ("bound", "peft_lora", "lora_all_heads", "heart_lora", "full")
 """The training variants, in the order of the report."""
@@ -174,13 +177,20 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _build_model(config: SpeedConfig) -> nn.Module:
-    import timm
+VARIANT_METHODS: dict[str, str] = {
+    "bound": "linear",
+    "peft_lora": "peft-lora",
+    "lora_all_heads": "lora",
+    "heart_lora": "heart-lora",
+    "full": "full",
+}
+"""The training method (`heartlora.training.methods.METHODS`) each training variant builds."""
 
+
+def _build_model(config: SpeedConfig) -> nn.Module:
     torch.manual_seed(config.seed)
-    model = timm.create_model(
+    model = create_architecture(
         config.model,
-        pretrained=False,
         num_classes=config.num_classes,
         img_size=config.img_size,
         **config.model_kwargs,
@@ -188,54 +198,28 @@ def _build_model(config: SpeedConfig) -> nn.Module:
     return model.to(config.device).train()
 
 
-def _adapter_config(config: SpeedConfig, ne: int = 0) -> HeartLoRAConfig:
-    return HeartLoRAConfig(rank=config.rank, scale=config.scale, targets=("q", "v"), ne=ne)
-
-
-def _peft_model(model: nn.Module, config: SpeedConfig) -> nn.Module:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise HeartLoRAError(
-            "the speed benchmark compares with peft LoRA: install it with "
-            "`pip install heartlora[peft]`"
-        ) from None
-    classifier = model.get_classifier()
-    head_name = next(name for name, module in model.named_modules() if module is classifier)
-    lora = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.rank * config.scale,
-        lora_dropout=0.0,
-        target_modules=["qkv"],
-        modules_to_save=[head_name],
+def _run_config(config: SpeedConfig, method: str, ne: int = 0) -> TrainConfig:
+    return TrainConfig(
+        model=config.model, method=method, rank=config.rank, scale=config.scale, ne=ne
     )
-    return get_peft_model(model, lora)
 
 
 def _make_variant(name: str, config: SpeedConfig) -> _Variant:
+    if name not in VARIANT_METHODS:
+        raise HeartLoRAError(f"unknown variant {name!r}: expected one of {TRAIN_VARIANTS}")
+    method = get_method(VARIANT_METHODS[name])
     model = _build_model(config)
-    input_requires_grad = False
-    if name == "bound":
-        model.requires_grad_(False)
-        for param in classifier_parameters(model):
-            param.requires_grad_(True)
-        input_requires_grad = True
-    elif name == "peft_lora":
-        model = _peft_model(model, config)
-    elif name == "lora_all_heads":
-        inject(model, _adapter_config(config))
-    elif name == "heart_lora":
-        heads = [layer.num_heads for layer in find_attention_layers(model)]
-        adapter_config = _adapter_config(config, ne=min(heads) // 2)
-        inject(model, adapter_config)
+    heads = heads_per_layer(model)
+    run_config = _run_config(config, method.name, ne=min(heads) // 2)
+    model = method.build(model, run_config)
+    if method.selects_heads:  # half the heads, chosen at random: the cost, not the choice
         generator = torch.Generator().manual_seed(config.seed)
         scores = torch.rand(len(heads), max(heads), generator=generator)
-        deactivate_heads(model, scores, adapter_config)
-    elif name != "full":
-        raise HeartLoRAError(f"unknown variant {name!r}: expected one of {TRAIN_VARIANTS}")
+        deactivate_heads(model, scores, run_config.adapter_config())
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-4)
-    return _Variant(name, model, optimizer, input_requires_grad)
+    # the bound's input needs a gradient so its backward runs through the frozen backbone
+    return _Variant(name, model, optimizer, input_requires_grad=name == "bound")
 
 
 def _train_step(variant: _Variant, images: torch.Tensor, labels: torch.Tensor, config) -> None:
@@ -359,14 +343,6 @@ def _measure_memory(
     }
 
 
-def _directory_bytes(directory: Path, suffix: str | None = None) -> int:
-    return sum(
-        path.stat().st_size
-        for path in directory.rglob("*")
-        if path.is_file() and (suffix is None or path.name.endswith(suffix))
-    )
-
-
 def _adapter_sizes(variants: dict[str, _Variant]) -> dict[str, dict[str, int]]:
     sizes = {}
     with tempfile.TemporaryDirectory(prefix="heartlora-speed-") as tmp:
@@ -378,8 +354,8 @@ def _adapter_sizes(variants: dict[str, _Variant]) -> dict[str, dict[str, int]]:
             else:
                 save_adapter(model, directory)
             sizes[name] = {
-                "weights_bytes": _directory_bytes(directory, ".safetensors"),
-                "total_bytes": _directory_bytes(directory),
+                "weights_bytes": directory_bytes(directory, ".safetensors"),
+                "total_bytes": directory_bytes(directory),
             }
     return sizes
 

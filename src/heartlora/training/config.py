@@ -1,81 +1,287 @@
 """`TrainConfig`: every setting of a training run, from YAML files, ``--set`` overrides and flags.
 
 Defaults follow the paper's VTAB-1k protocol (DESIGN.md §4). Unknown or misspelled keys are an
-error that names the key, the file and the closest known key.
+error that names the key, the file and the closest known key. Every field carries its help text
+(``metadata["help"]``, as peft's `LoraConfig`); `config_reference_markdown` turns them into the
+key table of docs/training.md, which ``python -m heartlora.training.config --write-docs
+docs/training.md`` regenerates.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
-from dataclasses import asdict, dataclass, field, fields
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from heartlora.config import MODES, SCORERS, TARGETS, HeartLoRAConfig
+from heartlora.config import (
+    LAYOUTS,
+    MODES,
+    SCORERS,
+    TARGETS,
+    HeartLoRAConfig,
+    rename_deprecated_keys,
+)
+from heartlora.data.base import DATASET_KINDS
 from heartlora.errors import HeartLoRAError
+from heartlora.training.methods import METHODS
 
-METHODS: dict[str, str] = {
-    "linear": "classifier only; the backbone is frozen",
-    "full": "every parameter is trained",
-    "lora": "heartlora adapters on all heads (plain LoRA)",
-    "heart-lora": "Heart-LoRA: responsiveness-based deactivation, one global head ranking",
-    "heart-lora-layer": "Heart-LoRA†: responsiveness-based deactivation ranked within each layer",
-    "peft-lora": "Hugging Face peft LoRA on the fused qkv linear (reference implementation)",
-}
-DATA_KINDS = ("vtab1k", "fgvc", "imagefolder")
-HEART_MODES = {"heart-lora": "global", "heart-lora-layer": "layer"}
+DTYPES = ("fp32", "bf16")
+
+
+def _one_of(choices: Iterable[str]) -> str:
+    """``("a", "b", "c")`` → ``"`a`, `b` or `c`"`` for help texts."""
+    quoted = [f"`{choice}`" for choice in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 @dataclass
 class TrainConfig:
-    """All settings of one `heartlora train` run (see the README's table of keys)."""
+    """All settings of one `heartlora train` run; each field's ``metadata["help"]`` says what it
+    does (docs/training.md lists them all)."""
 
     # model
-    model: str = "vit_base_patch16_224"
-    checkpoint: str | None = None
-    img_size: int = 224
-    drop_path: float = 0.1
+    model: str = field(
+        default="vit_base_patch16_224",
+        metadata={
+            "help": "The timm architecture name; `vit_mini_patch4_28` is the bundled base ViT, which "
+            "loads its committed Fashion-MNIST weights when `checkpoint` is null."
+        },
+    )
+    checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local base weights: `.npz` (the original ViT-B/16 ImageNet-21k release), "
+            "`.safetensors`, `.pth` or `.bin`; null: random initialisation (bundled weights "
+            "for `vit_mini_patch4_28`)."
+        },
+    )
+    img_size: int = field(
+        default=224,
+        metadata={
+            "help": "Input side in pixels: images are resized (bicubic) to img_size × img_size "
+            "and timm resamples a ViT's position embeddings to match."
+        },
+    )
+    drop_path: float = field(
+        default=0.1,
+        metadata={"help": "Stochastic-depth rate, timm's `drop_path_rate` (0 disables it)."},
+    )
     # data
-    data_kind: str = "vtab1k"
-    data_root: str = "data/vtab-1k"
-    task: str = "cifar"
-    train_split: str = "train800val200"
-    eval_split: str = "test"
-    image_dir: str | None = None
-    normalize: list[list[float]] | None = None
-    augment: bool = False
-    skip_corrupt: bool = False
-    cache_images: bool = False
-    num_workers: int = 0
+    data_kind: str = field(
+        default="vtab1k",
+        metadata={
+            "help": "Dataset format: `vtab1k` (PETL split .txt files), `fgvc` (VPT-style json "
+            "splits) or `imagefolder` (one folder per class)."
+        },
+    )
+    data_root: str = field(
+        default="data/vtab-1k",
+        metadata={
+            "help": "Folder holding one folder per task (`<data_root>/<task>/`) for vtab1k and "
+            "fgvc, or the image tree for imagefolder."
+        },
+    )
+    task: str = field(
+        default="cifar",
+        metadata={
+            "help": "VTAB-1k task (`cifar`, `dtd`, ...), FGVC dataset (`CUB_200_2011`, ...), or "
+            "for imagefolder a subfolder of data_root."
+        },
+    )
+    train_split: str = field(
+        default="train800val200",
+        metadata={
+            "help": "Split trained on: vtab1k `train800`, `val200` or `train800val200`; fgvc "
+            "`train` or `trainval`; imagefolder a split folder name."
+        },
+    )
+    eval_split: str = field(
+        default="test",
+        metadata={
+            "help": "Split evaluated every eval_every epochs (names as train_split, plus "
+            "`test`); choose hyper-parameters on `val200`, never on `test`."
+        },
+    )
+    image_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "The image folder inside an fgvc dataset folder (fgvc only); null: the "
+            "dataset's usual folder."
+        },
+    )
+    normalize: list[list[float]] | None = field(
+        default=None,
+        metadata={
+            "help": "Per-channel `[mean, std]` applied after resizing, e.g. `[[0.5, 0.5, 0.5], "
+            "[0.5, 0.5, 0.5]]`; null: none (the paper's protocol)."
+        },
+    )
+    augment: bool = field(
+        default=False,
+        metadata={
+            "help": "Random resized crop and horizontal flip of training images (the paper uses "
+            "none); cannot be combined with cache_images."
+        },
+    )
+    skip_corrupt: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip unreadable images and count them (`skipped_images` in result.json) "
+            "instead of stopping at the first one."
+        },
+    )
+    cache_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Decode and transform every image once and hold the tensors in memory "
+            "(small datasets; not with augment)."
+        },
+    )
+    num_workers: int = field(
+        default=0,
+        metadata={
+            "help": "DataLoader worker processes loading training batches (0: load in the "
+            "main process)."
+        },
+    )
     # method and adapter
-    method: str = "heart-lora"
-    rank: int = 8
-    scale: float = 1.0
-    targets: list[str] = field(default_factory=lambda: ["q", "v"])
-    ne: int = 0
-    percent: float = 0.0
-    scorer: str = "taylor"
-    selection_mode: str | None = None
-    warmup_steps: int = 20
-    calib_batches: int = 4
+    method: str = field(
+        default="heart-lora",
+        metadata={
+            "help": f"Fine-tuning method: {_one_of(METHODS)} (what each trains and stores: "
+            "docs/training.md, Methods)."
+        },
+    )
+    rank: int = field(
+        default=8,
+        metadata={"help": "Rank r of every low-rank update (heartlora methods and peft-lora)."},
+    )
+    scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "The scale s in ΔW = s·B·A (peft-lora: `lora_alpha` = scale · rank); the paper picks "
+            "s ∈ {0.01, 0.1, 1, 10, 100} per task."
+        },
+    )
+    targets: list[str] = field(
+        default_factory=lambda: ["q", "v"],
+        metadata={
+            "help": "Projections that get an update, any of `q`, `k`, `v`, `proj` (heartlora "
+            "methods; peft-lora adapts the whole fused qkv)."
+        },
+    )
+    layout: str = field(
+        default="per-projection",
+        metadata={
+            "help": "`per-projection`: one A (r × d) per targeted q/k/v projection; `shared`: "
+            "one A shared by all targeted q/k/v of the fused qkv (as peft's LoRA on qkv); B is "
+            "split per head in both."
+        },
+    )
+    ne: int = field(
+        default=0,
+        metadata={
+            "help": "Heads to deactivate per layer after scoring (heart-lora methods; modes "
+            "`global`, `layer`, `budget`); 0 keeps every head."
+        },
+    )
+    percent: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of each layer's heads to deactivate with selection_mode `percent`, "
+            "in [0, 1) (models whose layers differ in head count, such as Swin)."
+        },
+    )
+    scorer: str = field(
+        default="taylor",
+        metadata={"help": f"Head responsiveness scorer: {_one_of(SCORERS)} (DESIGN.md §2.2)."},
+    )
+    selection_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "Head ranking: `global` (Heart-LoRA), `layer` (Heart-LoRA†), `percent` or "
+            "`budget`; null: `global` for heart-lora, `layer` for heart-lora-layer."
+        },
+    )
+    calib_warmup_steps: int = field(
+        default=20,
+        metadata={
+            "help": "Optimizer steps of plain LoRA on all heads before the heads are scored "
+            "(heart-lora methods; part of the schedule, fewer than the run's steps); formerly "
+            "`warmup_steps`."
+        },
+    )
+    calib_batches: int = field(
+        default=4,
+        metadata={
+            "help": "Training batches of batch_size images the scorer averages over (never "
+            "test data)."
+        },
+    )
     # optimisation (paper protocol)
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 10
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    label_smoothing: float = 0.0
-    eval_every: int = 10
+    epochs: int = field(default=100, metadata={"help": "Passes over train_split."})
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "Global batch size in images, split across torchrun processes."},
+    )
+    lr: float = field(
+        default=1e-3,
+        metadata={"help": "Peak AdamW learning rate, reached at the end of warmup_epochs."},
+    )
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    warmup_epochs: int = field(
+        default=10,
+        metadata={
+            "help": "Epochs of linear learning-rate warm-up from warmup_lr to lr before the "
+            "cosine decay (not the head-scoring warm-up, calib_warmup_steps)."
+        },
+    )
+    warmup_lr: float = field(
+        default=1e-6, metadata={"help": "Learning rate at step 0, where the warm-up starts."}
+    )
+    min_lr: float = field(
+        default=1e-5,
+        metadata={"help": "Learning rate the cosine decay reaches at the last step."},
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "Label smoothing of the cross-entropy loss (0: none)."}
+    )
+    eval_every: int = field(
+        default=10,
+        metadata={"help": "Evaluate on eval_split every N epochs, and after the last epoch."},
+    )
     # run
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "fp32"
-    threads: int | None = None
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of initialisation, batch order and augmentation (a resumed run "
+            "continues the same random streams)."
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "`auto` (the GPU of LOCAL_RANK when CUDA is available, else CPU), `cpu`, "
+            "`cuda` or `cuda:N`."
+        },
+    )
+    dtype: str = field(
+        default="fp32",
+        metadata={"help": "`fp32`, or `bf16` for bfloat16 autocast on CUDA (CPU runs in fp32)."},
+    )
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for torch (`torch.set_num_threads`); null: torch's default."
+        },
+    )
 
     def __post_init__(self) -> None:
         for item in fields(self):  # YAML 1.1 reads "1e-3" as a string: accept it as a number
@@ -93,19 +299,21 @@ class TrainConfig:
             _check_type(item.name, getattr(self, item.name), item.type)
         if self.method not in METHODS:
             raise HeartLoRAError(_choice_error("method", self.method, METHODS))
-        if self.data_kind not in DATA_KINDS:
-            raise HeartLoRAError(_choice_error("data_kind", self.data_kind, DATA_KINDS))
+        if self.data_kind not in DATASET_KINDS:
+            raise HeartLoRAError(_choice_error("data_kind", self.data_kind, DATASET_KINDS))
         if self.scorer not in SCORERS:
             raise HeartLoRAError(_choice_error("scorer", self.scorer, SCORERS))
+        if self.layout not in LAYOUTS:
+            raise HeartLoRAError(_choice_error("layout", self.layout, LAYOUTS))
         if self.selection_mode is not None and self.selection_mode not in MODES:
             raise HeartLoRAError(_choice_error("selection_mode", self.selection_mode, MODES))
-        if self.dtype not in ("fp32", "bf16"):
-            raise HeartLoRAError(_choice_error("dtype", self.dtype, ("fp32", "bf16")))
+        if self.dtype not in DTYPES:
+            raise HeartLoRAError(_choice_error("dtype", self.dtype, DTYPES))
         for key in ("img_size", "epochs", "batch_size", "rank", "eval_every", "calib_batches"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise HeartLoRAError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("ne", "warmup_steps", "warmup_epochs", "num_workers", "seed"):
+        for key in ("ne", "calib_warmup_steps", "warmup_epochs", "num_workers", "seed"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise HeartLoRAError(f"{key} must be a non-negative integer, got {value!r}")
@@ -122,16 +330,17 @@ class TrainConfig:
     @property
     def uses_heartlora(self) -> bool:
         """True for the methods that inject heartlora adapters."""
-        return self.method in ("lora", "heart-lora", "heart-lora-layer")
+        return METHODS[self.method].uses_heartlora
 
     @property
     def selects_heads(self) -> bool:
         """True for the methods that score heads and deactivate some of them."""
-        return self.method in HEART_MODES
+        return METHODS[self.method].selects_heads
 
     def adapter_config(self) -> HeartLoRAConfig:
-        """The `HeartLoRAConfig` of this run's adapters."""
-        mode = self.selection_mode or HEART_MODES.get(self.method, "global")
+        """The `HeartLoRAConfig` of this run's adapters; ``selection_mode`` null takes the
+        method's own mode (``global`` for methods that select no heads)."""
+        mode = self.selection_mode or METHODS[self.method].selection_mode or "global"
         return HeartLoRAConfig(
             rank=self.rank,
             scale=float(self.scale),
@@ -140,8 +349,9 @@ class TrainConfig:
             mode=mode,
             percent=float(self.percent),
             scorer=self.scorer,
-            warmup_steps=self.warmup_steps,
+            calib_warmup_steps=self.calib_warmup_steps,
             calib_batches=self.calib_batches,
+            layout=self.layout,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,7 +386,7 @@ def _matches(value: Any, kind: str) -> bool:
 
 
 def known_keys() -> list[str]:
-    """Every key a config file or ``--set`` may use."""
+    """Every key a config file or ``--set`` may use (deprecated spellings aside)."""
     return [f.name for f in fields(TrainConfig)]
 
 
@@ -198,21 +408,29 @@ def _check_keys(data: dict[str, Any], where: str) -> None:
 
 def parse_override(item: str) -> tuple[str, Any]:
     """``"key=value"`` → ``(key, value)``, the value read with YAML rules (numbers, bools,
-    lists, null). Used by every ``--set`` option; the key is checked where it is applied."""
+    lists, null). Used by every ``--set`` option; the key is checked where it is applied.
+
+    A deprecated key comes back under its new name, with a `FutureWarning`
+    (`heartlora.config.RENAMED_KEYS`).
+    """
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise HeartLoRAError(f"--set expects key=value, got {item!r}")
     try:
-        return key, yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise HeartLoRAError(f"--set {key}: cannot parse value {text!r}") from None
+    ((key, value),) = rename_deprecated_keys({key: value}, "--set").items()
+    return key, value
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The key/value mapping of a YAML config file (validated keys, not yet values).
 
-    A file may name a ``base`` file (relative to itself) whose keys it overrides.
+    A file may name a ``base`` file (relative to itself) whose keys it overrides. Deprecated
+    keys are read under their new names, with a `FutureWarning`; a file giving both names of
+    a key is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -228,6 +446,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise HeartLoRAError(
             f"{path}: expected a mapping of config keys, got {type(data).__name__}"
         )
+    data = rename_deprecated_keys(data, str(path))
     base = data.pop("base", None)
     if base is not None:
         data = {**read_config_file(path.parent / str(base)), **data}
@@ -240,7 +459,11 @@ def build_config(
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Merge defaults < config file < ``flags`` (given CLI flags) < ``--set key=value`` overrides."""
+    """Merge defaults < config file < ``flags`` (given CLI flags) < ``--set key=value`` overrides.
+
+    Each ``--set`` item assigns in order, so a later item wins, also over an earlier one that
+    used a key's deprecated name.
+    """
     data: dict[str, Any] = read_config_file(config_file) if config_file else {}
     data.update({k: v for k, v in (flags or {}).items() if v is not None})
     for item in overrides or []:
@@ -253,3 +476,74 @@ def build_config(
         return TrainConfig(**data)
     except TypeError as error:
         raise HeartLoRAError(f"bad config: {error}") from None
+
+
+TABLE_START = "<!-- config-table:start -->"
+TABLE_END = "<!-- config-table:end -->"
+
+
+def _yaml_value(value: Any) -> str:
+    """A default as it is written in a YAML config file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def config_reference_markdown() -> str:
+    """The Markdown table of every `TrainConfig` key: key, type, default and help text.
+
+    Generated from the fields, so it is the one home of each key's description; docs/training.md
+    holds a copy between `TABLE_START` and `TABLE_END` that a test keeps equal to this.
+    """
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for item in fields(TrainConfig):
+        default = item.default if item.default_factory is MISSING else item.default_factory()
+        kind = item.type.replace(" | None", " or null")
+        cells = [f"`{item.name}`", f"`{kind}`", f"`{_yaml_value(default)}`", item.metadata["help"]]
+        rows.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def replace_config_table(text: str) -> str:
+    """``text`` (a Markdown document) with the block between the table markers regenerated.
+
+    Raises:
+        HeartLoRAError: if the markers are missing or out of order.
+    """
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise HeartLoRAError(
+            f"no config table markers ({TABLE_START!r} … {TABLE_END!r}) in the document"
+        )
+    head = text[: start + len(TABLE_START)]
+    return f"{head}\n{config_reference_markdown()}{text[end:]}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m heartlora.training.config``: print the key table, or rewrite it in a file."""
+    parser = argparse.ArgumentParser(
+        prog="python -m heartlora.training.config",
+        description="Print the config-key table, or regenerate it in a Markdown file.",
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the table")
+    group.add_argument("--write-docs", metavar="FILE", help="rewrite the table between markers")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(config_reference_markdown())
+        return 0
+    path = Path(args.write_docs)
+    try:
+        path.write_text(replace_config_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+    except (HeartLoRAError, OSError) as error:
+        print(f"error: {path}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,175 +1,224 @@
-"""Building the model of each fine-tuning method and storing what that method trains.
+"""The fine-tuning methods: what each one trains, how its model is built, and what it stores.
 
-Methods: ``linear``, ``full``, ``lora``, ``heart-lora``, ``heart-lora-layer`` (heartlora
-adapters) and ``peft-lora`` (Hugging Face peft on the fused qkv linear).
+`METHODS` is the registry every other part reads — config validation, the trainer, the suite and
+the speed benchmark — so a method is described once:
+
+* ``linear`` — the classifier only; stores the classifier;
+* ``full`` — every parameter; stores the whole state dict;
+* ``lora`` — heartlora adapters on all heads (plain LoRA); stores an adapter directory;
+* ``heart-lora`` / ``heart-lora-layer`` — the same adapters, then responsiveness-based head
+  deactivation with one global ranking (Heart-LoRA) or a ranking within each layer (Heart-LoRA†);
+* ``peft-lora`` — Hugging Face peft LoRA on the fused qkv linear (the reference implementation).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import timm
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from heartlora.adapter_io import save_adapter
+from heartlora.adapter_io import RunInfo, save_adapter
 from heartlora.atomic import atomic_write
+from heartlora.backbone import classifier_parameters, classifier_path
 from heartlora.errors import HeartLoRAError
-from heartlora.inject import classifier_parameters, inject
-from heartlora.training.config import TrainConfig
+from heartlora.inject import inject
+
+if TYPE_CHECKING:  # the config imports this registry; annotations only
+    from heartlora.training.config import TrainConfig
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load base weights from a local file into ``model`` with timm's loaders, checking the fit.
-
-    ``.npz`` is the original ViT release (ImageNet-21k ViT-B/16), read by timm's
-    ``load_pretrained``; ``.safetensors``/``.pth``/``.bin`` go through ``timm.models.load_state_dict``
-    and the model family's ``checkpoint_filter_fn`` (position-embedding resampling, key renames).
-    A classifier of another class count is left freshly initialised.
-
-    Raises:
-        HeartLoRAError: a missing or unreadable file, or weights that do not fit the model.
-    """
-    import sys
-
-    path = Path(path)
-    if not path.is_file():
-        raise HeartLoRAError(f"{path}: checkpoint file not found")
-    if path.suffix == ".npz":
-        try:
-            model.load_pretrained(str(path))
-        except (KeyError, ValueError, RuntimeError, AttributeError) as error:
-            raise HeartLoRAError(f"{path}: does not fit {type(model).__name__} ({error})") from None
-        return model
-    try:
-        state = timm.models.load_state_dict(str(path))
-    except Exception as error:  # any unreadable file: safetensors, pickle and zip raise their own
-        raise HeartLoRAError(f"{path}: cannot read checkpoint ({type(error).__name__})") from None
-    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        try:
-            state = filter_fn(state, model)
-        except (KeyError, RuntimeError, ValueError, AttributeError) as error:
-            raise HeartLoRAError(
-                f"{path}: does not fit model ({type(error).__name__}: {error})"
-            ) from None
-    own = model.state_dict()
-    classifier = {
-        f"{n}.{k}"
-        for n, m in model.named_modules()
-        if m is model.get_classifier()
-        for k in m.state_dict()
-    }
-    state = {k: v for k, v in state.items() if not (k in classifier and v.shape != own[k].shape)}
-    missing = [k for k in own if k not in state and k not in classifier]
-    unexpected = [k for k in state if k not in own]
-    misshapen = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or misshapen:
-        kind, key = next(
-            (kind, keys[0])
-            for kind, keys in (
-                ("lacks", missing),
-                ("has unknown", unexpected),
-                ("has mis-shaped", misshapen),
-            )
-            if keys
-        )
-        raise HeartLoRAError(
-            f"{path}: does not fit model {type(model).__name__}: the file {kind} weights "
-            f"(first: {key}; {len(missing)} missing, {len(unexpected)} unknown, "
-            f"{len(misshapen)} mis-shaped)"
-        )
-    model.load_state_dict(state, strict=False)
+def freeze_all_but_classifier(model: nn.Module) -> nn.Module:
+    """Freeze the backbone; only the classifier trains (a linear probe)."""
+    model.requires_grad_(False)
+    for param in classifier_parameters(model):
+        param.requires_grad_(True)
     return model
 
 
-def create_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The timm model named by ``config.model`` with weights from ``config.checkpoint``.
+def wrap_with_peft_lora(model: nn.Module, rank: int, scale: float) -> nn.Module:
+    """peft LoRA of rank ``rank`` on every fused ``qkv`` linear, scaling ``scale`` (α = s·r), the
+    classifier trained and saved as a ``modules_to_save`` module.
 
-    Without a checkpoint, models with bundled weights (heartlora's `vit_mini_patch4_28`) load
-    them through the same `load_checkpoint`; others start from random weights.
+    Raises:
+        HeartLoRAError: when peft is not installed.
     """
-    import heartlora.bundled.model as bundled
-
-    kwargs = {"num_classes": num_classes, "drop_path_rate": config.drop_path}
-    if "swin" not in config.model:
-        kwargs["img_size"] = config.img_size
     try:
-        model = timm.create_model(config.model, pretrained=False, **kwargs)
-    except RuntimeError as error:
-        if "Unknown model" in str(error) or "Invalid model" in str(error):
-            raise HeartLoRAError(f"unknown timm model {config.model!r}") from None
-        raise
-    checkpoint = config.checkpoint
-    if checkpoint is None and config.model == bundled.BASE_MODEL_NAME:
-        checkpoint = bundled.base_checkpoint_path()
-    return load_checkpoint(model, checkpoint) if checkpoint else model
-
-
-def _peft_wrap(model: nn.Module, config: TrainConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    classifier = model.get_classifier()
-    name = next(n for n, m in model.named_modules() if m is classifier)
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise HeartLoRAError(
+            "peft LoRA needs the peft package: install it with `pip install heartlora[peft]`"
+        ) from None
+    head = classifier_path(model)
     peft_config = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.scale * config.rank,
+        r=rank,
+        lora_alpha=scale * rank,
         target_modules=["qkv"],
-        modules_to_save=[name],
+        modules_to_save=[head] if head else None,
         lora_dropout=0.0,
     )
     return get_peft_model(model, peft_config)
 
 
-def prepare_model(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """Freeze/inject/wrap ``model`` for ``config.method``; returns the model to train."""
-    if config.method == "full":
-        model.requires_grad_(True)
-        return model
-    if config.method == "linear":
-        model.requires_grad_(False)
-        for param in classifier_parameters(model):
-            param.requires_grad_(True)
-        return model
-    if config.method == "peft-lora":
-        return _peft_wrap(model, config)
+def _save_trainable(model: nn.Module, directory: Path, whole: bool) -> None:
+    state = (
+        model.state_dict()
+        if whole
+        else {name: p for name, p in model.named_parameters() if p.requires_grad}
+    )
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(directory / "weights.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+
+
+def _build_full(model: nn.Module, config: TrainConfig) -> nn.Module:
+    return model.requires_grad_(True)
+
+
+def _build_linear(model: nn.Module, config: TrainConfig) -> nn.Module:
+    return freeze_all_but_classifier(model)
+
+
+def _build_heartlora(model: nn.Module, config: TrainConfig) -> nn.Module:
     return inject(model, config.adapter_config())
 
 
-def _directory_bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+def _build_peft(model: nn.Module, config: TrainConfig) -> nn.Module:
+    return wrap_with_peft_lora(model, config.rank, config.scale)
 
 
-def save_trained(model: nn.Module, config: TrainConfig, directory: Path, extra: dict) -> int:
-    """Store what this method trained in ``directory``; returns the bytes stored.
+def _store_state(whole: bool) -> Callable[[nn.Module, Path, RunInfo], None]:
+    return lambda model, directory, _info: _save_trainable(model, directory, whole)
 
-    heartlora methods: an adapter directory (`save_adapter`); ``peft-lora``: peft's
-    ``save_pretrained``; ``linear``: the classifier; ``full``: the whole state dict.
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tuning method.
+
+    Attributes:
+        name: the ``method`` config value.
+        description: one line for help texts.
+        trains: what receives gradients, in words.
+        stores: what the run's ``adapter/`` folder holds, in words.
+        build: ``build(model, config) -> model``: freeze, inject or wrap a fresh base model.
+        store: ``store(model, directory, run_info)``: write what the method trained (a
+            heartlora adapter keeps the `RunInfo` in its metadata).
+        uses_heartlora: it injects heartlora adapters (`HeadLoRAQKV`, ...).
+        selection_mode: for methods that score and deactivate heads, their default
+            `HeartLoRAConfig.mode`; ``None`` for the others.
     """
+
+    name: str
+    description: str
+    trains: str
+    stores: str
+    build: Callable[[nn.Module, Any], nn.Module]
+    store: Callable[[nn.Module, Path, RunInfo], None]
+    uses_heartlora: bool = False
+    selection_mode: str | None = None
+
+    @property
+    def selects_heads(self) -> bool:
+        """True for the methods that score heads and deactivate some of them."""
+        return self.selection_mode is not None
+
+
+def _store_adapter(model: nn.Module, directory: Path, run_info: RunInfo) -> None:
+    save_adapter(model, directory, extra=run_info)
+
+
+def _store_peft(model: nn.Module, directory: Path, _info: RunInfo) -> None:
+    model.save_pretrained(str(directory))
+
+
+_HEARTLORA = dict(
+    trains="adapters and classifier",
+    stores="heartlora adapter directory (active heads only) and classifier",
+    build=_build_heartlora,
+    store=_store_adapter,
+    uses_heartlora=True,
+)
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method(
+            "linear",
+            "classifier only; the backbone is frozen",
+            trains="classifier",
+            stores="classifier weights",
+            build=_build_linear,
+            store=_store_state(whole=False),
+        ),
+        Method(
+            "full",
+            "every parameter is trained",
+            trains="every parameter",
+            stores="the whole state dict",
+            build=_build_full,
+            store=_store_state(whole=True),
+        ),
+        Method("lora", "heartlora adapters on all heads (plain LoRA)", **_HEARTLORA),
+        Method(
+            "heart-lora",
+            "Heart-LoRA: responsiveness-based deactivation, one global head ranking",
+            selection_mode="global",
+            **_HEARTLORA,
+        ),
+        Method(
+            "heart-lora-layer",
+            "Heart-LoRA†: responsiveness-based deactivation ranked within each layer",
+            selection_mode="layer",
+            **_HEARTLORA,
+        ),
+        Method(
+            "peft-lora",
+            "Hugging Face peft LoRA on the fused qkv linear (reference implementation)",
+            trains="peft LoRA on qkv and classifier",
+            stores="peft adapter directory (save_pretrained)",
+            build=_build_peft,
+            store=_store_peft,
+        ),
+    )
+}
+"""Every method by name."""
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; raises `HeartLoRAError` for an unknown one."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise HeartLoRAError(
+            f"unknown method {name!r}; expected one of {', '.join(METHODS)}"
+        ) from None
+
+
+def prepare_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """Freeze/inject/wrap ``model`` for ``config.method``; returns the model to train."""
+    return get_method(config.method).build(model, config)
+
+
+def directory_bytes(directory: Path, suffix: str | None = None) -> int:
+    """Bytes of the files under ``directory`` (recursively), optionally only names ending in
+    ``suffix``: what a method stores per task."""
+    return sum(
+        path.stat().st_size
+        for path in Path(directory).rglob("*")
+        if path.is_file() and (suffix is None or path.name.endswith(suffix))
+    )
+
+
+def save_trained(
+    model: nn.Module, config: TrainConfig, directory: Path, run_info: RunInfo
+) -> int:
+    """Store what this method trained in ``directory``; returns the bytes stored."""
     directory.mkdir(parents=True, exist_ok=True)
-    if config.uses_heartlora:
-        save_adapter(model, directory, extra=extra)
-    elif config.method == "peft-lora":
-        model.save_pretrained(str(directory))
-    else:
-        state = (
-            model.state_dict()
-            if config.method == "full"
-            else {name: p for name, p in model.named_parameters() if p.requires_grad}
-        )
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        atomic_write(directory / "weights.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    return _directory_bytes(directory)
-
-
-def active_heads_per_layer(model: nn.Module) -> list[int] | None:
-    """For heartlora methods, the active heads of each layer; else None."""
-    from heartlora.inject import adapter_modules, find_attention_layers
-
-    if not any(True for _ in adapter_modules(model)):
-        return None
-    return [layer.adapters[0].active_heads for layer in find_attention_layers(model)]
+    get_method(config.method).store(model, directory, run_info)
+    return directory_bytes(directory)
 
 
 def trainable(model: nn.Module) -> list[torch.nn.Parameter]:

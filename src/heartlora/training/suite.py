@@ -48,13 +48,29 @@ class SuiteTask:
     settings: dict[str, Any]
 
 
+def split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets: ``"a,b[x=1,y=[2,3]]"`` → ``["a", "b[x=1,y=[2,3]]"]``."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        items.append(current.strip())
+    return items
+
+
 def parse_method(text: str) -> tuple[str, dict[str, Any]]:
-    """``"heart-lora[ne=2,scorer=grad-norm]"`` → ``("heart-lora", {"ne": 2, "scorer": ...})``."""
+    """``"heart-lora[ne=2,scorer=grad-norm]"`` → ``("heart-lora", {"ne": 2, "scorer": ...})``;
+    a list value keeps its commas: ``"lora[targets=[q,k,v]]"``."""
     match = _METHOD_PATTERN.match(text.strip())
     if not match:
         raise HeartLoRAError(f"method {text!r}: expected NAME or NAME[key=value,...]")
     overrides: dict[str, Any] = {}
-    for item in filter(None, (match.group(2) or "").split(",")):
+    for item in filter(None, split_top_level(match.group(2) or "")):
         key, sep, value = item.partition("=")
         if not sep:
             raise HeartLoRAError(f"method {text!r}: expected key=value inside the brackets")

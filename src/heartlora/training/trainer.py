@@ -21,12 +21,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 from torch.utils.data import Dataset
 
+from heartlora.adapter_io import DatasetInfo, RunInfo
 from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
+from heartlora.backbone import create_base_model, registered_weights_file
 from heartlora.data.factory import build_dataset
 from heartlora.errors import HeartLoRAError
-from heartlora.inject import head_masks, set_head_masks, trainable_parameters
+from heartlora.inject import (
+    active_heads_per_layer,
+    head_masks,
+    heads_per_layer,
+    set_head_masks,
+    trainable_parameters,
+)
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads
 from heartlora.training.config import TrainConfig
@@ -39,13 +48,7 @@ from heartlora.training.distributed import (
     shard,
 )
 from heartlora.training.feed import CachedImages, epoch_order, iterate_batches
-from heartlora.training.methods import (
-    active_heads_per_layer,
-    create_model,
-    prepare_model,
-    save_trained,
-    trainable,
-)
+from heartlora.training.methods import prepare_model, save_trained, trainable
 from heartlora.training.run_directory import prepare_run_directory
 from heartlora.training.run_state import RunProgress, rng_state, seed_everything, set_rng_state
 from heartlora.training.schedule import learning_rate
@@ -67,6 +70,17 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def create_run_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The base model of a run: ``config.model`` with ``num_classes`` outputs, the run's
+    drop-path and image size, and weights from ``config.checkpoint`` or the file timm's
+    registry names for the model (the bundled base); other models start from random weights."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_path_rate": config.drop_path}
+    if "swin" not in config.model:
+        kwargs["img_size"] = config.img_size
+    has_weights = bool(config.checkpoint) or registered_weights_file(config.model) is not None
+    return create_base_model(config.model, config.checkpoint, weights=has_weights, **kwargs)
+
+
 class Trainer:
     """Runs one configured training job; see `run_training`."""
 
@@ -81,13 +95,13 @@ class Trainer:
         seed_everything(config.seed)
         self.train_set, self.eval_set = self._datasets()
         self.num_classes = self.train_set.num_classes
-        model = create_model(config, self.num_classes)
+        model = create_run_model(config, self.num_classes)
         self.model = prepare_model(model, config).to(self.device)
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        if config.selects_heads and config.warmup_steps >= self.total_steps:
+        if config.selects_heads and config.calib_warmup_steps >= self.total_steps:
             raise HeartLoRAError(
-                f"warmup_steps={config.warmup_steps} must be smaller than the run's "
+                f"calib_warmup_steps={config.calib_warmup_steps} must be smaller than the run's "
                 f"{self.total_steps} steps"
             )
         self.optimizer = self._optimizer()
@@ -209,6 +223,7 @@ class Trainer:
             F.cross_entropy,
             scorer=config.scorer,
             max_batches=config.calib_batches,
+            seed=config.seed,
         )
         keep = deactivate_heads(self.model, scores)
         self.optimizer = self._optimizer()
@@ -352,7 +367,7 @@ class Trainer:
                     if (
                         config.selects_heads
                         and not progress.calibrated
-                        and progress.global_step >= config.warmup_steps
+                        and progress.global_step >= config.calib_warmup_steps
                     ):
                         self._calibrate()
                     loss_total, correct = self._train_step(images, labels, len(batch))
@@ -398,11 +413,7 @@ class Trainer:
             "wall_seconds": round(progress.elapsed, 2),
             "calibration_seconds": round(progress.calibration_seconds, 3),
             "active_heads_per_layer": active_heads_per_layer(self.model),
-            "num_heads_per_layer": [
-                m.num_heads
-                for m in self.model.modules()
-                if isinstance(getattr(m, "num_heads", None), int) and hasattr(m, "qkv")
-            ],
+            "num_heads_per_layer": heads_per_layer(self.model),
             "num_classes": self.num_classes,
             "train_images": len(self.train_set),
             "eval_images": len(self.eval_set),
@@ -414,21 +425,23 @@ class Trainer:
         final = progress.history[-1]["test_accuracy"] if progress.history else None
         result["final_accuracy"] = final if final != "" else None
         if self.world.is_main:
-            extra = {
-                "model": config.model,
-                "checkpoint": config.checkpoint,
-                "img_size": config.img_size,
-                "task": config.task,
-                "method": config.method,
-                "dataset": {
-                    "kind": config.data_kind,
-                    "root": str(config.data_root),
-                    "task": config.task,
-                },
-                "normalize": config.normalize,
-            }
+            run_info = RunInfo(
+                model=config.model,
+                checkpoint=config.checkpoint,
+                img_size=config.img_size,
+                normalize=config.normalize,
+                task=config.task,
+                method=config.method,
+                dataset=DatasetInfo(
+                    kind=config.data_kind,
+                    root=str(config.data_root),
+                    task=config.task,
+                    split=config.train_split,
+                    image_dir=config.image_dir,
+                ),
+            )
             result["adapter_bytes"] = save_trained(
-                self.model, config, self.output_dir / "adapter", extra
+                self.model, config, self.output_dir / "adapter", run_info
             )
             atomic_write_json(self.output_dir / "result.json", result)
             if self.writer is not None:

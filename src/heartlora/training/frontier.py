@@ -1,0 +1,537 @@
+"""The accuracy–storage frontier: a budget grid of LoRA, peft LoRA, Heart-LoRA and its controls.
+
+`run_frontier` trains every grid method on every task with every seed through the suite
+engine (`run_suite`: bracket overrides, reuse of finished runs, ``jobs``) and writes, next to
+the suite's own files:
+
+* ``frontier.csv`` — one row per run;
+* ``frontier.md`` — per method the mean ± std over seeds of the task-mean accuracy and the
+  stored bytes, the Pareto set, and the paired comparisons below;
+* ``frontier.png`` — accuracy against stored bytes with error bars, the Pareto frontier marked.
+
+**Paired comparisons.** Every Heart-LoRA variant whose scorer is not a control (a *candidate*)
+is compared with (a) in each baseline line — the LoRA and peft-LoRA methods that differ only in
+``rank`` — the member whose mean stored bytes are nearest (ties: the smaller), and (b) its
+controls: the same method and overrides with ``scorer`` set to ``random`` or ``inverse``.
+A comparison is the candidate's accuracy minus the other's, per (task, seed) pair, with the
+mean and a bootstrap 95 % interval over the pairs (`heartlora.training.stats`).
+
+**Selection on validation** (``selection="val200"``): the grid trains on ``train800`` and
+evaluates on ``val200`` (``<output>/val200``). From it one candidate is *chosen*: the one whose
+smallest mean paired difference to a byte-matched baseline line is largest (the variant that
+is best for Heart-LoRA, judged on validation only). Then the chosen candidate, its
+byte-matched partners and its two controls train on ``train800val200`` and are evaluated once
+on ``test`` (``<output>/test``). With ``selection=None`` the grid runs once on the base
+config's splits and nothing is chosen.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
+from heartlora.bundled.tasks import MINI_VTAB_TASKS
+from heartlora.errors import HeartLoRAError
+from heartlora.training.report import GROUP_ORDER, RunResult
+from heartlora.training.stats import PairedComparison, mean_std, paired_comparison, pareto_front
+from heartlora.training.suite import SuiteTask, mini_vtab_tasks, parse_method, run_suite
+
+DEFAULT_TASKS: tuple[str, ...] = ("mnist", "photo-patches", "animal-rotation")
+"""One mini-VTAB task per group: the three on which lr and scale were tuned (on val200)."""
+
+DEFAULT_SEEDS = 3
+
+DEFAULT_GRID: tuple[str, ...] = (
+    "lora[rank=4]",
+    "lora[rank=6]",
+    "lora[rank=8]",
+    "peft-lora[rank=4]",
+    "peft-lora[rank=6]",
+    "peft-lora[rank=8]",
+    "lora[rank=4,targets=[q,k,v]]",
+    "lora[rank=8,layout=shared,targets=[q,k,v]]",
+    "heart-lora[rank=8,ne=1]",
+    "heart-lora[rank=8,ne=2]",
+    "heart-lora[rank=8,ne=3]",
+    "heart-lora-layer[rank=8,ne=2]",
+    "heart-lora[rank=8,ne=2,scorer=random]",
+    "heart-lora[rank=8,ne=2,scorer=inverse]",
+)
+"""The default budget grid (docs/frontier.md says how it was sized): LoRA and peft LoRA at ranks
+4, 6, 8; LoRA on q, k, v at rank 4 (the bytes of rank 6 on q, v) and with one A shared by q, k,
+v at rank 8 (peft's layout, the bytes of rank 8 on q, v); Heart-LoRA at rank 8 with 1–3 of 6
+heads deactivated per layer, Heart-LoRA† at ne = 2, and the two controls at ne = 2."""
+
+BASELINES: tuple[str, ...] = ("lora", "peft-lora")
+"""Methods whose grid members are byte-matched partners of the Heart-LoRA variants."""
+
+CANDIDATES: tuple[str, ...] = ("heart-lora", "heart-lora-layer")
+"""Methods that select heads."""
+
+CONTROL_SCORERS: tuple[str, ...] = ("random", "inverse")
+
+SELECTION_SPLITS = {"train_split": "train800", "eval_split": "val200"}
+TEST_SPLITS = {"train_split": "train800val200", "eval_split": "test"}
+_GROUPS = {group.lower(): group for group in GROUP_ORDER}
+
+
+def format_method(name: str, overrides: dict[str, Any]) -> str:
+    """The inverse of `parse_method`: ``("lora", {"rank": 4})`` → ``"lora[rank=4]"``."""
+    if not overrides:
+        return name
+
+    def text(value: Any) -> str:
+        return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+
+    return f"{name}[{','.join(f'{k}={text(v)}' for k, v in overrides.items())}]"
+
+
+def vtab_tasks(names: list[str], data_root: Path, splits: tuple[str, ...]) -> list[SuiteTask]:
+    """Suite tasks from any VTAB-layout root: ``<root>/<task>/<split>.txt`` plus images.
+
+    A mini-VTAB task name is materialised under ``data_root`` first. A name may carry its
+    VTAB group as ``name:group`` (``natural``, ``specialized``, ``structured``); the bundled and
+    the 19 VTAB-1k tasks know theirs.
+
+    Raises:
+        HeartLoRAError: for a task without a known group, or a task folder that lacks one of
+            ``splits`` (before anything is trained).
+    """
+    from heartlora.data.vtab1k import VTAB1K_TASKS
+
+    tasks = []
+    for entry in names:
+        name, _, group = entry.partition(":")
+        name, group = name.strip(), group.strip().lower()
+        if name in MINI_VTAB_TASKS:
+            task = mini_vtab_tasks([name], data_root)[0]
+        else:
+            known = VTAB1K_TASKS.get(name, "")
+            task = SuiteTask(name, known, {"task": name, "data_root": str(data_root)})
+        if group:
+            if group not in _GROUPS:
+                raise HeartLoRAError(
+                    f"task {entry!r}: unknown group {group!r}; expected natural, specialized "
+                    "or structured"
+                )
+            task = SuiteTask(task.name, _GROUPS[group], task.settings)
+        if not task.group:
+            raise HeartLoRAError(
+                f"task {name!r} has no known VTAB group: write it as {name}:natural, "
+                f"{name}:specialized or {name}:structured"
+            )
+        for split in splits:
+            path = data_root / name / f"{split}.txt"
+            if not path.is_file():
+                raise HeartLoRAError(
+                    f"{path}: split file not found (a VTAB-layout root holds "
+                    f"<task>/{split}.txt with lines 'relative/path.png <label>')"
+                )
+        tasks.append(task)
+    return tasks
+
+
+@dataclass(frozen=True)
+class GridMethod:
+    """What a grid entry is: its method name, overrides, scorer and baseline line."""
+
+    spec: str
+    name: str
+    overrides: dict[str, Any]
+    scorer: str
+
+    @classmethod
+    def parse(cls, spec: str, base: dict[str, Any]) -> GridMethod:
+        name, overrides = parse_method(spec)
+        return cls(spec, name, overrides, str(overrides.get("scorer", base.get("scorer"))))
+
+    @property
+    def is_baseline(self) -> bool:
+        """A ``lora`` or ``peft-lora`` method: a byte-matched partner."""
+        return self.name in BASELINES
+
+    @property
+    def is_candidate(self) -> bool:
+        """A head-selecting method whose scorer is not a control."""
+        return self.name in CANDIDATES and self.scorer not in CONTROL_SCORERS
+
+    @property
+    def line(self) -> str:
+        """The method without its rank: members of one line differ only in budget."""
+        return format_method(self.name, {k: v for k, v in self.overrides.items() if k != "rank"})
+
+    def control(self, scorer: str) -> str:
+        """This candidate with ``scorer`` replaced by a control scorer."""
+        return format_method(self.name, {**self.overrides, "scorer": scorer})
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """One method over tasks and seeds.
+
+    Attributes:
+        accuracy, accuracy_std: mean and std over seeds of the per-seed mean over tasks (%).
+        per_seed: that per-seed mean over tasks, by seed.
+        stored_bytes, stored_std: mean and std over runs of the stored bytes.
+        pareto: no other method stores fewer bytes with at least its accuracy (or more).
+    """
+
+    method: str
+    accuracy: float
+    accuracy_std: float
+    per_seed: dict[int, float]
+    stored_bytes: float
+    stored_std: float
+    trainable_parameters: float
+    pareto: bool
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``candidate`` against ``baseline`` (``relation``: ``nearest bytes`` or ``control``)."""
+
+    candidate: str
+    baseline: str
+    relation: str
+    bytes_ratio: float
+    result: PairedComparison
+
+
+def summarize_methods(results: list[RunResult]) -> list[MethodSummary]:
+    """Per method: task-mean accuracy per seed (mean ± std over seeds), stored bytes (mean ±
+    std over runs; the classifier's size differs by task) and whether it is on the Pareto
+    frontier of (mean stored bytes, mean accuracy)."""
+    by_method: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        by_method[r.method].append(r)
+    rows = []
+    for method, runs in by_method.items():
+        per_seed: dict[int, list[float]] = defaultdict(list)
+        for r in runs:
+            per_seed[r.seed].append(r.accuracy)
+        seed_means = {seed: statistics.fmean(values) for seed, values in sorted(per_seed.items())}
+        accuracy, accuracy_std = mean_std(list(seed_means.values()))
+        stored, stored_std = mean_std([float(r.adapter_bytes) for r in runs])
+        rows.append(
+            MethodSummary(
+                method,
+                accuracy,
+                accuracy_std,
+                seed_means,
+                stored,
+                stored_std,
+                statistics.fmean(r.trainable_parameters for r in runs),
+                False,
+            )
+        )
+    front = set(pareto_front([(row.stored_bytes, row.accuracy) for row in rows]))
+    return [replace(row, pareto=index in front) for index, row in enumerate(rows)]
+
+
+def _nearest(target: float, members: list[MethodSummary]) -> MethodSummary:
+    return min(members, key=lambda m: (abs(m.stored_bytes - target), m.stored_bytes))
+
+
+def compare_methods(
+    results: list[RunResult], base: dict[str, Any], seed: int = 0
+) -> list[Comparison]:
+    """The paired comparisons of the module docstring, for every candidate in ``results``."""
+    summaries = {s.method: s for s in summarize_methods(results)}
+    grid = {m: GridMethod.parse(m, base) for m in summaries}
+    scores: dict[str, dict[tuple[str, int], float]] = defaultdict(dict)
+    for r in results:
+        scores[r.method][(r.task, r.seed)] = r.accuracy
+    lines: dict[str, list[MethodSummary]] = defaultdict(list)
+    for method, parsed in grid.items():
+        if parsed.is_baseline:
+            lines[parsed.line].append(summaries[method])
+    comparisons = []
+    for method, parsed in grid.items():
+        if not parsed.is_candidate:
+            continue
+        own = summaries[method]
+        partners = [
+            (_nearest(own.stored_bytes, members), "nearest bytes") for members in lines.values()
+        ]
+        for scorer in CONTROL_SCORERS:
+            control = next(
+                (
+                    summaries[m]
+                    for m, p in grid.items()
+                    if p.name == parsed.name
+                    and p.scorer == scorer
+                    and {k: v for k, v in p.overrides.items() if k != "scorer"}
+                    == {k: v for k, v in parsed.overrides.items() if k != "scorer"}
+                ),
+                None,
+            )
+            if control is not None:
+                partners.append((control, "control"))
+        for partner, relation in partners:
+            comparisons.append(
+                Comparison(
+                    method,
+                    partner.method,
+                    relation,
+                    own.stored_bytes / partner.stored_bytes,
+                    paired_comparison(scores[method], scores[partner.method], seed=seed),
+                )
+            )
+    return comparisons
+
+
+def choose_candidate(comparisons: list[Comparison]) -> str:
+    """The candidate whose worst mean difference to a byte-matched baseline is largest.
+
+    Raises:
+        HeartLoRAError: when no candidate was compared with a baseline.
+    """
+    worst: dict[str, float] = {}
+    for c in comparisons:
+        if c.relation == "nearest bytes":
+            worst[c.candidate] = min(worst.get(c.candidate, float("inf")), c.result.mean)
+    if not worst:
+        raise HeartLoRAError(
+            "nothing to choose: the grid needs a Heart-LoRA variant and a lora or peft-lora method"
+        )
+    return max(worst, key=lambda m: (worst[m], m))
+
+
+def methods_for_test(chosen: str, comparisons: list[Comparison], base: dict[str, Any]) -> list[str]:
+    """The chosen candidate, its byte-matched partners and its two controls."""
+    partners = [
+        c.baseline for c in comparisons if c.candidate == chosen and c.relation != "control"
+    ]
+    controls = [GridMethod.parse(chosen, base).control(s) for s in CONTROL_SCORERS]
+    return list(dict.fromkeys([chosen, *partners, *controls]))
+
+
+def frontier_csv(results: list[RunResult], split: str) -> str:
+    """One row per run, with the split the accuracy was measured on."""
+    buffer = io.StringIO()
+    names = list(RunResult.__dataclass_fields__)
+    writer = csv.DictWriter(buffer, fieldnames=["eval_split", *names])
+    writer.writeheader()
+    for r in results:
+        writer.writerow({"eval_split": split, **{n: getattr(r, n) for n in names}})
+    return buffer.getvalue()
+
+
+def frontier_markdown(
+    results: list[RunResult],
+    summaries: list[MethodSummary],
+    comparisons: list[Comparison],
+    split: str,
+) -> str:
+    """The per-method table and the paired comparisons as Markdown."""
+    tasks = sorted({r.task for r in results})
+    seeds = sorted({r.seed for r in results})
+    lines = [
+        f"Accuracy (%) on {split}: per seed the mean over tasks {', '.join(tasks)}; mean ± std "
+        f"over seeds {seeds}. Stored: the method's saved files per task (mean ± std over runs).",
+        "",
+        "| Method | Params (k) | Stored (KB) | Accuracy | Pareto |",
+        "|---|---|---|---|---|",
+    ]
+    for s in sorted(summaries, key=lambda s: s.stored_bytes):
+        lines.append(
+            f"| {s.method} | {s.trainable_parameters / 1e3:.1f} | {s.stored_bytes / 1024:.1f} ± "
+            f"{s.stored_std / 1024:.1f} | {s.accuracy:.1f} ± {s.accuracy_std:.1f} | "
+            f"{'yes' if s.pareto else ''} |"
+        )
+    if comparisons:
+        lines += [
+            "",
+            "Paired differences (candidate − baseline, points) over (task, seed) pairs, with a "
+            "bootstrap 95 % interval of the mean; bytes: candidate's stored bytes / baseline's.",
+            "",
+            "| Candidate | Baseline | Relation | Bytes | Pairs | Mean diff | 95 % CI | Wins |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c in comparisons:
+            r = c.result
+            lines.append(
+                f"| {c.candidate} | {c.baseline} | {c.relation} | {c.bytes_ratio:.2f} | "
+                f"{r.pairs} | {r.mean:+.2f} | [{r.low:+.2f}, {r.high:+.2f}] | {r.wins}/{r.pairs} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Path:
+    """Accuracy (mean ± std over seeds) against stored KB; the Pareto frontier as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {
+        "lora": "tab:blue",
+        "peft-lora": "tab:orange",
+        "heart-lora": "tab:red",
+        "heart-lora-layer": "tab:purple",
+    }
+    control_markers = {"random": "x", "inverse": "v"}
+    figure, axis = plt.subplots(figsize=(7.2, 4.8), dpi=120)
+    legend: dict[str, dict[str, Any]] = {}
+    for s in summaries:
+        name, overrides = parse_method(s.method)
+        control = overrides.get("scorer") if overrides.get("scorer") in CONTROL_SCORERS else None
+        style = (
+            {"marker": control_markers[control], "color": "grey"}
+            if control
+            else {"marker": "o", "color": colours.get(name, "tab:green")}
+        )
+        legend[f"{name}, {control} control" if control else name] = style
+        axis.errorbar(
+            s.stored_bytes / 1024,
+            s.accuracy,
+            yerr=s.accuracy_std,
+            fmt=style["marker"],
+            color=style["color"],
+            markersize=7 if s.pareto else 4,
+            capsize=2,
+            alpha=0.9,
+        )
+        if not control:
+            axis.annotate(
+                s.method.replace(f"{name}[", "["), (s.stored_bytes / 1024, s.accuracy),
+                fontsize=5, xytext=(3, 2), textcoords="offset points",
+            )  # fmt: skip
+    front = sorted((s for s in summaries if s.pareto), key=lambda s: s.stored_bytes)
+    axis.step(
+        [s.stored_bytes / 1024 for s in front],
+        [s.accuracy for s in front],
+        where="post",
+        color="black",
+        linewidth=1,
+        alpha=0.6,
+        label="Pareto frontier (larger markers)",
+    )
+    for label, style in legend.items():
+        axis.scatter([], [], label=label, **style)
+    axis.set_xlabel("stored per task (KB)")
+    axis.set_ylabel("mean accuracy over tasks (%)")
+    axis.set_title(title, fontsize=9)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+    return path
+
+
+def write_frontier(
+    results: list[RunResult], output_dir: Path, base: dict[str, Any], split: str, seed: int = 0
+) -> list[Comparison]:
+    """frontier.csv, frontier.md and frontier.png for one phase; returns the comparisons."""
+    summaries = summarize_methods(results)
+    comparisons = compare_methods(results, base, seed)
+    atomic_write_text(output_dir / "frontier.csv", frontier_csv(results, split))
+    atomic_write_text(
+        output_dir / "frontier.md",
+        f"# Frontier ({split})\n\n" + frontier_markdown(results, summaries, comparisons, split),
+    )
+    tasks = len({r.task for r in results})
+    seeds = len({r.seed for r in results})
+    plot_frontier(
+        summaries,
+        output_dir / "frontier.png",
+        f"Accuracy vs storage on {split} ({tasks} tasks × {seeds} seeds, error bars: std over seeds)",
+    )
+    return comparisons
+
+
+@dataclass(frozen=True)
+class FrontierOutcome:
+    """What `run_frontier` produced: per phase its results and comparisons, and the choice."""
+
+    results: dict[str, list[RunResult]]
+    comparisons: dict[str, list[Comparison]]
+    chosen: str | None
+
+
+def run_frontier(
+    tasks: list[SuiteTask],
+    methods: list[str],
+    seeds: list[int],
+    output_dir: Path,
+    base: dict[str, Any],
+    method_defaults: dict[str, dict[str, Any]] | None = None,
+    selection: str | None = "val200",
+    jobs: int = 1,
+    bootstrap_seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> FrontierOutcome:
+    """Run the grid (see the module docstring) and write its reports.
+
+    ``selection="val200"``: grid on train800 → val200 in ``output_dir/val200``, choice, then the
+    chosen set on train800val200 → test in ``output_dir/test``; ``selection=None``: the grid
+    once, on ``base``'s splits, in ``output_dir``.
+
+    Raises:
+        HeartLoRAError: for an unknown ``selection``, or nothing to choose from.
+    """
+    if selection not in (None, "val200"):
+        raise HeartLoRAError(f"selection must be 'val200' or None, got {selection!r}")
+    for method in methods:
+        parse_method(method)
+    if selection is None:
+        results = run_suite(
+            tasks, methods, seeds, output_dir, base, log, method_defaults, jobs=jobs
+        )
+        split = str(base.get("eval_split"))
+        comparisons = write_frontier(results, output_dir, base, split, bootstrap_seed)
+        return FrontierOutcome({split: results}, {split: comparisons}, None)
+
+    log(f"selection: {len(methods)} methods on train800 → val200")
+    val_base = {**base, **SELECTION_SPLITS}
+    val_dir = output_dir / "val200"
+    val_results = run_suite(
+        tasks, methods, seeds, val_dir, val_base, log, method_defaults, jobs=jobs
+    )
+    val_comparisons = write_frontier(val_results, val_dir, val_base, "val200", bootstrap_seed)
+    chosen = choose_candidate(val_comparisons)
+    chosen_methods = methods_for_test(chosen, val_comparisons, base)
+    atomic_write_json(
+        output_dir / "choice.json",
+        {
+            "chosen": chosen,
+            "rule": "largest smallest mean paired difference (val200) to a byte-matched baseline",
+            "test_methods": chosen_methods,
+        },
+    )
+    log(f"chosen on val200: {chosen}; test: {', '.join(chosen_methods)}")
+    test_base = {**base, **TEST_SPLITS}
+    test_dir = output_dir / "test"
+    test_results = run_suite(
+        tasks, chosen_methods, seeds, test_dir, test_base, log, method_defaults, jobs=jobs
+    )
+    test_comparisons = write_frontier(test_results, test_dir, test_base, "test", bootstrap_seed)
+    _write_overview(output_dir, chosen, val_dir, test_dir)
+    return FrontierOutcome(
+        {"val200": val_results, "test": test_results},
+        {"val200": val_comparisons, "test": test_comparisons},
+        chosen,
+    )
+
+
+def _write_overview(output_dir: Path, chosen: str, val_dir: Path, test_dir: Path) -> None:
+    val = (val_dir / "frontier.md").read_text(encoding="utf-8").split("\n", 2)[2]
+    test = (test_dir / "frontier.md").read_text(encoding="utf-8").split("\n", 2)[2]
+    atomic_write_text(
+        output_dir / "frontier.md",
+        "# Frontier: chosen on val200, reported once on test\n\n"
+        "## Selection (train800 → val200)\n\n"
+        f"{val}\n![val200 frontier](val200/frontier.png)\n\n"
+        f"Chosen: **{chosen}** (its smallest mean paired difference to a byte-matched baseline "
+        "line is the largest on val200).\n\n"
+        "## Test (train800val200 → test), the chosen variant, its partners and controls\n\n"
+        f"{test}\n![test frontier](test/frontier.png)\n",
+    )
