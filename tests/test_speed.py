@@ -70,6 +70,7 @@ def test_ratios_calibration_and_adapter_bytes(tiny_result):
         "heart_lora_vs_peft_lora",
         "merged_vs_base",
         "calibration_vs_epoch",
+        "calibration_vs_run",
         "heart_lora_memory_vs_peft_lora",
         "heart_lora_memory_vs_bound",
         "heart_lora_adapter_bytes_vs_peft_lora",
@@ -84,6 +85,11 @@ def test_ratios_calibration_and_adapter_bytes(tiny_result):
     assert calibration["steps_per_epoch"] == 500  # 1000 images at batch 2
     assert calibration["epoch_ms"] == pytest.approx(
         500 * tiny_result["train"]["heart_lora"]["median_ms"]
+    )
+    # scoring happens once per run: 100 epochs by default
+    assert calibration["run_ms"] == pytest.approx(100 * calibration["epoch_ms"])
+    assert tiny_result["ratios"]["calibration_vs_run"] == pytest.approx(
+        tiny_result["ratios"]["calibration_vs_epoch"] / 100
     )
     sizes = tiny_result["adapter_bytes"]
     # deactivated heads are not stored
@@ -131,3 +137,27 @@ def test_cli_writes_json(tmp_path, capsys):
     assert set(result["train"]) == set(TRAIN_VARIANTS)
     assert "heart_lora_vs_peft_lora" in result["ratios"]
     assert "heart_lora_vs_bound" in capsys.readouterr().out
+
+
+def test_compiled_variants_are_timed_beside_eager_ones():
+    config = SpeedConfig(
+        img_size=32,
+        batch_size=2,
+        steps=2,
+        warmup=1,
+        calib_batches=1,
+        calib_rounds=1,
+        threads=1,
+        model_kwargs=TINY_VIT,
+        compile=True,
+        compile_backend="aot_eager",  # dynamo's graph capture without inductor's codegen
+    )
+    result = run_speed_benchmark(config)
+    for name in TRAIN_VARIANTS:
+        row = result["train"][f"compiled_{name}"]
+        assert row["compiled"] and len(row["times_ms"]) == 2
+        assert _positive(row["compile_seconds"])
+        assert row["trainable_parameters"] == result["train"][name]["trainable_parameters"]
+    for key in ("compiled_heart_lora_vs_compiled_bound", "compiled_heart_lora_vs_heart_lora"):
+        assert _positive(result["ratios"][key]) and _positive(result["paired_ratios"][key])
+    assert "compiled" in format_report(result)

@@ -48,6 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time every training variant under torch.compile (compiled_* ratios)",
+    )
+    parser.add_argument(
+        "--run-epochs",
+        type=int,
+        default=_DEFAULTS.run_epochs,
+        help="epochs of the run that calibration is compared with (calibration_vs_run)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument("--quiet", action="store_true", help="print the table only")
 
@@ -65,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         rank=args.rank,
         calib_batches=args.calib_batches,
         threads=args.threads,
+        compile=args.compile,
+        run_epochs=args.run_epochs,
     )
     log = None if args.quiet else (lambda line: print(line, flush=True))
     result = run_speed_benchmark(config, log=log)
