@@ -12,10 +12,9 @@ from heartlora.training.feed import BatchFeed, CachedImages, epoch_order, iterat
 
 def _noisy_task(root):
     task = make_vtab_task(root, train_labels=(0, 1, 2, 0, 1, 2, 0, 1))
+    # noisy, not solid, images: the bicubic resize then matters
     for index, path in enumerate(sorted((task / "images" / "train800").iterdir())):
-        Image.effect_noise((13, 9), 40 + index).convert("RGB").save(
-            path
-        )  # not solid: resize matters
+        Image.effect_noise((13, 9), 40 + index).convert("RGB").save(path)
     return task
 
 
