@@ -2,23 +2,38 @@
 
     python benchmarks/vtab1k.py --data-root data/vtab-1k --checkpoint ViT-B_16.npz \
         --methods lora,heart-lora-layer --output-dir runs/vtab1k [--search-scale] [--seeds 3]
+    python benchmarks/vtab1k.py --data-root data/vtab-1k --config-dir configs/vtab1k_swin \
+        --methods lora,heart-lora --output-dir runs/vtab1k-swin
 
-Each task uses configs/vtab1k/<task>.yaml (the paper's protocol, DESIGN.md §4). With
---search-scale the LoRA scale s is chosen per task and method from {0.01, 0.1, 1, 10, 100} by
-training on train800 and scoring on val200, as the paper does; the chosen values are written to
-<output>/scales.json and the final runs train on train800val200 and report test accuracy.
-Finished runs are reused, so a stopped benchmark continues where it stopped.
+Each task uses <config-dir>/<task>.yaml (configs/vtab1k: ViT-B/16 on ImageNet-21k, the paper's
+protocol, DESIGN.md §4; configs/vtab1k_swin: Swin-B on ImageNet-22k, heads deactivated by share
+per layer). The tasks come from the suite's `discover_tasks` with the 19 VTAB-1k names and their
+groups (Natural, Specialized, Structured), and run through `run_suite`: the same table, plot,
+seeds and resume as `heartlora suite`. With --search-scale the LoRA scale s is chosen per task
+and method from {0.01, 0.1, 1, 10, 100} by training on train800 and scoring on val200, as the
+paper does; the chosen values are written to <output>/scales.json and the final runs train on
+train800val200 and report test accuracy. Finished runs are reused, so a stopped benchmark
+continues where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from heartlora.atomic import atomic_write_json
 from heartlora.data.vtab1k import VTAB1K_TASKS
+from heartlora.errors import HeartLoRAError
 from heartlora.training.config import parse_override, read_config_file
-from heartlora.training.suite import SuiteTask, parse_seeds, run_suite, write_reports
+from heartlora.training.suite import (
+    SuiteTask,
+    discover_tasks,
+    parse_seeds,
+    run_suite,
+    split_top_level,
+    write_reports,
+)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "vtab1k"
 SCALES = (0.01, 0.1, 1, 10, 100)
@@ -30,11 +45,19 @@ def main() -> None:
     )
     parser.add_argument("--data-root", required=True)
     parser.add_argument(
-        "--checkpoint", required=True, help="ViT-B_16.npz (ImageNet-21k) or another file"
+        "--config-dir",
+        type=Path,
+        default=CONFIGS,
+        help="base.yaml and one <task>.yaml per task (default configs/vtab1k; "
+        "configs/vtab1k_swin for Swin-B)",
     )
     parser.add_argument(
-        "--model", default=None, help="timm model (default: the configs' vit_base_patch16_224)"
+        "--checkpoint",
+        default=None,
+        help="base weights file (default: the configs'; ViT-B_16.npz for ViT-B/16, timm's "
+        "ImageNet-22k weights for Swin-B)",
     )
+    parser.add_argument("--model", default=None, help="timm model (default: the configs')")
     parser.add_argument("--methods", default="lora,heart-lora,heart-lora-layer")
     parser.add_argument("--tasks", default=",".join(VTAB1K_TASKS))
     parser.add_argument("--seeds", default="1")
@@ -44,20 +67,24 @@ def main() -> None:
     args = parser.parse_args()
 
     output = Path(args.output_dir)
-    base = read_config_file(CONFIGS / "base.yaml")
-    base.update({"data_root": args.data_root, "checkpoint": args.checkpoint})
+    protocol = read_config_file(args.config_dir / "base.yaml")
+    base = {**protocol, "data_root": args.data_root}
+    if args.checkpoint:
+        base["checkpoint"] = args.checkpoint
     if args.model:
         base["model"] = args.model
     for item in args.set:
         key, value = parse_override(item)
         base[key] = value
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    protocol = read_config_file(CONFIGS / "base.yaml")
+    methods = split_top_level(args.methods)
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    splits = ("train800", "val200") if args.search_scale else ()
+    splits += (base.get("train_split", "train800val200"), base.get("eval_split", "test"))
     tasks = []
-    for name in (t.strip() for t in args.tasks.split(",")):
-        task_file = read_config_file(CONFIGS / f"{name}.yaml")  # base.yaml + the task's own keys
+    for task in discover_tasks(args.data_root, names, VTAB1K_TASKS, splits=splits):
+        task_file = read_config_file(args.config_dir / f"{task.name}.yaml")  # base + its own keys
         own = {k: v for k, v in task_file.items() if protocol.get(k) != v}
-        tasks.append(SuiteTask(name, VTAB1K_TASKS[name], own))
+        tasks.append(SuiteTask(task.name, task.group, {**task.settings, **own}))
     seeds = parse_seeds(args.seeds)
 
     if args.search_scale:
@@ -87,4 +114,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except HeartLoRAError as error:  # bad input: one line, as the heartlora commands print it
+        sys.exit(f"error: {error}")

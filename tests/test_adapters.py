@@ -81,7 +81,11 @@ def _reference_qkv(adapter: HeadLoRAQKV, x: torch.Tensor) -> torch.Tensor:
     pieces = list(out.split(dim, dim=-1))
     for index, target in enumerate(adapter.targets):
         slot = {"q": 0, "k": 1, "v": 2}[target]
-        a = adapter.lora_A if adapter.shared_a else adapter.lora_A[index * adapter.rank : (index + 1) * adapter.rank]
+        a = (
+            adapter.lora_A
+            if adapter.shared_a
+            else adapter.lora_A[index * adapter.rank : (index + 1) * adapter.rank]
+        )
         update = adapter.scale * x @ a.T @ adapter.lora_B[index].T
         full = torch.zeros(*x.shape[:-1], dim).index_copy(-1, rows, update)
         pieces[slot] = pieces[slot] + full

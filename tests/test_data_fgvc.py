@@ -84,6 +84,7 @@ def test_bad_json_names_file_line_and_column(tmp_path):
         ('{"005.b/y2.jpg": -5}', "negative label -5"),
         ('{"005.b/y2.jpg": 5, "005.b/y2.jpg": 5}', "duplicate image path"),
         ('{"/abs/y2.jpg": 5}', "expected an image path relative"),
+        ('{"../../y2.jpg": 5}', 'image path "../../y2.jpg" leaves the image folder'),
         ('{"a\\nb.jpg": 5}', 'entry "a\\nb.jpg"'),
         ("{}", "has no entries"),
     ],

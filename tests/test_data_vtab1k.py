@@ -142,6 +142,10 @@ def test_unknown_split_and_missing_split_file(tmp_path):
         ("a.jpg one", 'got "a.jpg one"'),
         ("images/test/0000.png -1", "negative label -1"),
         ("/etc/passwd 1", "expected an image path relative to"),
+        ("C:/x.png 1", "expected an image path relative to"),
+        ("../other/images/0000.png 1", "leaves"),
+        ("images/../../x.png 1", "leaves"),
+        ("images\\..\\..\\x.png 1", "leaves"),
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path, line, expected):
@@ -185,16 +189,50 @@ def test_label_out_of_range_for_known_task(tmp_path):
     assert "0..3" in message and "kitti has 4 classes" in message
 
 
-def test_label_unseen_in_training_when_inferred(tmp_path):
-    task_dir = make_vtab_task(
-        tmp_path, train_labels=(0, 2, 4), val_labels=(0, 2), test_labels=(0, 3)
-    )
-    assert VTAB1kDataset(tmp_path, "toy", "train800").num_classes == 5
+def test_inferred_count_needs_every_class_in_training(tmp_path):
+    task_dir = make_vtab_task(tmp_path, train_labels=(0, 1, 2, 4999), val_labels=(0,))
     message = _error(VTAB1kDataset, tmp_path, "toy", "test")
-    assert message.startswith(f"{task_dir / 'test.txt'} line 2: label 3 never occurs")
-    assert str(task_dir / "train800val200.txt") in message
-    message = _error(VTAB1kDataset, tmp_path, "toy", "val200", num_classes=1)
-    assert "label 2 is out of range" in message
+    assert message.startswith(f"{task_dir / 'train800val200.txt'} line 4: label 4999 implies")
+    assert "4996 of them (3, 4, 5, ...) have no training image" in message
+    assert "num_classes" in message
+    # a pinned count accepts classes without training images, and checks the range
+    assert VTAB1kDataset(tmp_path, "toy", "train800", num_classes=5000).num_classes == 5000
+    message = _error(VTAB1kDataset, tmp_path, "toy", "train800", num_classes=10)
+    assert message.startswith(f"{task_dir / 'train800.txt'} line 4: label 4999 is out of range")
+
+
+def test_manifest_pins_the_class_count(tmp_path):
+    task_dir = make_vtab_task(tmp_path, train_labels=(0, 1, 2, 10))
+    manifest = task_dir / "manifest.json"
+    manifest.write_text('{"task": "toy", "num_classes": 10}')
+    message = _error(VTAB1kDataset, tmp_path, "toy", "train800")
+    assert message.startswith(f"{task_dir / 'train800.txt'} line 4: label 10 is out of range")
+    assert f"0..9: {manifest} says 10 classes" in message
+    assert f"{manifest}: num_classes is 10, but num_classes=11" in _error(
+        VTAB1kDataset, tmp_path, "toy", "train800", num_classes=11
+    )
+    manifest.write_text('{"task": "toy", "num_classes": 11}')
+    assert VTAB1kDataset(tmp_path, "toy", "test").num_classes == 11
+    manifest.write_text('{"task": "toy"}')  # a manifest that pins nothing: inferred as before
+    assert "label 10 implies 11 classes" in _error(VTAB1kDataset, tmp_path, "toy", "test")
+    for text, expected in (
+        ('{"num_classes": "10"}', 'key num_classes is "\\"10\\""'),
+        ('{"num_classes": 0}', "key num_classes is"),
+        ('{"num_classes": true}', "key num_classes is"),
+        ("[10]", "expected a json object"),
+        ('{"num_classes": 10', "line 1 column"),
+    ):
+        manifest.write_text(text)
+        message = _error(VTAB1kDataset, tmp_path, "toy", "test")
+        assert message.startswith(str(manifest)) and expected in message, message
+
+
+def test_task_and_split_names_stay_inside_the_root(tmp_path):
+    make_vtab_task(tmp_path / "root")
+    make_vtab_task(tmp_path, task="outside")
+    for task in ("../outside", "/etc", "a/../../outside"):
+        message = _error(build_dataset, "vtab1k", tmp_path / "root", task, "test", 8)
+        assert "must name a folder inside" in message
 
 
 def test_label_above_inferred_count(tmp_path):

@@ -1,6 +1,12 @@
 """Bad input gets one clear line; faults lose nothing (see docs/reliability.md)."""
 
+import errno
+import io
 import json
+import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +20,8 @@ import heartlora.training.trainer as train_module
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config, known_keys
+from heartlora.training.run_directory import CONFIG_HEADER, lock_run_directory
+from heartlora.training.run_state import CHECKPOINT_FORMAT
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +53,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy, tmp_path, monkey
     assert main(train_args(root, checkpoint, out, "lora", epochs=3)) == 2
     err = _one_line_error(capsys)
     assert "loss became nan at epoch 2" in err and "checkpoint.pt" in err
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["progress"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["trainable"].values())
     assert not (out / "result.json").exists()
@@ -187,3 +195,283 @@ def test_errors_from_dataloader_workers_keep_their_message(toy, tmp_path, capsys
     args = train_args(broken_root, checkpoint, tmp_path / "run", "linear", epochs=1, num_workers=1)
     assert main(args) == 2
     assert "0005.png" in _one_line_error(capsys)
+
+
+# --- round two (issue 12): every listed case, then the faults ------------------------------------
+
+
+def _snapshot(folder):
+    """Every file under ``folder`` with its bytes (and every folder)."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(toy, tmp_path_factory):
+    """A finished one-epoch lora run."""
+    root, checkpoint = toy
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(train_args(root, checkpoint, out, "lora", epochs=1)) == 0
+    return out
+
+
+def test_labels_are_checked_against_the_class_count_a_task_pins(toy, tmp_path, capsys):
+    _, checkpoint = toy
+    root = make_learnable_task(tmp_path / "data")
+    split = root / "toy" / "train800val200.txt"
+    split.write_text(split.read_text() + "images/train800/0000.png 4999\n")
+    assert main(train_args(root, checkpoint, tmp_path / "a", "lora", epochs=1)) == 2
+    err = _one_line_error(capsys)
+    assert f"{split} line 49: label 4999 implies 5000 classes" in err and "num_classes" in err
+    assert main(train_args(root, checkpoint, tmp_path / "b", "lora", num_classes=3)) == 2
+    assert f"{split} line 49: label 4999 is out of range (expected 0..2" in _one_line_error(capsys)
+    manifest = root / "toy" / "manifest.json"
+    manifest.write_text(json.dumps({"task": "toy", "num_classes": 10}))
+    assert main(train_args(root, checkpoint, tmp_path / "c", "lora")) == 2
+    assert f"0..9: {manifest} says 10 classes" in _one_line_error(capsys)
+    assert main(train_args(root, checkpoint, tmp_path / "d", "lora", num_classes=3)) == 2
+    assert f"{manifest}: num_classes is 10, but num_classes=3" in _one_line_error(capsys)
+    assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_split_file_paths_that_leave_the_task_folder_are_refused(toy, tmp_path, capsys):
+    _, checkpoint = toy
+    root = make_learnable_task(tmp_path / "data")
+    (tmp_path / "secret.png").write_bytes((root / "toy/images/test/0000.png").read_bytes())
+    split = root / "toy" / "test.txt"
+    split.write_text(split.read_text() + "../../secret.png 1\n")
+    assert main(train_args(root, checkpoint, tmp_path / "run", "lora", epochs=1)) == 2
+    err = _one_line_error(capsys)
+    assert f"{split} line 25: image path" in err and "leaves" in err
+
+
+def test_one_label_for_every_image_is_refused_before_heads_are_scored(toy, tmp_path, capsys):
+    _, checkpoint = toy
+    root = make_learnable_task(tmp_path / "data")
+    for name in ("train800.txt", "train800val200.txt"):
+        split = root / "toy" / name
+        lines = [line.rsplit(" ", 1)[0] + " 1" for line in split.read_text().splitlines()]
+        split.write_text("\n".join(lines) + "\n")
+    args = train_args(root, checkpoint, tmp_path / "run", "heart-lora", ne=2, num_classes=3)
+    assert main(args) == 2
+    err = _one_line_error(capsys)
+    assert "every training image has label 1" in err and "taylor" not in err
+
+
+@pytest.mark.parametrize("method", ["heart-lora", "lora"])
+def test_a_diverging_run_says_so(toy, tmp_path, capsys, method):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    assert main(train_args(root, checkpoint, out, method, epochs=2, ne=2, lr="1e9")) == 2
+    err = _one_line_error(capsys)
+    assert "try a lower lr or scale" in err
+    assert "scores of shape" not in err and "needs trained adapters" not in err
+    if "checkpoint.pt" in err:  # only ever named when it holds a finished epoch
+        assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["epoch"] >= 1
+
+
+def test_config_and_cli_mistakes_are_one_line(toy, tmp_path, capsys):
+    root, checkpoint = toy
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nlr: 0.1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    args = train_args(root, checkpoint, tmp_path / "run", "lora")
+    assert main([*args, "--config", str(tmp_path / "a.yaml")]) == 2
+    assert "is a cycle" in _one_line_error(capsys)
+    assert main([*args, "--device", "tpu"]) == 2
+    assert "device: unknown value 'tpu'" in _one_line_error(capsys)
+    empty = [a if a != str(tmp_path / "run") else "" for a in args]
+    assert main(empty) == 2
+    assert "--output-dir: expected a folder path" in _one_line_error(capsys)
+    assert main([*args, "--epochs", "three"]) == 2
+    assert "invalid int value: 'three'" in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_users_config_yaml_is_replaced_only_with_overwrite(toy, tmp_path, capsys):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = "# my settings, with comments\nlr: 0.5\n"
+    (out / "config.yaml").write_text(mine)
+    args = train_args(root, checkpoint, out, "lora", epochs=1)
+    assert main(args) == 2
+    assert "config.yaml was not written by heartlora train" in _one_line_error(capsys)
+    assert (out / "config.yaml").read_text() == mine
+    assert main([*args, "--overwrite"]) == 0
+    written = (out / "config.yaml").read_text()
+    assert written.startswith(CONFIG_HEADER) and yaml.safe_load(written)["lr"] == 0.003
+    # a config.yaml of a run that died before its first checkpoint is ours to replace
+    for name in ("checkpoint.pt", "metrics.csv", "result.json", "adapter", "tensorboard"):
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    assert main(args) == 0
+
+
+def test_overwrite_checks_data_and_model_before_deleting_anything(toy, tmp_path, finished, capsys):
+    _, checkpoint = toy
+    before = _snapshot(finished)
+    mistyped = train_args(tmp_path / "dta", checkpoint, finished, "lora", epochs=1)
+    assert main([*mistyped, "--overwrite"]) == 2
+    assert "dta" in _one_line_error(capsys)
+    alien = tmp_path / "alien.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3, 3)}, str(alien))
+    root, _ = toy
+    assert main([*train_args(root, alien, finished, "lora", epochs=1), "--overwrite"]) == 2
+    assert "alien.safetensors" in _one_line_error(capsys)
+    assert _snapshot(finished) == before
+
+
+def test_checkpoints_are_read_without_unpickling_code(toy, tmp_path, finished, capsys):
+    root, checkpoint = toy
+    state = torch.load(finished / "checkpoint.pt", weights_only=True)
+    assert state["format"] == CHECKPOINT_FORMAT and state["progress"]["epoch"] == 1
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    args = [*train_args(root, checkpoint, out, "lora", epochs=1), "--resume"]
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("pwned",))
+
+    torch.save({**state, "trojan": Payload()}, out / "checkpoint.pt")
+    assert main(args) == 2
+    assert "refused: not a heartlora checkpoint" in _one_line_error(capsys)
+    assert not marker.exists()
+    torch.save({k: v for k, v in state.items() if k != "format"}, out / "checkpoint.pt")
+    assert main(args) == 2
+    assert "not a heartlora checkpoint (format None" in _one_line_error(capsys)
+    torch.save({**state, "rng": {"torch": torch.zeros(3)}}, out / "checkpoint.pt")
+    assert main(args) == 2
+    assert "damaged checkpoint" in _one_line_error(capsys)
+    (out / "checkpoint.pt").write_bytes(b"\x00" * 10)
+    assert main(args) == 2
+    assert "cannot read checkpoint" in _one_line_error(capsys)
+
+
+def test_a_damaged_adapter_is_one_line_in_every_tool(toy, tmp_path, finished, capsys):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(finished / "adapter", adapter)
+    weights = adapter / "heartlora_adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    image = str(toy[0] / "toy" / "images" / "test" / "0000.png")
+    for argv in (
+        ["heads", "--adapter", str(adapter), "--output-dir", str(tmp_path / "h")],
+        [
+            "export",
+            "--adapter",
+            str(adapter),
+            "--format",
+            "peft",
+            "--output-dir",
+            str(tmp_path / "e"),
+        ],
+        ["predict", "--adapter", str(adapter), image],
+    ):
+        assert main(argv) == 2, argv
+        assert f"{weights}: cannot read adapter weights" in _one_line_error(capsys)
+    config = adapter / "heartlora_config.json"
+    data = json.loads(config.read_text())
+    data["config"]["scale"] = None
+    config.write_text(json.dumps(data))
+    assert main(["export", "--adapter", str(adapter), "--format", "peft", "--output-dir", "x"]) == 2
+    assert f"{config}: key config.scale is None (expected a number)" in _one_line_error(capsys)
+
+
+def test_an_export_is_replaced_only_with_overwrite(tmp_path, finished, capsys):
+    argv = ["export", "--adapter", str(finished / "adapter"), "--format", "merged"]
+    argv += ["--output-dir", str(tmp_path / "merged")]
+    assert main(argv) == 0
+    weights = tmp_path / "merged" / "model.safetensors"
+    before = weights.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert f"{weights} exists" in _one_line_error(capsys) and weights.read_bytes() == before
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
+    from heartlora.atomic import atomic_write, atomic_write_text
+
+    target = atomic_write_text(tmp_path / "checkpoint.pt", "old")
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, full)
+    assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+    assert "No space left on device" in info.value.strerror and target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_file_size_limit_during_training_is_one_line_naming_the_file(toy, tmp_path):
+    """The issue's probe: a process that may not write big files (as a full disk)."""
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (8000, 8000))\n"
+        "from heartlora.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = train_args(root, checkpoint, out, "lora", epochs=1)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"{out / 'checkpoint.pt'}: cannot write (File too large)" in lines[0]
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_closed_stdout_does_not_stop_training(toy, tmp_path):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    args = " ".join(shlex.quote(a) for a in train_args(root, checkpoint, out, "lora", epochs=4))
+    command = (
+        f"{shlex.quote(sys.executable)} -m heartlora {args} | head -1; exit ${{PIPESTATUS[0]}}"
+    )
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert len(done.stdout.splitlines()) == 1 and (out / "result.json").is_file()
+
+
+def test_a_closed_stdout_ends_other_commands_quietly(tmp_path, finished, capsys, monkeypatch):
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    argv = ["export", "--adapter", str(finished / "adapter"), "--format", "peft"]
+    assert main([*argv, "--output-dir", str(tmp_path / "p")]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_one_run_at_a_time_in_a_directory(toy, tmp_path, capsys):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    with lock_run_directory(out):
+        assert main(train_args(root, checkpoint, out, "lora", epochs=1)) == 2
+        assert "is in use by another heartlora run" in _one_line_error(capsys)
+    assert main(train_args(root, checkpoint, out, "lora", epochs=1)) == 0
+
+
+def test_stale_temporary_files_are_removed_and_nothing_else(toy, tmp_path, finished):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    ours = [out / ".checkpoint.pt.k2j_9x.tmp", out / "adapter" / ".heartlora_config.json.a1.tmp"]
+    kept = [out / ".notes.tmp", out / ".checkpoint.pt.tmp", out / "checkpoint.pt.a1.tmp"]
+    for path in ours + kept:
+        path.write_text("left over")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    (out / ".result.json.lnk.tmp").symlink_to(outside)
+    assert main([*train_args(root, checkpoint, out, "lora", epochs=1), "--resume"]) == 0
+    assert not any(path.exists() for path in ours)
+    assert all(path.exists() for path in kept) and outside.read_text() == "keep"

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from tiny_models import images, randomize_adapters, tiny_vit
 import heartlora as hl
 from heartlora.cli import main
 from heartlora.data.transforms import build_transform
-from heartlora.tools.serving import MultiTaskModel, base_model_from_adapter
+from heartlora.tools.serving import MultiTaskModel, base_mismatch, base_model_from_adapter
 
 
 def _tiny_adapter(tmp_path, name, num_classes, targets, ne, seed):
@@ -117,3 +118,67 @@ def test_predict_cli_bad_input_is_a_one_line_error(tmp_path, capsys):
     assert "missing.png does not exist" in err and err.count("\n") == 1
     assert main(["predict", "--adapter", str(tmp_path / "nope"), str(tmp_path / "x.png")]) == 2
     assert "no heartlora adapter here" in capsys.readouterr().err
+
+
+def _record_weights(directory, weights: str | None, checkpoint: str | None = None) -> None:
+    """Rewrite the base weights an adapter's metadata records (as a training run writes them)."""
+    path = directory / "heartlora_config.json"
+    data = json.loads(path.read_text())
+    data["extra"]["weights"] = weights
+    data["extra"]["checkpoint"] = checkpoint
+    path.write_text(json.dumps(data))
+
+
+def test_base_mismatch_compares_what_would_load_with_what_was_trained_on():
+    assert base_mismatch(None, "any.pth") is None  # adapters from before the record
+    assert base_mismatch("/a/base.safetensors") is None
+    assert base_mismatch("/a/base.safetensors", "/elsewhere/base.safetensors") is None  # moved
+    assert "this loads 'other.pth'" in base_mismatch("/a/base.safetensors", "other.pth")
+    assert base_mismatch("pretrained:augreg_in21k", model_name="vit_base_patch16_224") is None
+    assert "this loads 'pretrained:in1k'" in base_mismatch(
+        "pretrained:augreg_in21k", model_name="vit_base_patch16_224.in1k"
+    )
+    assert "cannot be rebuilt" in base_mismatch("random")
+
+
+def test_predict_and_export_refuse_another_base_unless_told(tmp_path, capsys):
+    a, model, checkpoint = make_registered_adapter(tmp_path)
+    _record_weights(a, str(checkpoint), str(checkpoint))
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(checkpoint.read_bytes())
+    image = write_image(tmp_path / "x.png", (16, 16), value=40)
+    predict = ["predict", "--adapter", str(a), str(image), "--checkpoint", str(other)]
+    assert main(predict) == 2
+    err = capsys.readouterr().err
+    assert f"trained on base weights '{checkpoint}', this loads '{other}'" in err
+    assert "--ignore-base-mismatch" in err and err.count("\n") == 1
+    assert main([*predict, "--ignore-base-mismatch"]) == 0
+    capsys.readouterr()
+    export = ["export", "--adapter", str(a), "--output-dir", str(tmp_path / "m"), "--checkpoint"]
+    assert main([*export, str(other), "--format", "merged"]) == 2
+    assert "trained on base weights" in capsys.readouterr().err
+    assert main([*export, str(other), "--format", "peft"]) == 0  # reads no base weights
+    assert main([*export, str(other), "--format", "merged", "--ignore-base-mismatch"]) == 0
+    capsys.readouterr()
+    _record_weights(a, "random")
+    assert main(["predict", "--adapter", str(a), str(image)]) == 2
+    assert "randomly initialised base (weights: random), which cannot be rebuilt" in (
+        capsys.readouterr().err
+    )
+
+
+def test_an_adapter_on_timms_pretrained_weights_rebuilds_them_from_the_cache(tmp_path, monkeypatch):
+    directory, model, checkpoint = make_registered_adapter(tmp_path)
+    _record_weights(directory, "pretrained:r160_in1k")
+    # the base weights sit in the Hugging Face cache, where timm's download would put them
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--timm--test_vit.r160_in1k"
+    (repo / "snapshots" / "c0ffee").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+    shutil.copy(checkpoint, repo / "snapshots" / "c0ffee" / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    rebuilt = hl.load_adapter(base_model_from_adapter(directory), directory)
+    assert torch.equal(rebuilt(images()), model(images()))
+    with pytest.raises(hl.HeartLoRAError, match="this loads 'pretrained:other'"):
+        base_model_from_adapter(directory, model_name="test_vit.other")

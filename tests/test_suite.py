@@ -9,17 +9,21 @@ from PIL import Image
 from train_fixtures import make_base_checkpoint, make_learnable_task
 
 from heartlora.cli import main
+from heartlora.data.vtab1k import VTAB1K_TASKS
+from heartlora.errors import HeartLoRAError
+from heartlora.training.config import build_config, read_config_file
 from heartlora.training.report import RunResult, markdown_table, summarize
-from heartlora.training.suite import parse_method, parse_seeds
+from heartlora.training.suite import DEFAULT_GROUP, discover_tasks, parse_method, parse_seeds
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _one_epoch_suite(tmp_path, methods: str) -> list[str]:
-    """`heartlora suite` arguments: sk-digits, one epoch, calibration after 4 steps."""
+    """`heartlora suite` arguments: sk-digits, one epoch (16 steps: the head-scoring warm-up
+    adapts to it), runs one at a time."""
     return [
         "suite", "--tasks", "sk-digits", "--epochs", "1", "--output-dir", str(tmp_path / "suite"),
-        "--data-root", str(tmp_path / "data"), "--set", "calib_warmup_steps=4", "--methods", methods,
+        "--data-root", str(tmp_path / "data"), "--methods", methods, "--jobs", "1",
     ]  # fmt: skip
 
 
@@ -37,16 +41,24 @@ def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
         assert plot.size[0] > 300 and plot.size[1] > 200
     table = (out / "results.md").read_text()
     assert "Natural" in table and "Average" in table
+    result = json.loads(
+        (out / "runs/sk-digits/heart-lora-layer[ne=3]/seed0/result.json").read_text()
+    )
+    assert result["active_heads_per_layer"] == [3] * 6
     # a second call reuses every finished run
     assert main(_one_epoch_suite(tmp_path, "linear")) == 0
     assert "reused" in capsys.readouterr().out
+    # the materialised root is a data root like any other: its tasks are found with their group
+    assert main(["suite", "--list", "--data-root", str(tmp_path / "data")]) == 0
+    assert capsys.readouterr().out.split() == ["sk-digits", "Natural"]
 
 
 def test_suite_list_and_bad_task(capsys):
     assert main(["suite", "--list"]) == 0
     assert "mnist" in capsys.readouterr().out
-    assert main(["suite", "--tasks", "cifar", "--epochs", "1"]) == 2
-    assert "unknown mini-VTAB task 'cifar'" in capsys.readouterr().err
+    assert main(["suite", "--tasks", "cifra", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "task 'cifra': no folder" in err and "no mini-VTAB task of that name" in err
 
 
 def test_group_means_and_average_follow_the_vtab_convention():
@@ -65,6 +77,73 @@ def test_group_means_and_average_follow_the_vtab_convention():
     assert "60.0 ± 7.1" in table and "75.0 ± 7.1" in table
 
 
+def test_any_group_names_get_group_means_after_vtabs_own():
+    runs = [
+        RunResult("m", "a", "Mine", 0, 80.0, 10, 100),
+        RunResult("m", "b", "natural", 0, 60.0, 10, 100),
+        RunResult("m", "c", "Mine", 0, 40.0, 10, 100),
+    ]
+    summary = summarize(runs)
+    assert summary.tasks == ["b", "a", "c"]
+    assert summary.group_means[("m", "Mine")] == [60.0]
+    assert summary.average["m"] == [60.0]
+    header = markdown_table(summary).splitlines()[0]
+    assert header.endswith("| b | a | c | Natural | Mine | Average |")
+
+
+def _user_root(tmp_path, groups: str | None = None) -> Path:
+    root = tmp_path / "mine"
+    for task in ("alpha", "beta"):
+        make_learnable_task(root, task=task, seed=len(task))
+    (root / "notes").mkdir()  # a folder without split files is no task
+    if groups is not None:
+        (root / "groups.yaml").write_text(groups)
+    return root
+
+
+def test_suite_runs_on_any_vtab_layout_root_with_its_groups(tmp_path, capsys):
+    root = _user_root(tmp_path, "Mine: [alpha]\nTheirs: [beta]\n")
+    out = tmp_path / "suite"
+    args = ["suite", "--data-root", str(root), "--epochs", "1", "--methods", "linear,heart-lora",
+            "--seeds", "2", "--jobs", "1", "--output-dir", str(out), "--set", "batch_size=16"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "2 methods × 2 tasks × 2 seed(s) = 8 runs" in printed
+    header = (out / "results.md").read_text().split("| Method |")[1].splitlines()[0]
+    assert header.split("|")[2:-1] == [" alpha ", " beta ", " Mine ", " Theirs ", " Average "]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {(r["task"], r["group"], r["seed"]) for r in rows} == {
+        (t, g, s) for t, g in (("alpha", "Mine"), ("beta", "Theirs")) for s in ("0", "1")
+    }
+    assert (out / "accuracy_vs_storage.png").is_file()
+    assert (out / "runs/beta/heart-lora/seed1/result.json").is_file()
+
+
+def test_discover_tasks_finds_folders_groups_and_errors(tmp_path):
+    root = _user_root(tmp_path)
+    tasks = discover_tasks(root)
+    assert [(t.name, t.group) for t in tasks] == [("alpha", DEFAULT_GROUP), ("beta", DEFAULT_GROUP)]
+    assert tasks[0].settings == {"task": "alpha", "data_root": str(root)}
+    assert [t.name for t in discover_tasks(root, ["beta"], {"beta": "natural"})] == ["beta"]
+    assert discover_tasks(root, ["beta"], {"beta": "natural"})[0].group == "Natural"
+    for text, match in [
+        ("Mine: [alpha]\n", "task 'beta' is in no group"),
+        ("Mine: [alpha, beta]\nTheirs: [beta]\n", "task 'beta' is in two groups"),
+        ("Mine: [alpha, bet]\n", "task 'bet' has no folder here \\(did you mean 'beta'\\?\\)"),
+        ("- alpha\n", "expected a mapping of group"),
+    ]:
+        (root / "groups.yaml").write_text(text)
+        with pytest.raises(HeartLoRAError, match=match):
+            discover_tasks(root)
+    (root / "groups.yaml").unlink()
+    with pytest.raises(HeartLoRAError, match="task 'alpah': no folder.*did you mean 'alpha'"):
+        discover_tasks(root, ["alpah"])
+    with pytest.raises(HeartLoRAError, match="alpha/nope.txt: split file not found"):
+        discover_tasks(root, splits=("nope",))
+    with pytest.raises(HeartLoRAError, match="no task folders"):
+        discover_tasks(tmp_path / "empty")
+
+
 def test_method_and_seed_parsing():
     assert parse_method("heart-lora[ne=2,scorer=grad-norm]") == (
         "heart-lora",
@@ -78,6 +157,10 @@ def test_method_and_seed_parsing():
 def test_vtab1k_benchmark_script_runs_on_the_vtab_layout(tmp_path):
     make_learnable_task(tmp_path, task="dtd")
     checkpoint = make_base_checkpoint(tmp_path / "base.safetensors")
+    configs = tmp_path / "configs"  # a --config-dir like configs/vtab1k: base.yaml + task files
+    configs.mkdir()
+    (configs / "base.yaml").write_text(f"base: {ROOT / 'configs/vtab1k/base.yaml'}\nrank: 2\n")
+    (configs / "dtd.yaml").write_text("base: base.yaml\ntask: dtd\nscale: 4\n")
     settings = [
         "epochs=1",
         "batch_size=16",
@@ -85,7 +168,6 @@ def test_vtab1k_benchmark_script_runs_on_the_vtab_layout(tmp_path):
         "num_workers=0",
         "calib_warmup_steps=1",
         "eval_every=1",
-        "rank=2",
         "ne=2",
         "threads=1",
     ]
@@ -100,6 +182,8 @@ def test_vtab1k_benchmark_script_runs_on_the_vtab_layout(tmp_path):
         "vit_mini_patch4_28",
         "--tasks",
         "dtd",
+        "--config-dir",
+        str(configs),
         "--methods",
         "lora,heart-lora-layer",
         "--output-dir",
@@ -116,3 +200,22 @@ def test_vtab1k_benchmark_script_runs_on_the_vtab_layout(tmp_path):
         ).read_text()
     )
     assert result["active_heads_per_layer"] == [4] * 6
+    run_config = read_config_file(tmp_path / "out/runs/dtd/heart-lora-layer/seed0/config.yaml")
+    assert run_config["scale"] == 4 and run_config["rank"] == 2  # the --config-dir's files
+    done = subprocess.run(
+        [*command[:3], str(tmp_path / "nowhere"), *command[4:]], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stderr.startswith("error: task 'dtd': no folder")
+
+
+def test_swin_configs_reproduce_the_paper_protocol_with_percent_selection():
+    protocol = read_config_file(ROOT / "configs/vtab1k/base.yaml")
+    names = sorted(p.stem for p in (ROOT / "configs/vtab1k_swin").glob("*.yaml"))
+    assert names == sorted([*VTAB1K_TASKS, "base"])
+    for name in VTAB1K_TASKS:
+        config = build_config(ROOT / "configs/vtab1k_swin" / f"{name}.yaml")
+        assert config.task == name and config.model == "swin_base_patch4_window7_224.ms_in22k"
+        assert config.base_weights() == "pretrained:ms_in22k"
+        assert config.adapter_config().mode == "percent" and 0 < config.percent < 1
+        for key in ("epochs", "lr", "batch_size", "train_split", "eval_split", "rank"):
+            assert getattr(config, key) == protocol[key], key

@@ -1,4 +1,7 @@
+import csv
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -127,3 +130,176 @@ def test_config_errors_name_the_key(toy, tmp_path, capsys):
     assert "ne=6" in capsys.readouterr().err
     assert main(train_args(root, checkpoint, tmp_path / "r4", "heart_lora")) == 2
     assert "did you mean 'heart-lora'" in capsys.readouterr().err
+
+
+# --- exact resume from any interruption point ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_run(toy, tmp_path_factory):
+    """An uninterrupted heart-lora run (3 epochs × 3 steps, drop-path 0.1 as by default)."""
+    root, checkpoint = toy
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2)) == 0
+    return out
+
+
+def _assert_same_run(expected_dir, got_dir):
+    """Bit-identical adapter tensors, metrics (all but wall time) and accuracies."""
+    name = "adapter/heartlora_adapter.safetensors"
+    a, b = load_file(str(expected_dir / name)), load_file(str(got_dir / name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def metrics(directory):
+        with open(directory / "metrics.csv") as handle:
+            return [
+                {k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)
+            ]
+
+    assert metrics(got_dir) == metrics(expected_dir)
+    expected = json.loads((expected_dir / "result.json").read_text())
+    got = json.loads((got_dir / "result.json").read_text())
+    for key in ("best_accuracy", "final_accuracy", "active_heads_per_layer", "best_epoch"):
+        assert got[key] == expected[key], key
+
+
+def _interrupt_then_resume(toy, out, monkeypatch, patch, expected_code=130):
+    """Run with ``patch`` applied (it interrupts), then resume without it."""
+    root, checkpoint = toy
+    args = train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2)
+    with monkeypatch.context() as patched:
+        patch(patched)
+        assert main(args) == expected_code
+    assert not (out / "result.json").exists()
+    assert main(args + ["--resume"]) == 0
+
+
+def _on_training_forward(number, action):
+    """A patch that calls ``action()`` from a forward hook on the last block, during the
+    ``number``-th forward pass in training mode (inside an optimizer step, after drop-path drew
+    its random numbers in the earlier blocks)."""
+
+    def patch(patched):
+        original_fit = Trainer.fit
+        calls = {"n": 0}
+
+        def hook(module, _inputs, _output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == number:
+                    action()
+
+        def fit(self):
+            self.model.blocks[-1].register_forward_hook(hook)
+            return original_fit(self)
+
+        patched.setattr(Trainer, "fit", fit)
+
+    return patch
+
+
+def _raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+# forward passes in training mode are the steps, 1-3 | 4-6 | 7-9 (heads are scored in eval mode
+# before step 3); 2 and 5 are mid-epoch, 9 the last step
+@pytest.mark.parametrize("number", [2, 5, 9])
+def test_keyboard_interrupt_inside_a_step_resumes_bit_for_bit(
+    toy, tmp_path, monkeypatch, reference_run, number
+):
+    out = tmp_path / "run"
+    _interrupt_then_resume(
+        toy, out, monkeypatch, _on_training_forward(number, _raise_keyboard_interrupt)
+    )
+    _assert_same_run(reference_run, out)
+
+
+def test_ctrl_c_finishes_the_step_then_resume_is_exact(toy, tmp_path, monkeypatch, reference_run):
+    out = tmp_path / "run"
+    signals = _on_training_forward(5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    _interrupt_then_resume(toy, out, monkeypatch, signals)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # overwritten by the resume
+    assert state["progress"]["epoch"] == 3
+    _assert_same_run(reference_run, out)
+
+
+def test_sigterm_stops_at_a_boundary_with_exit_143(toy, tmp_path, monkeypatch, reference_run):
+    out = tmp_path / "run"
+    signals = _on_training_forward(4, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    _interrupt_then_resume(toy, out, monkeypatch, signals, expected_code=143)
+    _assert_same_run(reference_run, out)
+
+
+def test_interrupt_during_the_weight_update_keeps_the_epoch_checkpoint(
+    toy, tmp_path, monkeypatch, reference_run, capsys
+):
+    out = tmp_path / "run"
+    original_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, step 2: inside the update
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    _interrupt_then_resume(
+        toy, out, monkeypatch, lambda patched: patched.setattr(torch.optim.AdamW, "step", step)
+    )
+    assert "keeps the state after epoch 1" in capsys.readouterr().out
+    _assert_same_run(reference_run, out)
+
+
+def test_sigkill_in_the_first_epoch_can_resume(toy, tmp_path, monkeypatch, reference_run):
+    """A fresh run checkpoints before its first step: a kill in epoch 1 loses nothing."""
+    out = tmp_path / "run"
+
+    class Killed(Exception):
+        pass
+
+    def die():
+        raise Killed  # no handler saves anything: as SIGKILL
+
+    root, checkpoint = toy
+    args = train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2)
+    with monkeypatch.context() as patched:
+        _on_training_forward(2, die)(patched)
+        with pytest.raises(Killed):
+            main(args)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["global_step"] == 0
+    assert main(args + ["--resume"]) == 0
+    _assert_same_run(reference_run, out)
+
+
+def test_one_epoch_heart_lora_fits_the_head_scoring_warm_up_to_the_run(toy, tmp_path, capsys):
+    root, checkpoint = toy  # 48 training images, batch 16: a 3-step run
+    args = train_args(root, checkpoint, tmp_path / "run", "heart-lora", epochs=1, ne=2)
+    at = args.index("calib_warmup_steps=2")
+    del args[at - 1 : at + 1]  # left null: fitted to the run's length
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("note: heads are scored after 1 of the run's 3 steps") == 1
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["active_heads_per_layer"] == [4] * 6
+    config = json.loads((tmp_path / "run" / "adapter" / "heartlora_config.json").read_text())
+    assert config["config"]["calib_warmup_steps"] == 1  # what the run used
+    # set by hand, a warm-up as long as the run is still an error
+    bad = train_args(root, checkpoint, tmp_path / "bad", "heart-lora", epochs=1, ne=2)
+    assert main([*bad, "--set", "calib_warmup_steps=3"]) == 2
+    assert "calib_warmup_steps=3 must be smaller than the run's 3 steps" in capsys.readouterr().err
+
+
+def test_resume_inside_a_step_is_exact_with_augmentation(toy, tmp_path, monkeypatch):
+    """Random crops and flips are drawn after the batch boundary is recorded."""
+    root, checkpoint = toy
+    reference = tmp_path / "reference"
+    args = train_args(root, checkpoint, reference, "heart-lora", epochs=2, ne=2, augment="true")
+    assert main(args) == 0
+    out = tmp_path / "run"
+    args = train_args(root, checkpoint, out, "heart-lora", epochs=2, ne=2, augment="true")
+    with monkeypatch.context() as patched:
+        _on_training_forward(5, _raise_keyboard_interrupt)(patched)
+        assert main(args) == 130
+    assert main(args + ["--resume"]) == 0
+    _assert_same_run(reference, out)

@@ -44,7 +44,7 @@ def test_table_has_one_row_per_field_with_type_default_and_help():
     rows = config_reference_markdown().splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == [f"| `{f.name}`" for f in fields(TrainConfig)]
     by_key = {row.split("`")[1]: row for row in rows}
-    assert "| `int` | `20` |" in by_key["calib_warmup_steps"]
+    assert "| `int or null` | `null` |" in by_key["calib_warmup_steps"]
     assert "| `list[str]` | `[q, v]` |" in by_key["targets"]
     assert "| `str or null` | `null` |" in by_key["checkpoint"]
     assert "| `bool` | `false` |" in by_key["augment"]
@@ -141,3 +141,12 @@ def test_old_key_in_suite_set_and_method_brackets():
     with pytest.warns(FutureWarning):
         config = build_config(None, [*items, f"method={name}"])
     assert config.calib_warmup_steps == 8 and config.method == "heart-lora"
+
+
+def test_calib_warmup_fits_short_runs_unless_set_by_hand():
+    auto = build_config(None, [])
+    assert auto.calib_warmup_steps is None and auto.adapter_config().calib_warmup_steps == 20
+    assert [auto.calib_warmup_for(steps) for steps in (1, 2, 16, 128, 1600)] == [0, 1, 2, 16, 20]
+    assert build_config(None, ["calib_warmup_steps=10"]).calib_warmup_for(16) == 10
+    with pytest.raises(HeartLoRAError, match="calib_warmup_steps=16 must be smaller than the run"):
+        build_config(None, ["calib_warmup_steps=16"]).calib_warmup_for(16)

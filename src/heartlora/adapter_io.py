@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from heartlora.atomic import atomic_write, atomic_write_json
+from heartlora.atomic import atomic_write_bytes, atomic_write_json
 from heartlora.backbone import classifier_state
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
@@ -61,6 +61,10 @@ class RunInfo:
     Attributes:
         model: the timm model name the run built (may carry a pretrained tag).
         checkpoint: the base weights file, when one was given.
+        weights: what the base weights were (`heartlora.backbone.weights_label`): ``"random"``,
+            ``"pretrained:<tag>"`` (timm's weights of that tag) or the checkpoint path;
+            ``None`` in adapters written before it was recorded. `heartlora predict` and
+            `heartlora export` refuse a base other than this one unless told otherwise.
         model_kwargs: more ``timm.create_model`` arguments needed to rebuild the base.
         img_size: the input side the adapter was trained at.
         normalize: ``[mean, std]`` of the input normalisation, or ``None``.
@@ -73,6 +77,7 @@ class RunInfo:
 
     model: str | None = None
     checkpoint: str | None = None
+    weights: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     img_size: int | None = None
     normalize: list[list[float]] | None = None
@@ -157,10 +162,10 @@ class AdapterMetadata:
             if key not in data:
                 raise HeartLoRAError(f"{where}: key {key!r} is missing")
         config_where = f"{where}: key config"
+        config_data = _require(data["config"], dict, where, "config")
+        _check_config_types(config_data, where)
         try:
-            config = HeartLoRAConfig.from_dict(
-                _require(data["config"], dict, where, "config"), where=config_where
-            )
+            config = HeartLoRAConfig.from_dict(config_data, where=config_where)
         except HeartLoRAError as error:
             if str(error).startswith(config_where):
                 raise
@@ -197,6 +202,40 @@ class AdapterMetadata:
             scores=scores,
             run=RunInfo.from_json(data.get("extra"), where),
         )
+
+
+_CONFIG_TYPES: dict[str, type] = {
+    "rank": int,
+    "scale": float,
+    "targets": list,
+    "ne": int,
+    "mode": str,
+    "percent": float,
+    "scorer": str,
+    "calib_warmup_steps": int,
+    "warmup_steps": int,
+    "calib_batches": int,
+    "layout": str,
+}
+
+
+def _check_config_types(config: dict[str, Any], where: str) -> None:
+    """Check the JSON types of the `HeartLoRAConfig` keys (their values are checked by it)."""
+    for key, kind in _CONFIG_TYPES.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise HeartLoRAError(f"{where}: key config.{key} is {value!r} (expected a number)")
+            if not math.isfinite(value):
+                raise HeartLoRAError(
+                    f"{where}: key config.{key} is {value!r} (expected a finite number)"
+                )
+        elif kind is list:
+            _require_list(value, str, where, f"config.{key}")
+        else:
+            _require(value, kind, where, f"config.{key}")
 
 
 def _type_name(kind: type) -> str:
@@ -296,7 +335,7 @@ def save_adapter(
         else [[None if math.isnan(v) else float(v) for v in row] for row in scores.tolist()],
         run=run,
     )
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors))
     atomic_write_json(directory / CONFIG_NAME, metadata.to_json())
     return directory
 

@@ -1,12 +1,17 @@
 """Atomic file writes: write a temporary file beside the target, fsync, then rename over it.
 
 A reader (or a run resumed after SIGKILL) sees either the old file or the new one, never half.
+A failed write (a full disk, a file-size limit, a read-only folder) removes its temporary file,
+keeps the old file, and raises an `OSError` whose ``filename`` is the target, so the message
+says which file could not be written. Temporary files are named ``.<name>.<random>.tmp``
+(`temporary_files` finds the ones a killed process left behind).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +19,19 @@ from typing import Any
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path`` atomically."""
+    """Call ``write(tmp_path)`` and move the result to ``path`` atomically.
+
+    Raises:
+        OSError: creating, writing, syncing or renaming failed; ``filename`` is ``path`` and the
+            message says that the previous file is kept. Errors ``write`` raises that are not
+            `OSError` pass through unchanged (the temporary file is removed either way).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _naming(error, path) from error
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -25,16 +39,52 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        raise _naming(error, path) from error
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` restated for ``path``: ``[Errno 28] cannot write (No space left on device) ...``."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return OSError(
+        error.errno, f"cannot write ({reason}); the previous file, if any, is kept", str(path)
+    )
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically.
+
+    Serialise in memory and write the bytes here (``safetensors.torch.save``, ``torch.save``
+    into a buffer) rather than letting a library write the file: libraries report a full disk
+    in their own exception types, this reports it as an `OSError` naming ``path``.
+    """
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def temporary_files(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """The temporary files `atomic_write` makes for targets called ``names`` in ``folder``
+    (regular files only, never links); a process killed mid-write leaves them behind."""
+    pattern = re.compile(
+        r"\.(" + "|".join(re.escape(name) for name in names) + r")\.[A-Za-z0-9_]+\.tmp"
+    )
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink()
+    )

@@ -6,16 +6,25 @@ benchmark and adapter files alike:
 * which module is the classifier (`classifier_path`, `classifier_module`,
   `classifier_parameters`, `classifier_state`): timm's ``get_classifier()`` located in the
   module tree (``head`` for a ViT, ``head.fc`` for Swin);
-* how a base model gets its weights (`create_base_model`, `load_base_weights`): a timm
-  architecture built without downloading, then a local weights file loaded through timm's own
-  readers and the family's ``checkpoint_filter_fn``, with the fit checked key by key.
+* how a base model gets its weights (`create_base_model`): a local ``checkpoint`` file loaded
+  through timm's own readers and the family's ``checkpoint_filter_fn``, with the fit checked key
+  by key (`load_base_weights`); or timm's pretrained weights for the name's tag, taken from the
+  Hugging Face (or torch hub) cache when they are there and downloaded by timm's hub code when
+  they are not (`create_pretrained_model`); or a random initialisation, on request only.
+
+`weights_label` names the weights a base model starts from — ``"random"``,
+``"pretrained:<tag>"`` or the checkpoint path — as ``result.json`` and adapter metadata record it.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -142,35 +151,240 @@ def create_architecture(name: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
+RANDOM_WEIGHTS = "random"
+"""`weights_label` of a randomly initialised base model."""
+
+PRETRAINED_PREFIX = "pretrained:"
+"""`weights_label` of timm's pretrained weights: this prefix, then the pretrained tag."""
+
+_PROBE_SECONDS = 3.0
+"""How long the reachability probe of a weights host may take before it counts as offline."""
+
+
+def has_pretrained_tag(name: str) -> bool:
+    """True when ``name`` carries a pretrained tag, as ``vit_base_patch16_224.augreg_in21k``."""
+    return bool(timm.models.split_model_name_tag(name)[1])
+
+
+def pretrained_tag(name: str) -> str | None:
+    """The pretrained tag timm loads for ``name``: the name's own tag, or timm's default tag for
+    a bare architecture (``vit_base_patch16_224`` → ``augreg2_in21k_ft_in1k``); ``None`` when
+    timm knows no pretrained weights for it (an unknown tag or model, or an architecture
+    without released weights)."""
+    cfg = _pretrained_cfg(name)
+    return cfg.tag if cfg is not None and cfg.tag else None
+
+
+def default_pretrained(name: str) -> bool:
+    """Whether ``name`` asks for pretrained weights by itself: it carries a pretrained tag, or
+    timm's registry names a local weights file for it (the bundled ``vit_mini_patch4_28``)."""
+    return has_pretrained_tag(name) or registered_weights_file(name) is not None
+
+
+def weights_label(
+    name: str, checkpoint: str | Path | None = None, pretrained: bool | None = None
+) -> str:
+    """The weights a base model starts from, as ``result.json`` and adapter metadata record
+    them: ``checkpoint`` when given (it wins), else ``"pretrained:<tag>"`` when ``pretrained``
+    (``None``: `default_pretrained`), else ``"random"``.
+
+    Raises:
+        HeartLoRAError: ``pretrained`` for a model timm has no pretrained weights for.
+    """
+    if checkpoint:
+        return str(checkpoint)
+    if pretrained is None:
+        pretrained = default_pretrained(name)
+    if not pretrained:
+        return RANDOM_WEIGHTS
+    tag = pretrained_tag(name)
+    if tag is None:
+        raise HeartLoRAError(
+            f"timm has no pretrained weights for {name!r}: set `checkpoint` to a weights file, "
+            "or `pretrained: false` for a random initialisation"
+        )
+    return PRETRAINED_PREFIX + tag
+
+
 def create_base_model(
     name: str,
     checkpoint: str | Path | None = None,
-    weights: bool = True,
+    pretrained: bool | None = None,
     search_dir: Path | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """The timm model ``name`` with its base weights.
 
     Args:
-        name: a timm architecture (the bundled ``vit_mini_patch4_28`` is registered on import).
-        checkpoint: a local weights file (`load_base_weights`). Without one, the weights file that
-            timm's registry names for ``name`` is used (the bundled base model has one).
-        weights: ``False`` builds the architecture with random weights (enough to read adapters).
+        name: a timm architecture, with or without a pretrained tag (the bundled
+            ``vit_mini_patch4_28`` is registered on import).
+        checkpoint: a local weights file (`load_base_weights`); it wins over ``pretrained``.
+        pretrained: ``True``: timm's weights for the name's tag, or timm's default tag for a bare
+            name (`create_pretrained_model`); ``False``: a random initialisation (enough to read
+            adapters); ``None``: ``True`` when `default_pretrained` (a tagged name, the bundled
+            base), an error otherwise, so that no caller gets random weights unasked.
         search_dir: a relative ``checkpoint`` is also looked up here (an adapter's folder).
         **kwargs: passed to ``timm.create_model`` (``num_classes``, ``img_size``, ...).
 
     Raises:
-        HeartLoRAError: an unknown model, a missing or unfitting checkpoint, or no local weights.
+        HeartLoRAError: an unknown model, a missing or unfitting checkpoint, pretrained weights
+            that are neither cached nor downloadable, or ``pretrained=None`` for a bare name.
     """
-    model = create_architecture(name, **kwargs)
-    if not weights:
-        return model
     if checkpoint:
+        model = create_architecture(name, **kwargs)
         return load_base_weights(model, _resolve_checkpoint(checkpoint, search_dir))
-    registered = registered_weights_file(name)
-    if registered is None:
+    if pretrained is None:
+        if not default_pretrained(name):
+            tag = pretrained_tag(name) if timm.is_model(name) else None
+            hint = f" (e.g. {name}.{tag})" if tag else ""
+            raise HeartLoRAError(
+                f"no base weights named for {name!r}: pass a checkpoint file, a model name with a "
+                f"pretrained tag{hint}, or pretrained=True (timm's default weights) / False (random)"
+            )
+        pretrained = True
+    if not pretrained:
+        return create_architecture(name, **kwargs)
+    return create_pretrained_model(name, **kwargs)
+
+
+def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=True, **kwargs)``, but never a long offline hang.
+
+    The weights file timm would load is looked up first where timm keeps it — the Hugging Face
+    hub cache (``HF_HUB_CACHE``, through huggingface_hub's ``try_to_load_from_cache``), the
+    torch hub cache for a URL, or a file the registry names — and when found it is loaded by
+    timm's own file path (``pretrained_cfg_overlay=dict(file=...)``: the family's
+    ``checkpoint_filter_fn``, position-embedding resampling and classifier reset as usual).
+    When nothing is cached, timm's hub code downloads it, unless the hub is offline
+    (``HF_HUB_OFFLINE``) or its host does not answer within a few seconds: that is an error.
+
+    Raises:
+        HeartLoRAError: an unknown model or tag, weights neither cached nor reachable, or
+            weights timm cannot load into the model.
+    """
+    if not timm.is_model(name):
+        create_architecture(name)  # the one-line unknown-model error
+    cfg = _pretrained_cfg(name)
+    if cfg is None or not cfg.tag or not (cfg.file or cfg.hf_hub_id or cfg.url):
         raise HeartLoRAError(
-            f"no local base weights for {name!r}: pass --checkpoint PATH (expected a weights "
-            "file, or an adapter whose metadata names its 'checkpoint')"
+            f"timm has no pretrained weights for {name!r}: set `checkpoint` to a weights file, "
+            "or `pretrained: false` for a random initialisation"
         )
-    return load_base_weights(model, registered)
+    where, cached = _cached_weights(cfg)
+    if cached is not None:
+        overlay = {
+            "file": str(cached),
+            "custom_load": bool(cfg.custom_load) and cached.suffix == ".npz",
+        }
+        return _timm_pretrained(name, where, pretrained_cfg_overlay=overlay, **kwargs)
+    reason = _offline_reason(where)
+    if reason is not None:
+        raise HeartLoRAError(
+            f"{name}: timm's pretrained weights ({where}) are not in the local cache and {reason}; "
+            "download them once with network access, or set `checkpoint` to a local weights file "
+            "(`pretrained: false` starts from random weights)"
+        )
+    return _timm_pretrained(name, where, **kwargs)
+
+
+def _pretrained_cfg(name: str):
+    """timm's `PretrainedCfg` for ``name`` (default tag for a bare name); ``None`` when unknown."""
+    try:
+        return timm.models.get_pretrained_cfg(name, allow_unregistered=False)
+    except RuntimeError:  # an unknown pretrained tag
+        return None
+
+
+def _hub_cache_dir() -> str:
+    """The Hugging Face hub cache, read from the environment at call time (as a fresh process
+    would), falling back to huggingface_hub's own setting."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
+def _hub_filenames(filename: str | None) -> list[str]:
+    """The files timm's ``load_state_dict_from_hf`` reads for a hub ``filename``, in its order:
+    a safetensors alternative first, then the named (or default ``pytorch_model.bin``) file."""
+    filename = filename or "pytorch_model.bin"
+    if filename.endswith(".safetensors"):
+        return [filename]
+    safe = {
+        "pytorch_model.bin": "model.safetensors",
+        "open_clip_pytorch_model.bin": "open_clip_model.safetensors",
+    }.get(filename)
+    if safe is None and filename.endswith(".bin"):
+        safe = filename[: -len(".bin")] + ".safetensors"
+    return [safe, filename] if safe else [filename]
+
+
+def _cached_weights(cfg) -> tuple[str, Path | None]:
+    """``(where, cached file or None)`` for a pretrained cfg, resolving the source as timm's
+    ``_resolve_pretrained_source`` does: a registry ``file``, else the hub id, else the URL."""
+    if cfg.file:
+        path = Path(cfg.file)
+        if not path.is_file():
+            raise HeartLoRAError(
+                f"{path}: the weights file timm's registry names for {cfg.architecture} is missing"
+            )
+        return str(path), path
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in _hub_filenames(cfg.hf_hub_filename):
+            found = try_to_load_from_cache(
+                repo, filename, cache_dir=_hub_cache_dir(), revision=revision or None
+            )
+            if isinstance(found, str):
+                return f"hf-hub:{repo}", Path(found)
+        return f"hf-hub:{repo}", None
+    filename = os.path.basename(urlparse(cfg.url).path)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return cfg.url, path if path.is_file() else None
+
+
+def _offline_reason(where: str) -> str | None:
+    """Why the weights at ``where`` cannot be downloaded now, or ``None`` when they may be."""
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    from huggingface_hub import constants
+
+    if flag in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy decides; a direct probe would say nothing
+    url = constants.ENDPOINT if where.startswith("hf-hub:") else where
+    host = urlparse(url).hostname
+    if host and not _reachable(host, 443 if urlparse(url).scheme != "http" else 80):
+        return f"{host} cannot be reached (no network?)"
+    return None
+
+
+def _reachable(host: str, port: int, timeout: float = _PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds (name lookup
+    included, which has no timeout of its own: it runs in a daemon thread)."""
+    opened: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+def _timm_pretrained(name: str, where: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=True, ...)`` with its failures as one line."""
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as error:  # timm, huggingface_hub, torch and safetensors raise their own
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise HeartLoRAError(
+            f"{name}: cannot load timm's pretrained weights from {where} "
+            f"({type(error).__name__}{': ' + reason if reason else ''})"
+        ) from None

@@ -1,8 +1,11 @@
 """The `heartlora` command line: a thin layer over the library.
 
 Each sub-command lives in its own module under `heartlora.commands` and exposes
-`add_arguments(parser)` and `run(args) -> int`. User errors (`HeartLoRAError`, `ValueError`,
-`OSError` such as a missing file or a full disk) become a one-line message and exit code 2; `--debug` shows the traceback.
+`add_arguments(parser)` and `run(args) -> int`. User errors (bad arguments, `HeartLoRAError`,
+`ValueError`, `OSError` such as a missing file or a full disk) become one line on stderr,
+``heartlora: error: ...``, and exit code 2; `--debug` shows the traceback. Ctrl-C exits with
+130 (SIGTERM, which a training run also handles, with 143); a closed stdout (``| head -1``)
+ends a command quietly with 141 (`heartlora.commands.console`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from heartlora.commands.console import STDOUT_CLOSED_EXIT, drop_stdout, stdout_closed
 from heartlora.errors import HeartLoRAError
 
 # (command name, module under heartlora.commands, one-line help)
@@ -35,9 +40,18 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose usage errors are one line, like every other error:
+    ``heartlora: error: argument --epochs: invalid int value: 'x' (see heartlora train --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.splitlines())
+        self.exit(2, f"heartlora: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="heartlora",
         description="Head-level low-rank adaptation (Heart-LoRA) for timm Vision Transformers.",
     )
@@ -57,15 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2), already printed
+        return stop.code if isinstance(stop.code, int) else 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM for a training run
+        signum = getattr(stop, "signum", 2)
         print("heartlora: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signum
+    except BrokenPipeError as error:
+        if not stdout_closed():
+            if args.debug:
+                raise
+            print(f"heartlora: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        drop_stdout()
+        return STDOUT_CLOSED_EXIT
     except (HeartLoRAError, ValueError, OSError) as error:
         if args.debug:
             raise
@@ -74,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    """The first line of an error; for an error re-raised from a DataLoader worker ("Caught
-    X in DataLoader worker process 0. Original Traceback ..."), the original message."""
+    """The first line of an error; ``file: reason`` for an `OSError` about a file; for an error
+    re-raised from a DataLoader worker ("Caught X in DataLoader worker process 0. Original
+    Traceback ..."), the original message."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}".splitlines()[0]
     lines = str(error).strip().splitlines() or [type(error).__name__]
     if lines[0].startswith("Caught ") and len(lines) > 1 and ": " in lines[-1]:
         return lines[-1].split(": ", 1)[1]

@@ -1,8 +1,11 @@
 """Finding the attention layers of a timm model, injecting adapters, freezing, merging.
 
 Works on any module tree whose attention modules expose ``num_heads`` and a fused ``qkv``
-``nn.Linear`` (timm ``VisionTransformer``/DeiT ``Attention``, Swin ``WindowAttention``) and,
-for the ``proj`` target, a ``proj`` ``nn.Linear``.
+``nn.Linear`` whose outputs are q, k and v of ``num_heads`` equal heads each (timm ViT, DeiT,
+DeiT-III, CLIP ViTs, Swin, SwinV2, BEiT, EVA-02; attention that reads ``qkv.weight`` itself gets
+the adapted weight from `HeadLoRAQKV.weight`) and, for the ``proj`` target, a ``proj``
+``nn.Linear``. Attention with separate q/k/v projections, or with q, k and v of unequal widths
+(EfficientFormer), is refused by name.
 """
 
 from __future__ import annotations
@@ -47,20 +50,57 @@ def find_attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """The model's multi-head attention modules, in the order of ``model.named_modules()``.
 
     Raises:
-        HeartLoRAError: when the model has none.
+        HeartLoRAError: when the model has none, when its attention has no fused ``qkv`` (q, k
+            and v projected separately), or when a fused ``qkv`` does not hold q, k and v of
+            ``num_heads`` equal heads; the message names the model and the module.
     """
-    layers = []
+    layers, unfused = [], []
     for name, module in model.named_modules():
         num_heads = getattr(module, "num_heads", None)
+        if not isinstance(num_heads, int) or isinstance(num_heads, bool):
+            continue
         qkv = getattr(module, "qkv", None)
-        if isinstance(num_heads, int) and isinstance(qkv, (nn.Linear, HeadLoRAQKV)):
+        if isinstance(qkv, (nn.Linear, HeadLoRAQKV)):
+            problem = _qkv_layout_problem(module, qkv.out_features, num_heads)
+            if problem is not None:
+                raise HeartLoRAError(
+                    f"{type(model).__name__}: {name} ({type(module).__name__}) {problem}; "
+                    "heartlora adapts a fused qkv of q, k and v with equal heads"
+                )
             layers.append(AttentionLayer(name, module, num_heads))
+        elif any(isinstance(getattr(module, part, None), nn.Linear) for part in _SEPARATE_QKV):
+            unfused.append(f"{name} ({type(module).__name__})")
+    if not layers and unfused:
+        raise HeartLoRAError(
+            f"{type(model).__name__}: its attention {unfused[0]} projects q, k and v separately, "
+            "not through a fused `qkv` nn.Linear (for EVA models build them with qkv_fused=True)"
+        )
     if not layers:
         raise HeartLoRAError(
             f"{type(model).__name__} has no attention heads: expected modules with `num_heads` and "
-            "a fused `qkv` nn.Linear (timm VisionTransformer, DeiT or Swin)"
+            "a fused `qkv` nn.Linear (timm ViT, DeiT, Swin, BEiT, EVA-02)"
         )
     return layers
+
+
+_SEPARATE_QKV = ("q_proj", "q", "query", "to_q")
+"""Names under which attention modules keep a separate query projection."""
+
+
+def _qkv_layout_problem(module: nn.Module, out_features: int, num_heads: int) -> str | None:
+    """Why a fused qkv of ``out_features`` outputs is not q, k and v of ``num_heads`` heads of one
+    width each (what the per-head blocks assume), or ``None`` when it is."""
+    if out_features % (3 * num_heads):
+        return f"has a qkv of {out_features} outputs, not 3 × {num_heads} heads of equal width"
+    head_dim = out_features // (3 * num_heads)
+    for attribute in ("head_dim", "key_dim", "val_dim"):
+        value = getattr(module, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value != head_dim:
+            return (
+                f"splits its qkv into q, k and v of unequal widths ({attribute}={value}, but "
+                f"{out_features} outputs / (3 × {num_heads} heads) = {head_dim})"
+            )
+    return None
 
 
 def adapter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -227,4 +227,10 @@ def responsiveness(
             rows = _gradient_scores(model, layers, batches, loss_fn, scorer)
     finally:
         model.train(was_training)
+    for index, row in enumerate(rows):
+        if not bool(torch.isfinite(row).all()):
+            raise HeartLoRAError(
+                f"scorer {scorer!r}: the scores of layer {index} are NaN or infinite (the model's "
+                "outputs are not finite: did training diverge? try a lower lr or scale)"
+            )
     return _pad(rows).float()

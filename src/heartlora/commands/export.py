@@ -6,8 +6,14 @@ import argparse
 from pathlib import Path
 
 from heartlora.adapter_io import load_adapter, read_adapter_metadata
+from heartlora.commands.arguments import output_dir
 from heartlora.errors import HeartLoRAError
-from heartlora.tools.export import EXPORT_FORMATS, export_merged, export_peft
+from heartlora.tools.export import (
+    EXPORT_FORMATS,
+    export_merged,
+    export_peft,
+    refuse_existing_export,
+)
 from heartlora.tools.serving import base_model_from_adapter, base_model_kwargs
 
 
@@ -23,10 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"one of {', '.join(EXPORT_FORMATS)}",
         dest="export_format",
     )
-    parser.add_argument("--output-dir", required=True, type=Path, help="folder to write")
+    parser.add_argument("--output-dir", required=True, type=output_dir, help="folder to write")
     parser.add_argument("--model", default=None, help="timm model name (overrides the adapter's)")
     parser.add_argument(
         "--checkpoint", default=None, help="base weights file (overrides the adapter's)"
+    )
+    parser.add_argument(
+        "--ignore-base-mismatch",
+        action="store_true",
+        help="merge into --checkpoint/--model even though the adapter was trained on other base "
+        "weights (its metadata's `weights`)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an export already in --output-dir"
     )
 
 
@@ -36,11 +51,18 @@ def run(args: argparse.Namespace) -> int:
         raise HeartLoRAError(
             f"unknown export format {args.export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}"
         )
+    if not args.overwrite:
+        refuse_existing_export(args.output_dir, args.export_format)
     metadata = read_adapter_metadata(args.adapter)
     name = args.model or metadata.run.model or metadata.base_model
     # peft export reads only the adapter tensors: the base weights need not be at hand.
-    weights = args.export_format == "merged"
-    base = base_model_from_adapter(args.adapter, args.checkpoint, args.model, weights=weights)
+    base = base_model_from_adapter(
+        args.adapter,
+        args.checkpoint,
+        args.model,
+        load_weights=args.export_format == "merged",
+        ignore_base_mismatch=args.ignore_base_mismatch,
+    )
     model = load_adapter(base, args.adapter)
     if args.export_format == "peft":
         out = export_peft(model, args.output_dir)
@@ -50,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     create_kwargs = base_model_kwargs(metadata)
-    path = export_merged(model, args.output_dir, model_name=name, create_kwargs=create_kwargs)
+    path = export_merged(
+        model, args.output_dir, model_name=name, create_kwargs=create_kwargs, overwrite=True
+    )
     classes = getattr(model, "num_classes", None)
     kwargs = "".join(f", {k}={v!r}" for k, v in create_kwargs.items())
     print(f"wrote merged timm checkpoint {path}")

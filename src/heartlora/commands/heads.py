@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from heartlora.adapter_io import DatasetInfo, RunInfo, load_adapter, read_adapter_metadata
 from heartlora.backbone import create_base_model
+from heartlora.commands.arguments import output_dir
 from heartlora.config import MODES, SCORERS, HeartLoRAConfig
 from heartlora.data.base import DATASET_KINDS
 from heartlora.data.factory import build_dataset
@@ -54,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="adapter directory (repeat to compare tasks)",
     )
-    parser.add_argument("--output-dir", required=True, type=Path, help="where plots and JSON go")
+    parser.add_argument(
+        "--output-dir", required=True, type=output_dir, help="where plots and JSON go"
+    )
     parser.add_argument("--model", default=None, help="timm model name (overrides the adapter's)")
     parser.add_argument(
         "--checkpoint", default=None, help="base weights file (overrides the adapter's)"

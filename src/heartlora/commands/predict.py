@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", default=None, help="base weights file (overrides the adapters')"
     )
     parser.add_argument(
+        "--ignore-base-mismatch",
+        action="store_true",
+        help="load --checkpoint/--model even though the adapters were trained on other base "
+        "weights (their metadata's `weights`)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of text"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
@@ -52,7 +58,8 @@ def _task_names(directories: list[Path], metadata: list[AdapterMetadata]) -> lis
 def _check_shared_backbone(
     directories: list[Path], metadata: list[AdapterMetadata], args: argparse.Namespace
 ) -> None:
-    """Every adapter must sit on the same architecture, input size and (unless overridden) weights."""
+    """Every adapter must sit on the same architecture, input size and (unless overridden) base
+    weights."""
     first = metadata[0].run.to_json()
     for directory, meta in zip(directories[1:], metadata[1:]):
         extra = meta.run.to_json()
@@ -60,6 +67,7 @@ def _check_shared_backbone(
             ["img_size"]
             + ([] if args.model else ["model"])
             + ([] if args.checkpoint else ["checkpoint"])
+            + ([] if args.ignore_base_mismatch else ["weights"])
         )
         for key in keys:
             if extra.get(key) != first.get(key):
@@ -84,7 +92,14 @@ def run(args: argparse.Namespace) -> int:
     metadata = [read_adapter_metadata(d) for d in args.adapters]
     _check_shared_backbone(args.adapters, metadata, args)
     names = _task_names(args.adapters, metadata)
-    server = MultiTaskModel(base_model_from_adapter(args.adapters[0], args.checkpoint, args.model))
+    server = MultiTaskModel(
+        base_model_from_adapter(
+            args.adapters[0],
+            args.checkpoint,
+            args.model,
+            ignore_base_mismatch=args.ignore_base_mismatch,
+        )
+    )
     for name, directory in zip(names, args.adapters):
         server.add_task(name, directory)
     transform = build_transform(

@@ -6,16 +6,24 @@ import argparse
 from pathlib import Path
 
 from heartlora.errors import HeartLoRAError
-from heartlora.training.suite import DEFAULT_METHODS
+from heartlora.training.suite import DEFAULT_METHODS, GROUPS_FILE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--list", action="store_true", help="name the mini-VTAB tasks and exit")
-    parser.add_argument("--tasks", help="comma-separated mini-VTAB tasks (default: all)")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="name the tasks (of --data-root, else mini-VTAB's) and their groups, and exit",
+    )
+    parser.add_argument(
+        "--tasks",
+        help="comma-separated task names (default: every task folder of --data-root, or all of "
+        "mini-VTAB); a mini-VTAB name without a folder is built there",
+    )
     parser.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help="comma-separated methods; NAME[key=value;...] adds overrides",
+        help="comma-separated methods; NAME[key=value,...] adds overrides",
     )
     parser.add_argument("--epochs", type=int, help="epochs per run (default 8)")
     parser.add_argument("--seeds", default="1", help="a count (3 → seeds 0,1,2) or a list (0,7)")
@@ -29,8 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data-root",
-        help="where mini-VTAB is materialised "
-        "(default ~/.cache/heartlora/mini-vtab or $HEARTLORA_DATA)",
+        help="a VTAB-layout root (<task>/train800val200.txt, test.txt and images) whose task "
+        f"folders are the tasks, grouped by its optional {GROUPS_FILE} (group: [task, ...]); "
+        "default: mini-VTAB in ~/.cache/heartlora/mini-vtab or $HEARTLORA_DATA",
+    )
+    parser.add_argument(
+        "--groups", help=f"a YAML file of group: [task, ...] (default: <data-root>/{GROUPS_FILE})"
     )
     parser.add_argument("--config", help="YAML file overriding the mini-VTAB defaults")
     parser.add_argument(
@@ -42,26 +54,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _split_methods(text: str) -> list[str]:
-    """Split on commas outside brackets: "a,b[x=1,y=2]" → ["a", "b[x=1,y=2]"]."""
-    methods, depth, current = [], 0, ""
-    for char in text:
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            methods.append(current.strip())
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        methods.append(current.strip())
-    return methods
+def _log(line: str) -> None:
+    print(line, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from heartlora.bundled.tasks import MINI_VTAB_TASKS, default_data_root
-    from heartlora.training.suite import mini_vtab_tasks, parse_seeds, run_suite, suite_base_config
+    from heartlora.training.suite import (
+        discover_tasks,
+        parse_seeds,
+        run_suite,
+        split_top_level,
+        suite_base_config,
+    )
 
-    if args.list:
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if args.list and not args.data_root:
         for name, spec in MINI_VTAB_TASKS.items():
             print(f"{name:<20} {spec.group:<12} {spec.num_classes:>3} classes  {spec.description}")
         return 0
@@ -69,12 +77,19 @@ def run(args: argparse.Namespace) -> int:
         raise HeartLoRAError(f"--jobs must be at least 1, got {args.jobs}")
     overrides = list(args.set) + ([f"epochs={args.epochs}"] if args.epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides)
-    methods = _split_methods(args.methods)
+    methods = split_top_level(args.methods)
     seeds = parse_seeds(args.seeds)
     data_root = Path(args.data_root) if args.data_root else default_data_root()
-    names = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    print(f"materialising mini-VTAB in {data_root} …", flush=True)
-    tasks = mini_vtab_tasks(names, data_root)
+    if names is None and not args.data_root:
+        names = list(MINI_VTAB_TASKS)
+    splits = [base.get("train_split", "train800val200"), base.get("eval_split", "test")]
+    tasks = discover_tasks(
+        data_root, names, args.groups, splits=splits, log=None if args.list else _log
+    )
+    if args.list:
+        for task in tasks:
+            print(f"{task.name:<24} {task.group}")
+        return 0
     total = len(tasks) * len(methods) * len(seeds)
     print(
         f"running {len(methods)} methods × {len(tasks)} tasks × {len(seeds)} seed(s) = {total} runs, "
@@ -88,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         seeds,
         output_dir,
         base,
-        log=lambda line: print(line, flush=True),
+        log=_log,
         method_defaults=method_defaults,
         jobs=args.jobs,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from heartlora.commands.arguments import output_dir
+from heartlora.commands.console import say
 from heartlora.training.config import build_config
 from heartlora.training.methods import METHODS
 
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one config key (repeatable)",
     )
-    parser.add_argument("--output-dir", required=True, help="run directory")
+    parser.add_argument("--output-dir", required=True, type=output_dir, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
     for flag, key, kind, help_text in FLAGS:
@@ -55,13 +57,15 @@ def run(args: argparse.Namespace) -> int:
         if name.startswith("flag_")
     }
     config = build_config(args.config, args.set, flags)
-    result = run_training(config, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    result = run_training(
+        config, args.output_dir, resume=args.resume, overwrite=args.overwrite, log=say
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     best = result["best_accuracy"]
-    print(
+    say(
         f"{config.method} on {config.task}: best {best:.2f}% final {result['final_accuracy']:.2f}% "
         f"trainable {result['trainable_parameters']:,} params, adapter {result['adapter_bytes']:,} "
-        f"bytes, {result['wall_seconds']:.0f}s → {args.output_dir}/result.json"
+        f"bytes, {result['wall_seconds']:.0f}s → {args.output_dir / 'result.json'}"
     )
     return 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from PIL import Image
@@ -88,6 +88,38 @@ def require_dir(path: Path, what: str, expected: str) -> None:
         raise data_error(f"{what} {path} {state} (expected {expected})")
     if not any(path.iterdir()):
         raise data_error(f"{what} {path} is empty (expected {expected})")
+
+
+def check_relative_path(relative: str, where: str, folder: str) -> None:
+    """Raise `HeartLoRAError` naming `where` unless `relative` is a path that stays inside the
+    folder the message calls `folder` (e.g. the task folder's path).
+
+    The check is lexical: an absolute path, a NUL byte, or ``..`` components that climb above
+    `folder` are refused; symbolic links inside `folder` are the user's own layout and are
+    followed. Both ``/`` and ``\\`` count as separators, so a path means the same on every system.
+    """
+    windows = PureWindowsPath(relative)
+    if (
+        not relative
+        or "\x00" in relative
+        or PurePosixPath(relative).is_absolute()
+        or windows.is_absolute()
+        or windows.drive
+    ):
+        raise data_error(
+            f"{where}: expected an image path relative to {folder}, got {quote(relative)}"
+        )
+    depth = 0
+    for part in relative.replace("\\", "/").split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise data_error(
+                    f"{where}: image path {quote(relative)} leaves {folder} (expected a path "
+                    "inside it, without leading '..')"
+                )
+        elif part not in ("", "."):
+            depth += 1
 
 
 def require_image(path: Path, where: str) -> None:

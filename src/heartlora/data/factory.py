@@ -59,6 +59,9 @@ def build_dataset(
         raise data_error(f"dataset kind {kind} needs a task name (got {task!r})")
     if kind != "imagefolder" and not split:
         raise data_error(f"dataset kind {kind} needs a split name (got {split!r})")
+    for what, name in (("task", task), ("split", split)):
+        if name:
+            _check_folder_name(what, str(name), root)
     if image_dir is not None and kind != "fgvc":
         raise data_error(f"image_dir applies to fgvc datasets only (got kind {kind})")
     transform = build_transform(img_size, normalize=normalize, augment=augment)
@@ -85,3 +88,14 @@ def build_dataset(
     return ImageFolderDataset(
         folder, split, transform=transform, skip_corrupt=skip_corrupt, num_classes=num_classes
     )
+
+
+def _check_folder_name(what: str, name: str, root: str | Path) -> None:
+    """Refuse a task or split name that is absolute or climbs out with ``..``: both name a
+    folder under the dataset root."""
+    parts = name.replace("\\", "/").split("/")
+    if "\x00" in name or name.startswith(("/", "\\")) or ".." in parts or Path(name).is_absolute():
+        raise data_error(
+            f"{what} {quote(name)} must name a folder inside {root} (expected a relative name "
+            "without '..')"
+        )

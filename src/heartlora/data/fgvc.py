@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from heartlora.data.base import (
     LabelledImageDataset,
+    check_relative_path,
     data_error,
     is_dir,
     is_file,
@@ -71,8 +72,8 @@ def read_split_json(path: Path) -> dict[str, int]:
 
     Raises:
         HeartLoRAError: missing file, invalid UTF-8 or json (the message gives line and column),
-            not an object, a duplicate key, an absolute path, a non-integer or negative label, or
-            no entries.
+            not an object, a duplicate key, a path that is absolute or leaves the image folder, a
+            non-integer or negative label, or no entries.
     """
     if not is_file(path):
         raise data_error(f"split file {path} does not exist (expected {_JSON_FORMAT})")
@@ -100,13 +101,7 @@ def read_split_json(path: Path) -> dict[str, int]:
         where = f"{path} entry {quote(key)}"
         if key in mapping:
             raise data_error(f"{where}: duplicate image path (expected each image once)")
-        if (
-            not key
-            or "\x00" in key
-            or PurePosixPath(key).is_absolute()
-            or PureWindowsPath(key).is_absolute()
-        ):
-            raise data_error(f"{where}: expected an image path relative to the image folder")
+        check_relative_path(key, where, "the image folder")
         if isinstance(label, bool) or not isinstance(label, int):
             raise data_error(f"{where}: label is a json {_json_type(label)} (expected an integer)")
         if label < 0:

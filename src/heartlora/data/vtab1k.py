@@ -5,30 +5,35 @@
     <root>/<task>/train800val200.txt  the union: what the paper trains on
     <root>/<task>/test.txt            the reported test set
 
-Each line of a split file is ``relative/path.jpg <int label>``, the path relative to
-``<root>/<task>/`` (no spaces). Blank lines are ignored.
+    <root>/<task>/manifest.json       optional: {"num_classes": K, ...}
 
-Classes. ``num_classes`` is, in order of precedence: the value given, the task's known count
-(`VTAB1K_NUM_CLASSES`), or the largest label of the matching training split plus one. Labels of
-every split must lie in ``[0, num_classes)``. When the count is inferred, a label of an
-evaluation split that never occurs in its training split is an error, because nothing else says
-it is a real class; a known count allows it (VTAB-1k sun397 has 397 classes and only 1000
-training images, so some classes can be absent from training).
+Each line of a split file is ``relative/path.jpg <int label>``, the path relative to
+``<root>/<task>/`` (no spaces) and inside it (no ``..`` that climbs out). Blank lines are ignored.
+
+Classes. ``num_classes`` is, in order of precedence: the value given (which must agree with the
+manifest's), the manifest's ``num_classes``, the task's known count (`VTAB1K_NUM_CLASSES`), or
+the largest label of the matching training split plus one. Labels of every split must lie in
+``[0, num_classes)``. When the count is inferred, nothing else says which classes are real, so
+every class ``0..K-1`` must occur in the training split (a stray ``4999`` would otherwise build a
+5000-class model), so an evaluation label above them is out of range; a pinned count allows
+classes without training images (VTAB-1k sun397 has 397 classes and only 1000 training images).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from heartlora.data.base import (
     LabelledImageDataset,
+    check_relative_path,
     data_error,
     is_dir,
     is_file,
@@ -94,6 +99,8 @@ _TRAINING_SPLIT = {
     "train800val200": "train800val200",
     "test": "train800val200",
 }
+MANIFEST_NAME = "manifest.json"
+"""A task folder's optional description; its ``num_classes`` pins the class count."""
 _LINE_FORMAT = '"relative/path.jpg <int label>"'
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -137,8 +144,9 @@ def read_split_file(path: Path) -> list[SplitEntry]:
         One `SplitEntry` per non-blank line, in file order.
 
     Raises:
-        HeartLoRAError: the file is missing, not UTF-8, empty, has a malformed line, an absolute
-            path or a negative label; the message names the file and the line.
+        HeartLoRAError: the file is missing, not UTF-8, empty, has a malformed line, a path that
+            is absolute or leaves the task folder, or a negative label; the message names the
+            file and the line.
     """
     if not is_file(path):
         raise data_error(f"split file {path} does not exist (expected lines {_LINE_FORMAT})")
@@ -160,15 +168,7 @@ def read_split_file(path: Path) -> list[SplitEntry]:
         if len(fields) != 2 or not _INTEGER.fullmatch(fields[1]):
             raise data_error(f"{path} line {number}: expected {_LINE_FORMAT}, got {quote(line)}")
         relative, label = fields[0], int(fields[1])
-        if (
-            "\x00" in relative
-            or PurePosixPath(relative).is_absolute()
-            or PureWindowsPath(relative).is_absolute()
-        ):
-            raise data_error(
-                f"{path} line {number}: expected an image path relative to {path.parent}, "
-                f"got {quote(relative)}"
-            )
+        check_relative_path(relative, f"{path} line {number}", str(path.parent))
         if label < 0:
             raise data_error(
                 f"{path} line {number}: negative label {label} (expected an integer >= 0)"
@@ -177,6 +177,41 @@ def read_split_file(path: Path) -> list[SplitEntry]:
     if not entries:
         raise data_error(f"split file {path} is empty (expected lines {_LINE_FORMAT})")
     return entries
+
+
+def read_manifest_classes(task_dir: Path) -> int | None:
+    """The class count that ``<task_dir>/manifest.json`` pins, or ``None`` when the folder has no
+    manifest or the manifest has no ``num_classes`` key (`heartlora.bundled.tasks` writes one).
+
+    Raises:
+        HeartLoRAError: the manifest is not UTF-8 JSON, not an object, or its ``num_classes``
+            is not a positive integer; the message names the file (and line and column).
+    """
+    path = task_dir / MANIFEST_NAME
+    if not is_file(path):
+        return None
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise data_error(f"{path}: not UTF-8 text (expected a json object)") from None
+    except json.JSONDecodeError as error:
+        raise data_error(
+            f"{path} line {error.lineno} column {error.colno}: invalid json: {error.msg} "
+            "(expected a json object)"
+        ) from None
+    except RecursionError:
+        raise data_error(f"{path}: json nested too deeply (expected a json object)") from None
+    if not isinstance(document, dict):
+        raise data_error(f"{path}: expected a json object with num_classes")
+    if "num_classes" not in document:
+        return None
+    value = document["num_classes"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise data_error(
+            f"{path}: key num_classes is {quote(json.dumps(value), 40)} (expected a positive "
+            "integer)"
+        )
+    return value
 
 
 class VTAB1kDataset(LabelledImageDataset):
@@ -234,8 +269,8 @@ class VTAB1kDataset(LabelledImageDataset):
         self.split_file = task_dir / file_name
         entries = read_split_file(self.split_file)
 
-        source, train_labels = self._resolve_num_classes(task_dir, entries, num_classes)
-        self._check_labels(entries, source, train_labels)
+        source = self._resolve_num_classes(task_dir, entries, num_classes)
+        self._check_labels(entries, source)
         for entry in entries:
             require_image(task_dir / entry.path, f"{self.split_file} line {entry.line}")
         samples = [(task_dir / entry.path, entry.label) for entry in entries]
@@ -243,35 +278,47 @@ class VTAB1kDataset(LabelledImageDataset):
 
     def _resolve_num_classes(
         self, task_dir: Path, entries: list[SplitEntry], num_classes: int | None
-    ) -> tuple[str, set[int] | None]:
-        """Set `self.num_classes`; return how it was found and, when inferred, the training labels."""
+    ) -> str:
+        """Set `self.num_classes`; return how it was found, for messages."""
+        pinned = read_manifest_classes(task_dir)
         if num_classes is not None:
             if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
                 raise data_error(f"num_classes must be a positive integer (got {num_classes!r})")
+            if pinned is not None and pinned != num_classes:
+                raise data_error(
+                    f"{task_dir / MANIFEST_NAME}: num_classes is {pinned}, but num_classes="
+                    f"{num_classes} was given (expected the task's own count)"
+                )
             self.num_classes = num_classes
-            return f"num_classes={num_classes} was given", None
+            return f"num_classes={num_classes} was given"
+        if pinned is not None:
+            self.num_classes = pinned
+            return f"{task_dir / MANIFEST_NAME} says {pinned} classes"
         if self.task in VTAB1K_NUM_CLASSES:
             self.num_classes = VTAB1K_NUM_CLASSES[self.task]
-            return f"task {self.task} has {self.num_classes} classes", None
+            return f"task {self.task} has {self.num_classes} classes"
         training_file = task_dir / f"{_TRAINING_SPLIT[self.split]}.txt"
         training = entries if training_file == self.split_file else read_split_file(training_file)
         labels = {entry.label for entry in training}
         self.num_classes = max(labels) + 1
-        return f"{training_file} has labels up to {self.num_classes - 1}", labels
+        absent = sorted(set(range(self.num_classes)) - labels)
+        if absent:
+            # Nothing pins the count, so the largest label defines it: a class without a single
+            # training image is far more often a typo (4999 for 4) than a real class.
+            top = max(training, key=lambda entry: entry.label)
+            shown = ", ".join(map(str, absent[:3])) + (", ..." if len(absent) > 3 else "")
+            raise data_error(
+                f"{training_file} line {top.line}: label {top.label} implies {self.num_classes} "
+                f"classes, but {len(absent)} of them ({shown}) have no training image (expected "
+                f"labels 0..K-1 that all occur; set num_classes, or num_classes in "
+                f"{MANIFEST_NAME}, to pin the count)"
+            )
+        return f"{training_file} has labels up to {self.num_classes - 1}"
 
-    def _check_labels(
-        self, entries: list[SplitEntry], source: str, train_labels: set[int] | None
-    ) -> None:
+    def _check_labels(self, entries: list[SplitEntry], source: str) -> None:
         for entry in entries:
-            where = f"{self.split_file} line {entry.line}"
             if entry.label >= self.num_classes:
                 raise data_error(
-                    f"{where}: label {entry.label} is out of range "
+                    f"{self.split_file} line {entry.line}: label {entry.label} is out of range "
                     f"(expected 0..{self.num_classes - 1}: {source})"
-                )
-            if train_labels is not None and entry.label not in train_labels:
-                training_file = self.split_file.parent / f"{_TRAINING_SPLIT[self.split]}.txt"
-                raise data_error(
-                    f"{where}: label {entry.label} never occurs in the training split {training_file} "
-                    "(expected a label seen in training, or pass num_classes explicitly)"
                 )

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from heartlora.adapter_io import architecture_name
 from heartlora.adapters import QKV_SLOT, HeadLoRAProj, HeadLoRAQKV, head_feature_indices
-from heartlora.atomic import atomic_write, atomic_write_json
+from heartlora.atomic import atomic_write_bytes, atomic_write_json
 from heartlora.backbone import classifier_parameters, classifier_path
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
@@ -49,6 +49,23 @@ PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 MERGED_WEIGHTS_NAME = "model.safetensors"
 MERGED_INFO_NAME = "timm_model.json"
 EXPORT_FORMATS: tuple[str, ...] = ("peft", "merged")
+EXPORT_FILES: dict[str, tuple[str, ...]] = {
+    "peft": (PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME),
+    "merged": (MERGED_WEIGHTS_NAME, MERGED_INFO_NAME),
+}
+"""The files each export format writes."""
+
+
+def refuse_existing_export(output_dir: str | Path, export_format: str) -> None:
+    """Raise `HeartLoRAError` when ``output_dir`` already holds a file that an export in
+    ``export_format`` would replace (callers pass ``overwrite`` to skip this check)."""
+    found = [name for name in EXPORT_FILES[export_format] if (Path(output_dir) / name).exists()]
+    if found:
+        raise HeartLoRAError(
+            f"{Path(output_dir) / found[0]} exists (expected an output folder without a "
+            f"{export_format} export; pass --overwrite to replace it)"
+        )
+
 
 _PEFT_PREFIX = "base_model.model."
 _PEFT_LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
@@ -152,7 +169,7 @@ def export_peft(model: nn.Module, output_dir: str | Path) -> Path:
     """
     tensors, config = peft_adapter_state(model)
     output_dir = Path(output_dir)
-    atomic_write(output_dir / PEFT_WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_bytes(output_dir / PEFT_WEIGHTS_NAME, save(tensors))
     atomic_write_json(output_dir / PEFT_CONFIG_NAME, config)
     return output_dir
 
@@ -172,8 +189,11 @@ def export_merged(
     output_dir: str | Path,
     model_name: str | None = None,
     create_kwargs: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``model.safetensors`` (merged weights) and ``timm_model.json`` (how to load it).
+
+    An existing merged export in ``output_dir`` is an error unless ``overwrite``.
 
     Load the checkpoint with::
 
@@ -185,10 +205,16 @@ def export_merged(
 
     Returns:
         The path of ``model.safetensors``.
+
+    Raises:
+        HeartLoRAError: ``output_dir`` holds a merged export and ``overwrite`` is false, or the
+            model has no live adapters.
     """
+    if not overwrite:
+        refuse_existing_export(output_dir, "merged")
     state = merged_state_dict(model)
     output_dir = Path(output_dir)
-    weights = atomic_write(output_dir / MERGED_WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp)))
+    weights = atomic_write_bytes(output_dir / MERGED_WEIGHTS_NAME, save(state))
     num_classes = getattr(model, "num_classes", None)
     info = {
         "model": model_name or architecture_name(model),

@@ -15,11 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 
 from heartlora.adapter_io import AdapterMetadata, load_adapter, read_adapter_metadata
-from heartlora.backbone import classifier_path, create_base_model
+from heartlora.backbone import (
+    PRETRAINED_PREFIX,
+    RANDOM_WEIGHTS,
+    classifier_path,
+    create_base_model,
+)
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters
@@ -29,14 +35,26 @@ def base_model_from_adapter(
     adapter_dir: str | Path,
     checkpoint: str | Path | None = None,
     model_name: str | None = None,
-    weights: bool = True,
+    load_weights: bool = True,
+    ignore_base_mismatch: bool = False,
 ) -> nn.Module:
     """The base model an adapter was trained on, ready for `heartlora.load_adapter`.
 
     Reads the adapter's `RunInfo`: ``model`` (timm name, else the stored ``base_model``),
-    ``checkpoint`` (base weights), ``img_size`` and ``model_kwargs`` (more
-    ``timm.create_model`` arguments); ``checkpoint`` and ``model_name`` override them.
-    The model is built with the adapter's class count and returned in eval mode.
+    ``weights`` (what the base weights were: timm's pretrained weights of a tag, or a
+    checkpoint file, also looked up beside the adapter), ``img_size`` and ``model_kwargs``
+    (more ``timm.create_model`` arguments). ``checkpoint`` and ``model_name`` override them;
+    weights other than the adapter's are refused (`base_mismatch`) unless
+    ``ignore_base_mismatch``. The model is built with the adapter's class count and returned in
+    eval mode.
+
+    Args:
+        load_weights: ``False`` builds the architecture only, with random weights (enough for
+            what reads adapter tensors alone, such as the peft export).
+
+    Raises:
+        HeartLoRAError: an unreadable adapter, base weights that cannot be loaded, or weights
+            other than those the adapter was trained on.
     """
     adapter_dir = Path(adapter_dir)
     metadata = read_adapter_metadata(adapter_dir)
@@ -44,9 +62,63 @@ def base_model_from_adapter(
     kwargs = base_model_kwargs(metadata)
     if metadata.num_classes is not None:
         kwargs["num_classes"] = metadata.num_classes
-    checkpoint = checkpoint if checkpoint is not None else metadata.run.checkpoint
-    model = create_base_model(name, checkpoint, weights=weights, search_dir=adapter_dir, **kwargs)
+    if not load_weights:
+        return create_base_model(name, pretrained=False, **kwargs).eval()
+    trained_on = metadata.run.weights
+    problem = base_mismatch(trained_on, checkpoint, model_name)
+    if problem is not None and not ignore_base_mismatch:
+        raise HeartLoRAError(
+            f"{adapter_dir}: {problem} (pass the adapter's base, or --ignore-base-mismatch / "
+            "ignore_base_mismatch=True if you know they are the same weights)"
+        )
+    if checkpoint is not None or trained_on is None:  # an override, or an older adapter
+        checkpoint = checkpoint if checkpoint is not None else metadata.run.checkpoint
+        model = create_base_model(name, checkpoint, search_dir=adapter_dir, **kwargs)
+    elif trained_on == RANDOM_WEIGHTS:
+        model = create_base_model(name, pretrained=False, **kwargs)
+    elif trained_on.startswith(PRETRAINED_PREFIX):
+        architecture, tag = timm.models.split_model_name_tag(name)
+        if not tag or problem is None:
+            tag = trained_on[len(PRETRAINED_PREFIX) :]
+        model = create_base_model(f"{architecture}.{tag}", pretrained=True, **kwargs)
+    else:
+        model = create_base_model(name, trained_on, search_dir=adapter_dir, **kwargs)
     return model.eval()
+
+
+def base_mismatch(
+    trained_on: str | None,
+    checkpoint: str | Path | None = None,
+    model_name: str | None = None,
+) -> str | None:
+    """Why the base that ``checkpoint`` or ``model_name`` would load is not the one an adapter
+    was trained on (``trained_on``: its `RunInfo` ``weights``), or ``None`` when it is.
+
+    A checkpoint counts as the same when its file name is that of the adapter's (the file
+    moved to another folder or machine); a model name counts by its pretrained tag, a name
+    without one keeps the adapter's. Adapters that predate the ``weights`` record, and
+    unchanged bases, are never refused; a randomly initialised base always is, because
+    nothing can rebuild it.
+    """
+    if trained_on is None:
+        return None
+    tag = timm.models.split_model_name_tag(model_name)[1] if model_name else ""
+    if checkpoint is not None:
+        loading = str(checkpoint)
+    elif tag:
+        loading = PRETRAINED_PREFIX + tag
+    else:
+        loading = trained_on
+    if trained_on == RANDOM_WEIGHTS and loading == RANDOM_WEIGHTS:
+        return (
+            "the adapter was trained on a randomly initialised base (weights: random), which "
+            "cannot be rebuilt"
+        )
+    trained_file = trained_on != RANDOM_WEIGHTS and not trained_on.startswith(PRETRAINED_PREFIX)
+    moved = checkpoint is not None and trained_file and Path(loading).name == Path(trained_on).name
+    if loading == trained_on or moved:
+        return None
+    return f"the adapter was trained on base weights {trained_on!r}, this loads {loading!r}"
 
 
 def base_model_kwargs(metadata: AdapterMetadata) -> dict[str, Any]:

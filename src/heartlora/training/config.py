@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from heartlora.backbone import pretrained_tag, weights_label
 from heartlora.config import (
     LAYOUTS,
     MODES,
@@ -33,6 +35,16 @@ from heartlora.errors import HeartLoRAError
 from heartlora.training.methods import METHODS
 
 DTYPES = ("fp32", "bf16")
+
+CALIB_WARMUP_DEFAULT = 20
+"""Head-scoring warm-up steps when `TrainConfig.calib_warmup_steps` is null, for a long run."""
+
+CALIB_WARMUP_SHARE = 8
+"""A null `TrainConfig.calib_warmup_steps` takes at most 1/8 of a run's optimizer steps."""
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+MAX_IMG_SIZE = 4096  # larger sides ask timm for position embeddings that cannot be allocated
+MAX_THREADS = 1024  # torch.set_num_threads accepts any positive count, and crashes on huge ones
 
 
 def _one_of(choices: Iterable[str]) -> str:
@@ -58,8 +70,18 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "Local base weights: `.npz` (the original ViT-B/16 ImageNet-21k release), "
-            "`.safetensors`, `.pth` or `.bin`; null: random initialisation (bundled weights "
-            "for `vit_mini_patch4_28`)."
+            "`.safetensors`, `.pth` or `.bin`; wins over `pretrained`. null: `pretrained` decides."
+        },
+    )
+    pretrained: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Load timm's pretrained weights for `model` through timm's hub code (the "
+            "Hugging Face cache first; offline with nothing cached is an error): the name's tag, "
+            "e.g. `vit_base_patch16_224.augreg_in21k`, or timm's default tag for a bare name. "
+            "null: true for a tagged name and for `vit_mini_patch4_28`, else false. false, or "
+            "null with a bare name: random initialisation, with a warning and `weights: random` "
+            "in result.json."
         },
     )
     img_size: int = field(
@@ -107,6 +129,15 @@ class TrainConfig:
         metadata={
             "help": "Split evaluated every eval_every epochs (names as train_split, plus "
             "`test`); choose hyper-parameters on `val200`, never on `test`."
+        },
+    )
+    num_classes: int | None = field(
+        default=None,
+        metadata={
+            "help": "The task's class count, the classifier's output size, against which every "
+            "label is checked (fgvc and imagefolder: the classes found); null: the task "
+            "folder's `manifest.json` (`num_classes`), the known VTAB-1k count, or the largest "
+            "training label + 1, when every class must then occur in training."
         },
     )
     image_dir: str | None = field(
@@ -210,12 +241,14 @@ class TrainConfig:
             "`budget`; null: `global` for heart-lora, `layer` for heart-lora-layer."
         },
     )
-    calib_warmup_steps: int = field(
-        default=20,
+    calib_warmup_steps: int | None = field(
+        default=None,
         metadata={
             "help": "Optimizer steps of plain LoRA on all heads before the heads are scored "
-            "(heart-lora methods; part of the schedule, fewer than the run's steps); formerly "
-            "`warmup_steps`."
+            "(heart-lora methods; part of the schedule). null: "
+            f"{CALIB_WARMUP_DEFAULT}, capped at 1/{CALIB_WARMUP_SHARE} of the run's steps (at "
+            "least 1), so short runs work; a value set by hand must be smaller than the run's "
+            "steps; formerly `warmup_steps`."
         },
     )
     calib_batches: int = field(
@@ -313,8 +346,20 @@ class TrainConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise HeartLoRAError(f"{key} must be a positive integer, got {value!r}")
+        if self.img_size > MAX_IMG_SIZE:
+            raise HeartLoRAError(f"img_size must be at most {MAX_IMG_SIZE}, got {self.img_size}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise HeartLoRAError(f"threads must be in 1..{MAX_THREADS} or null, got {self.threads}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise HeartLoRAError(
+                f"num_classes must be a positive integer, got {self.num_classes!r}"
+            )
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
+            raise HeartLoRAError(_choice_error("device", self.device, DEVICES))
         for key in ("ne", "calib_warmup_steps", "warmup_epochs", "num_workers", "seed"):
             value = getattr(self, key)
+            if value is None and key == "calib_warmup_steps":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise HeartLoRAError(f"{key} must be a non-negative integer, got {value!r}")
         for key in ("lr", "weight_decay", "warmup_lr", "min_lr", "drop_path", "label_smoothing"):
@@ -326,6 +371,36 @@ class TrainConfig:
                 raise HeartLoRAError(_choice_error("targets", target, TARGETS))
         if self.uses_heartlora:
             self.adapter_config()  # validates rank, scale, ne, percent
+        if self.pretrained and not self.checkpoint and pretrained_tag(self.model) is None:
+            raise HeartLoRAError(
+                f"pretrained: timm has no pretrained weights for model {self.model!r} (set "
+                "`checkpoint` to a weights file, or `pretrained: false`)"
+            )
+
+    def base_weights(self) -> str:
+        """What the run's base weights are (`heartlora.backbone.weights_label`): ``"random"``,
+        ``"pretrained:<tag>"`` or the checkpoint path, as result.json and the adapter record it."""
+        return weights_label(self.model, self.checkpoint, self.pretrained)
+
+    def calib_warmup_for(self, total_steps: int) -> int:
+        """The head-scoring warm-up of a run of ``total_steps`` optimizer steps.
+
+        A value set by hand is kept and must be smaller than ``total_steps``; null gives
+        `CALIB_WARMUP_DEFAULT` steps, at most 1/`CALIB_WARMUP_SHARE` of the run, at least 1
+        (0 for a one-step run).
+
+        Raises:
+            HeartLoRAError: a set value that leaves no step to train the selected heads.
+        """
+        if self.calib_warmup_steps is not None:
+            if self.calib_warmup_steps >= total_steps:
+                raise HeartLoRAError(
+                    f"calib_warmup_steps={self.calib_warmup_steps} must be smaller than the run's "
+                    f"{total_steps} steps (null adapts it to the run's length)"
+                )
+            return self.calib_warmup_steps
+        share = max(1, total_steps // CALIB_WARMUP_SHARE)
+        return max(0, min(CALIB_WARMUP_DEFAULT, share, total_steps - 1))
 
     @property
     def uses_heartlora(self) -> bool:
@@ -349,7 +424,9 @@ class TrainConfig:
             mode=mode,
             percent=float(self.percent),
             scorer=self.scorer,
-            calib_warmup_steps=self.calib_warmup_steps,
+            calib_warmup_steps=CALIB_WARMUP_DEFAULT
+            if self.calib_warmup_steps is None
+            else self.calib_warmup_steps,
             calib_batches=self.calib_batches,
             layout=self.layout,
         )
@@ -428,20 +505,34 @@ def parse_override(item: str) -> tuple[str, Any]:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The key/value mapping of a YAML config file (validated keys, not yet values).
 
-    A file may name a ``base`` file (relative to itself) whose keys it overrides. Deprecated
-    keys are read under their new names, with a `FutureWarning`; a file giving both names of
-    a key is an error.
+    A file may name a ``base`` file (relative to itself) whose keys it overrides, which may name
+    its own base, up to `MAX_BASE_DEPTH` files; a cycle is an error naming the files. Deprecated
+    keys are read under their new names, with a `FutureWarning`; a file giving both names of a
+    key is an error.
     """
-    path = Path(path)
+    return _read_config_file(Path(path), ())
+
+
+MAX_BASE_DEPTH = 16
+"""How many config files a chain of ``base`` keys may hold."""
+
+
+def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """`read_config_file` for a file reached through the ``base`` keys of ``chain``."""
     if not path.is_file():
-        raise HeartLoRAError(f"{path}: config file not found")
+        via = f"{chain[-1]}: key base: " if chain else ""
+        raise HeartLoRAError(f"{via}{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise HeartLoRAError(f"{path}: not UTF-8 text at byte {error.start}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise HeartLoRAError(f"{path}{line}: {problem}") from None
+    except RecursionError:
+        raise HeartLoRAError(f"{path}: YAML nested too deeply") from None
     if not isinstance(data, dict):
         raise HeartLoRAError(
             f"{path}: expected a mapping of config keys, got {type(data).__name__}"
@@ -449,7 +540,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     data = rename_deprecated_keys(data, str(path))
     base = data.pop("base", None)
     if base is not None:
-        data = {**read_config_file(path.parent / str(base)), **data}
+        if not isinstance(base, str) or not base.strip():
+            raise HeartLoRAError(f"{path}: key base must be a file path, got {base!r}")
+        chain = (*chain, path)
+        target = path.parent / base
+        seen = [p.resolve() for p in chain]
+        if target.resolve() in seen:
+            loop = " -> ".join(str(p) for p in chain[seen.index(target.resolve()) :])
+            raise HeartLoRAError(
+                f"{path}: key base: {loop} -> {target} is a cycle (expected a chain of base "
+                "files that ends)"
+            )
+        if len(chain) >= MAX_BASE_DEPTH:
+            raise HeartLoRAError(
+                f"{path}: key base: more than {MAX_BASE_DEPTH} config files in one chain"
+            )
+        data = {**_read_config_file(target, chain), **data}
     _check_keys(data, str(path))
     return data
 

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from heartlora.adapter_io import RunInfo, save_adapter
-from heartlora.atomic import atomic_write
+from heartlora.atomic import atomic_write_bytes
 from heartlora.backbone import classifier_parameters, classifier_path
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import inject
@@ -71,7 +71,7 @@ def _save_trainable(model: nn.Module, directory: Path, whole: bool) -> None:
         else {name: p for name, p in model.named_parameters() if p.requires_grad}
     )
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    atomic_write(directory / "weights.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_bytes(directory / "weights.safetensors", save(tensors))
 
 
 def _build_full(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -212,9 +212,7 @@ def directory_bytes(directory: Path, suffix: str | None = None) -> int:
     )
 
 
-def save_trained(
-    model: nn.Module, config: TrainConfig, directory: Path, run_info: RunInfo
-) -> int:
+def save_trained(model: nn.Module, config: TrainConfig, directory: Path, run_info: RunInfo) -> int:
     """Store what this method trained in ``directory``; returns the bytes stored."""
     directory.mkdir(parents=True, exist_ok=True)
     get_method(config.method).store(model, directory, run_info)

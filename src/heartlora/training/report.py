@@ -1,7 +1,9 @@
 """The paper-style results table: methods × tasks, group means and their average.
 
 VTAB convention: a group's score is the mean of its tasks; the average is the mean of the
-group means. With several seeds a cell shows mean ± standard deviation.
+group means. VTAB's groups (Natural, Specialized, Structured, in any letter case) come first, in
+that order, then any other group names in the order their first run appears. With several
+seeds a cell shows mean ± standard deviation.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 GROUP_ORDER = ("Natural", "Specialized", "Structured")
+
+
+def group_name(group: str) -> str:
+    """A VTAB group in its table spelling (``natural`` → ``Natural``); other names unchanged."""
+    return next((g for g in GROUP_ORDER if g.lower() == group.lower()), group)
+
+
+def ordered_groups(groups: Iterable[str]) -> list[str]:
+    """The distinct groups, VTAB's three first in their order, then others as they come."""
+    distinct = list(dict.fromkeys(group_name(g) for g in groups))
+    return [g for g in GROUP_ORDER if g in distinct] + [g for g in distinct if g not in GROUP_ORDER]
 
 
 @dataclass(frozen=True)
@@ -59,8 +72,9 @@ def summarize(results: Iterable[RunResult]) -> Summary:
     results = list(results)
     methods = list(dict.fromkeys(r.method for r in results))
     tasks = list(dict.fromkeys(r.task for r in results))
-    groups = {r.task: r.group.capitalize() for r in results}
-    tasks.sort(key=lambda t: GROUP_ORDER.index(groups[t]) if groups[t] in GROUP_ORDER else 9)
+    groups = {r.task: group_name(r.group) for r in results}
+    order = ordered_groups(groups.values())
+    tasks.sort(key=lambda t: order.index(groups[t]))
     accuracy: dict[tuple[str, str], list[float]] = defaultdict(list)
     by_seed: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     params: dict[str, list[int]] = defaultdict(list)
@@ -74,7 +88,7 @@ def summarize(results: Iterable[RunResult]) -> Summary:
     average: dict[str, list[float]] = defaultdict(list)
     for (method, _seed), scores in by_seed.items():
         means = []
-        for group in GROUP_ORDER:
+        for group in order:
             values = [v for t, v in scores.items() if groups[t] == group]
             if values:
                 group_means[(method, group)].append(statistics.fmean(values))
@@ -94,7 +108,7 @@ def summarize(results: Iterable[RunResult]) -> Summary:
 
 def markdown_table(summary: Summary) -> str:
     """The paper's table as Markdown: one row per method."""
-    present = [g for g in GROUP_ORDER if any(summary.groups[t] == g for t in summary.tasks)]
+    present = ordered_groups(summary.groups[t] for t in summary.tasks)
     header = ["Method", "Params (M)", "Stored (KB)", *summary.tasks, *present, "Average"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in summary.methods:

@@ -1,48 +1,167 @@
-"""The run directory: which files make a run, and refusing to mix two runs in one folder."""
+"""The run directory: which files make a run, refusing to mix two runs in one folder, and
+changing nothing before every check has passed.
+
+`run_training` calls, in this order: `check_run_directory` (reads only), then builds the data
+and the model (which finds a mistyped ``data_root`` or a bad checkpoint), then
+`lock_run_directory` (one run per folder at a time; stale temporary files of killed runs are
+removed), and only then `clear_run_directory` (``--overwrite``) and `write_run_config`.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
+from heartlora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
+from heartlora.atomic import atomic_write_text, temporary_files
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig
+from heartlora.training.run_state import CHECKPOINT_NAME
 
-RUN_FILES = ("result.json", "checkpoint.pt", "metrics.csv")
-"""Files whose presence means a folder holds a run."""
+RUN_FILES = ("result.json", CHECKPOINT_NAME, "metrics.csv", "adapter", "tensorboard")
+"""Entries whose presence means a folder holds a run."""
+
+CONFIG_FILE = "config.yaml"
+CONFIG_HEADER = "# heartlora train: the resolved config of this run (written by heartlora)\n"
+"""The first line of the ``config.yaml`` a run writes: how a run knows the file is its own."""
+
+LOCK_FILE = ".heartlora-run.lock"
+"""Held (``flock``) by the process training in the folder; the kernel releases it when the
+process dies, so a lock never outlives its run."""
+
+_TEMPORARY = {
+    ".": ("result.json", CHECKPOINT_NAME, "metrics.csv", CONFIG_FILE),
+    "adapter": (WEIGHTS_NAME, CONFIG_NAME, "weights.safetensors"),
+}
 
 
-def prepare_run_directory(
+def check_run_directory(
     output_dir: Path, config: TrainConfig, resume: bool, overwrite: bool
 ) -> None:
-    """Refuse a directory that holds another run unless told to resume or overwrite it."""
-    existing = [name for name in RUN_FILES if (output_dir / name).exists()]
+    """Raise `HeartLoRAError` unless a run may use ``output_dir``; changes nothing.
+
+    Refused: a path that is a file; ``--resume`` without a checkpoint or with other settings
+    than the saved config; without ``--overwrite``, a folder holding another run or a
+    ``config.yaml`` that no run wrote (the user's own, which would be replaced).
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise HeartLoRAError(f"{output_dir} is not a folder (expected a run directory)")
+    config_file = output_dir / CONFIG_FILE
     if resume:
-        if not (output_dir / "checkpoint.pt").is_file():
-            raise HeartLoRAError(f"{output_dir}: nothing to resume (no checkpoint.pt)")
-        saved = output_dir / "config.yaml"
-        if saved.is_file():
-            previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        if not (output_dir / CHECKPOINT_NAME).is_file():
+            raise HeartLoRAError(f"{output_dir}: nothing to resume (no {CHECKPOINT_NAME})")
+        if config_file.is_file():
+            previous = _read_saved_config(config_file)
             differing = sorted(
                 k for k, v in config.to_dict().items() if k in previous and previous[k] != v
             )
             if differing:
                 raise HeartLoRAError(
-                    f"{saved}: --resume with different settings ({', '.join(differing)}); "
+                    f"{config_file}: --resume with different settings ({', '.join(differing)}); "
                     "resume with the same config"
                 )
         return
-    if existing and not overwrite:
+    if overwrite:
+        return
+    existing = [name for name in RUN_FILES if (output_dir / name).exists()]
+    if existing:
         raise HeartLoRAError(
             f"{output_dir} holds another run ({', '.join(existing)}); pass --overwrite to replace "
             "it or --resume to continue it"
         )
-    if existing:
-        for name in (*RUN_FILES, "adapter", "tensorboard", "config.yaml"):
-            target = output_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+    if config_file.exists() and not is_run_config(config_file):
+        raise HeartLoRAError(
+            f"{config_file} was not written by heartlora train (its first line is not "
+            f"{CONFIG_HEADER.strip()!r}); pass --overwrite to replace it or choose another "
+            "--output-dir"
+        )
+
+
+def is_run_config(path: Path) -> bool:
+    """True when ``path`` is a ``config.yaml`` a run wrote (it starts with `CONFIG_HEADER`)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(CONFIG_HEADER)) == CONFIG_HEADER.encode()
+    except OSError:
+        return False
+
+
+def _read_saved_config(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        data = None
+    if not isinstance(data, dict):
+        raise HeartLoRAError(
+            f"{path}: cannot read the saved config of the run (expected the YAML mapping the "
+            "run wrote)"
+        )
+    return data
+
+
+@contextmanager
+def lock_run_directory(output_dir: Path) -> Iterator[None]:
+    """Create ``output_dir``, hold its lock while the block runs, and remove the temporary
+    files that killed runs left there (any left now are stale: no other run holds the lock).
+
+    Raises:
+        HeartLoRAError: another process holds the lock (a run is using the folder).
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held until the block ends)
+    try:
+        if not _try_lock(handle):
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            raise HeartLoRAError(
+                f"{output_dir} is in use by another heartlora run (process {owner}); wait for it "
+                "or choose another --output-dir"
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        for folder, names in _TEMPORARY.items():
+            for path in temporary_files(output_dir / folder, names):
+                path.unlink(missing_ok=True)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def _try_lock(handle) -> bool:
+    """Take an exclusive lock on ``handle`` without waiting; True where locks are unsupported
+    (no fcntl, or a file system without them), where the folder is then used unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        return True
+    return True
+
+
+def clear_run_directory(output_dir: Path) -> None:
+    """Remove the previous run's files (``--overwrite``): `RUN_FILES` and ``config.yaml``."""
+    for name in (*RUN_FILES, CONFIG_FILE):
+        target = output_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def write_run_config(output_dir: Path, config: TrainConfig) -> None:
+    """Write the resolved config as ``config.yaml``, marked with `CONFIG_HEADER`."""
+    text = CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False)
+    atomic_write_text(output_dir / CONFIG_FILE, text)

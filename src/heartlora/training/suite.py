@@ -1,4 +1,9 @@
-"""`heartlora suite`: methods × tasks × seeds on the mini-VTAB default (or any VTAB-layout data).
+"""`heartlora suite`: methods × tasks × seeds on the mini-VTAB default or any VTAB-layout root.
+
+`discover_tasks` turns a VTAB-layout root (``<root>/<task>/{train800val200,test}.txt`` plus
+images) into the suite's tasks: every task folder, or the named ones, in the groups of an
+optional ``<root>/groups.yaml``. A mini-VTAB task name without a folder of its own is
+materialised there first, so the built-in names work on any root.
 
 Every run lives in ``<output>/runs/<task>/<method>/seed<k>/``; a finished run with the same
 config is reused and an interrupted one resumed, so a killed suite continues where it stopped.
@@ -11,11 +16,12 @@ A method may carry config overrides in brackets, which is how ablations run:
 
 from __future__ import annotations
 
+import difflib
 import json
 import multiprocessing
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,7 @@ from typing import Any
 import yaml
 
 from heartlora.atomic import atomic_write, atomic_write_text
+from heartlora.backbone import RANDOM_WEIGHTS
 from heartlora.bundled.tasks import (
     MINI_DEFAULTS,
     MINI_METHOD_DEFAULTS,
@@ -32,11 +39,26 @@ from heartlora.bundled.tasks import (
 )
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
-from heartlora.training.report import RunResult, markdown_table, results_csv, summarize
+from heartlora.training.report import (
+    RunResult,
+    group_name,
+    markdown_table,
+    results_csv,
+    summarize,
+)
 
 DEFAULT_METHODS = ("linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora")
 
 _METHOD_PATTERN = re.compile(r"^([a-z-]+)(?:\[(.*)\])?$")
+
+GROUPS_FILE = "groups.yaml"
+"""The optional file of a data root that puts its tasks into groups: ``group: [task, ...]``."""
+
+DEFAULT_GROUP = "All"
+"""The one group of tasks that no groups file or known task name puts anywhere else."""
+
+VTAB_SPLITS = ("train800", "val200", "train800val200", "test")
+"""The split files (``<split>.txt``) that mark a folder of a data root as a task folder."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,153 @@ def mini_vtab_tasks(names: list[str] | None, data_root: Path) -> list[SuiteTask]
         SuiteTask(name, MINI_VTAB_TASKS[name].group, {"task": name, "data_root": str(data_root)})
         for name in names
     ]
+
+
+def discover_tasks(
+    data_root: str | Path,
+    names: Sequence[str] | None = None,
+    groups: str | Path | Mapping[str, str] | None = None,
+    splits: Sequence[str] = ("train800val200", "test"),
+    log: Callable[[str], None] | None = None,
+) -> list[SuiteTask]:
+    """The suite's tasks on a VTAB-layout root: ``<root>/<task>/<split>.txt`` plus images.
+
+    Args:
+        data_root: the folder holding one folder per task.
+        names: the tasks to run, in this order; ``None``: every task folder of the root (a
+            folder holding any ``<split>.txt`` of `VTAB_SPLITS`), by name. A mini-VTAB task name
+            without a folder of its own is materialised under ``data_root`` first.
+        groups: ``task → group``, or a YAML file of ``group: [task, ...]``; ``None``: the
+            root's ``groups.yaml`` when there is one. Without either, the groups the task names
+            are known by (mini-VTAB and VTAB-1k: Natural, Specialized, Structured) when every
+            task has one, else one group, `DEFAULT_GROUP`.
+        splits: the split files every task must have (the runs' train and eval splits).
+        log: told when mini-VTAB tasks are materialised.
+
+    Raises:
+        HeartLoRAError: no task folders, an unknown task name (with the closest folder), a task
+            folder without one of ``splits``, or a groups file that is malformed, names a task
+            the root lacks, or leaves a task in no group; all before anything is trained.
+    """
+    root = Path(data_root).expanduser()
+    folders = _task_folders(root)
+    if names is None:
+        names = folders or []
+        if not names:
+            raise HeartLoRAError(
+                f"{root}: no task folders (expected <task>/train800val200.txt and <task>/test.txt "
+                "with lines 'relative/path.png <label>'); name mini-VTAB tasks with --tasks to "
+                "build them there (`heartlora suite --list`)"
+            )
+    mini = [n for n in names if n in MINI_VTAB_TASKS and (n not in folders or _is_mini(root, n))]
+    unknown = [n for n in names if n not in folders and n not in mini]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], [*folders, *MINI_VTAB_TASKS], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise HeartLoRAError(
+            f"task {unknown[0]!r}: no folder {root / unknown[0]} and no mini-VTAB task of that "
+            f"name{hint}"
+        )
+    for name in names:
+        for split in splits:
+            path = root / name / f"{split}.txt"
+            if name not in mini and not path.is_file():
+                raise HeartLoRAError(
+                    f"{path}: split file not found (a VTAB-layout task folder holds "
+                    f"{split}.txt with lines 'relative/path.png <label>')"
+                )
+    group_of = _task_groups(root, list(names), groups)
+    if mini:
+        if log is not None:
+            log(f"materialising mini-VTAB tasks {', '.join(mini)} in {root} …")
+        mini_vtab_tasks(mini, root)
+    return [SuiteTask(n, group_of[n], {"task": n, "data_root": str(root)}) for n in names]
+
+
+def _task_folders(root: Path) -> list[str]:
+    """The names of ``root``'s task folders, sorted; empty when the root does not exist."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        folder.name
+        for folder in root.iterdir()
+        if folder.is_dir()
+        and not folder.name.startswith(".")
+        and any((folder / f"{split}.txt").is_file() for split in VTAB_SPLITS)
+    )
+
+
+def _is_mini(root: Path, name: str) -> bool:
+    """True when ``root/name`` is a mini-VTAB folder this package materialised."""
+    try:
+        manifest = json.loads((root / name / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("task") == name
+
+
+def _task_groups(
+    root: Path, names: list[str], groups: str | Path | Mapping[str, str] | None
+) -> dict[str, str]:
+    """``task → group`` for ``names`` (see `discover_tasks`)."""
+    if groups is None and (root / GROUPS_FILE).is_file():
+        groups = root / GROUPS_FILE
+    source = "the groups given"
+    if isinstance(groups, (str, Path)):
+        source = str(groups)
+        groups = read_groups_file(groups, known=_task_folders(root) + list(MINI_VTAB_TASKS))
+    if groups is not None:
+        missing = [n for n in names if n not in groups]
+        if missing:
+            present = ", ".join(dict.fromkeys(groups.values()))
+            raise HeartLoRAError(
+                f"{source}: task {missing[0]!r} is in no group (expected it under one of: "
+                f"{present})"
+            )
+        return {n: group_name(groups[n]) for n in names}
+    from heartlora.data.vtab1k import VTAB1K_TASKS
+
+    known = {
+        n: MINI_VTAB_TASKS[n].group if n in MINI_VTAB_TASKS else VTAB1K_TASKS.get(n) for n in names
+    }
+    if all(known.values()):
+        return {n: group_name(group) for n, group in known.items()}
+    return dict.fromkeys(names, DEFAULT_GROUP)
+
+
+def read_groups_file(path: str | Path, known: Sequence[str] | None = None) -> dict[str, str]:
+    """``task → group`` from a YAML file of ``group: [task, ...]`` (a data root's groups.yaml).
+
+    Raises:
+        HeartLoRAError: a missing or malformed file, a task in two groups, or (when ``known``
+            names the possible tasks) a task that is not among them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HeartLoRAError(f"{path}: groups file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise HeartLoRAError(f"{path}{line}: invalid YAML (expected group: [task, ...])") from None
+    if not isinstance(data, dict) or not data:
+        raise HeartLoRAError(f"{path}: expected a mapping of group: [task, ...]")
+    group_of: dict[str, str] = {}
+    for group, tasks in data.items():
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            raise HeartLoRAError(f"{path}: group {group!r} must list task names, got {tasks!r}")
+        for task in tasks:
+            if task in group_of:
+                raise HeartLoRAError(
+                    f"{path}: task {task!r} is in two groups ({group_of[task]!r}, {group!r})"
+                )
+            if known is not None and task not in known:
+                close = difflib.get_close_matches(task, list(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise HeartLoRAError(f"{path}: task {task!r} has no folder here{hint}")
+            group_of[task] = str(group)
+    return group_of
 
 
 def _run_config(
@@ -175,6 +344,12 @@ def run_suite(
         for method in methods
         for seed in seeds
     ]
+    random = sorted({c.model for *_, c in plan if c.base_weights() == RANDOM_WEIGHTS})
+    if random:
+        log(
+            f"warning: {', '.join(random)} start from random weights (no `checkpoint`, "
+            "`pretrained` off): set --set pretrained=true or checkpoint=FILE for pretrained ones"
+        )
     finished: dict[int, RunResult] = {}
     started = time.perf_counter()
 

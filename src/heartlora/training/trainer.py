@@ -2,8 +2,8 @@
 train → evaluate → store, with atomic checkpoints that make a killed run resumable.
 
 Outputs in the run directory: ``config.yaml``, ``metrics.csv`` (one row per epoch),
-``result.json``, ``checkpoint.pt`` (the last epoch boundary, or where Ctrl-C stopped),
-``adapter/`` (what the method trained) and ``tensorboard/``.
+``result.json``, ``checkpoint.pt`` (a batch boundary: the start, the end of the last epoch, or
+where Ctrl-C stopped), ``adapter/`` (what the method trained) and ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -20,13 +21,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
 from heartlora.adapter_io import DatasetInfo, RunInfo
-from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
-from heartlora.backbone import create_base_model, registered_weights_file
+from heartlora.atomic import atomic_write_json, atomic_write_text
+from heartlora.backbone import (
+    PRETRAINED_PREFIX,
+    RANDOM_WEIGHTS,
+    create_base_model,
+    pretrained_tag,
+)
 from heartlora.data.factory import build_dataset
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
@@ -38,7 +43,7 @@ from heartlora.inject import (
 )
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads
-from heartlora.training.config import TrainConfig
+from heartlora.training.config import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, TrainConfig
 from heartlora.training.distributed import (
     World,
     all_reduce_gradients,
@@ -49,8 +54,24 @@ from heartlora.training.distributed import (
 )
 from heartlora.training.feed import CachedImages, epoch_order, iterate_batches
 from heartlora.training.methods import prepare_model, save_trained, trainable
-from heartlora.training.run_directory import prepare_run_directory
-from heartlora.training.run_state import RunProgress, rng_state, seed_everything, set_rng_state
+from heartlora.training.run_directory import (
+    check_run_directory,
+    clear_run_directory,
+    lock_run_directory,
+    write_run_config,
+)
+from heartlora.training.run_state import (
+    CHECKPOINT_NAME,
+    RunInterrupted,
+    RunProgress,
+    StopRequest,
+    deferred_stop,
+    read_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_checkpoint,
+)
 from heartlora.training.schedule import learning_rate
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds")
@@ -67,18 +88,34 @@ def _resolve_device(name: str) -> torch.device:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HeartLoRAError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise HeartLoRAError(
+            f"device {name!r}: this machine has {count} CUDA device(s) (expected cuda:0.."
+            f"cuda:{count - 1})"
+        )
+    return device
 
 
-def create_run_model(config: TrainConfig, num_classes: int) -> nn.Module:
+def create_run_model(config: TrainConfig, num_classes: int, log=print) -> nn.Module:
     """The base model of a run: ``config.model`` with ``num_classes`` outputs, the run's
-    drop-path and image size, and weights from ``config.checkpoint`` or the file timm's
-    registry names for the model (the bundled base); other models start from random weights."""
+    drop-path and image size, and the weights `TrainConfig.base_weights` names: the checkpoint,
+    else timm's pretrained weights when ``config.pretrained`` (null: a tagged name or the
+    bundled base), else a random initialisation, which ``log`` reports in one warning line."""
     kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_path_rate": config.drop_path}
     if "swin" not in config.model:
         kwargs["img_size"] = config.img_size
-    has_weights = bool(config.checkpoint) or registered_weights_file(config.model) is not None
-    return create_base_model(config.model, config.checkpoint, weights=has_weights, **kwargs)
+    weights = config.base_weights()
+    if weights == RANDOM_WEIGHTS:
+        tag = pretrained_tag(config.model)
+        fix = f"`pretrained: true` (timm's {tag} weights) or " if tag else ""
+        log(
+            f"warning: {config.model} starts from random weights (no `checkpoint`, `pretrained` "
+            f"off); set {fix}`checkpoint: FILE` to fine-tune pretrained weights"
+        )
+    pretrained = weights.startswith(PRETRAINED_PREFIX)
+    return create_base_model(config.model, config.checkpoint, pretrained=pretrained, **kwargs)
 
 
 class Trainer:
@@ -95,18 +132,28 @@ class Trainer:
         seed_everything(config.seed)
         self.train_set, self.eval_set = self._datasets()
         self.num_classes = self.train_set.num_classes
-        model = create_run_model(config, self.num_classes)
-        self.model = prepare_model(model, config).to(self.device)
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        if config.selects_heads and config.calib_warmup_steps >= self.total_steps:
-            raise HeartLoRAError(
-                f"calib_warmup_steps={config.calib_warmup_steps} must be smaller than the run's "
-                f"{self.total_steps} steps"
-            )
+        # the head-scoring warm-up, fitted to the run's length when the config leaves it null
+        self.calib_warmup_steps = (
+            config.calib_warmup_for(self.total_steps) if config.selects_heads else 0
+        )
+        model = create_run_model(config, self.num_classes, log=log)
+        self.model = prepare_model(model, config).to(self.device)
+        if config.selects_heads:
+            self.model.heartlora_config.calib_warmup_steps = self.calib_warmup_steps
+            if config.calib_warmup_steps is None and self.calib_warmup_steps < CALIB_WARMUP_DEFAULT:
+                log(
+                    f"note: heads are scored after {self.calib_warmup_steps} of the run's "
+                    f"{self.total_steps} steps (calib_warmup_steps null: {CALIB_WARMUP_DEFAULT}, "
+                    f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
+                )
         self.optimizer = self._optimizer()
         self.progress = RunProgress()
-        self.writer = self._tensorboard()
+        self.writer = None  # opened by fit: building a trainer writes nothing
+        # (progress, RNG state) at the last batch boundary; None while weights are changing
+        self._boundary: tuple[RunProgress, dict[str, Any]] | None = None
+        self._saved_epoch = 0  # the epoch whose end checkpoint.pt holds
 
     # ----------------------------------------------------------------- setup
     def _datasets(self) -> tuple[Dataset, Dataset]:
@@ -123,8 +170,16 @@ class Trainer:
             config.train_split,
             config.img_size,
             augment=config.augment,
+            num_classes=config.num_classes,
             **common,
         )
+        labels = set(train.labels)
+        if len(labels) < 2:
+            where = getattr(train, "split_file", None) or f"{config.data_root} ({config.task})"
+            raise HeartLoRAError(
+                f"{where}: every training image has label {labels.pop()} (expected at least two "
+                "classes to learn)"
+            )
         evaluation = build_dataset(
             config.data_kind,
             config.data_root,
@@ -164,50 +219,65 @@ class Trainer:
         return nullcontext()
 
     # ----------------------------------------------------------- checkpoints
-    def save_resume_state(self) -> None:
-        """Write ``checkpoint.pt`` atomically (main rank only)."""
+    def save_resume_state(self, boundary: tuple[RunProgress, dict[str, Any]] | None = None) -> None:
+        """Write ``checkpoint.pt`` atomically (main rank only): the trainable weights, optimizer
+        state, head masks and scores as they are now, with the progress and RNG state of
+        ``boundary`` (the last batch boundary, when an interrupted step is discarded) or of now.
+        """
         if not self.world.is_main:
             return
+        progress, rng = boundary if boundary is not None else (self.progress, rng_state())
         state = {
-            "progress": self.progress.__dict__,
+            "progress": progress.to_state(),
             "trainable": {
                 n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad
             },
             "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state(),
-            "head_masks": None,
+            "rng": rng,
+            "head_masks": head_masks(self.model) if progress.calibrated else None,
             "scores": getattr(self.model, "heartlora_scores", None),
         }
-        if self.progress.calibrated:
-            state["head_masks"] = head_masks(self.model)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write(
-            self.output_dir / "checkpoint.pt", lambda tmp: tmp.write_bytes(buffer.getvalue())
-        )
+        write_checkpoint(self.output_dir / CHECKPOINT_NAME, state)
+        self._saved_epoch = progress.epoch
 
     def load_resume_state(self) -> None:
-        """Restore the state saved by `save_resume_state`."""
-        path = self.output_dir / "checkpoint.pt"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # a checkpoint from elsewhere, or damaged by hand
-            raise HeartLoRAError(
-                f"{path}: cannot read checkpoint ({type(error).__name__})"
-            ) from None
+        """Restore the state saved by `save_resume_state` (read with ``weights_only=True``)."""
+        path = self.output_dir / CHECKPOINT_NAME
+        state = read_checkpoint(path)
+        progress = RunProgress.from_state(state["progress"], str(path))
         if state["head_masks"] is not None:
-            set_head_masks(self.model, state["head_masks"])
+            masks = state["head_masks"]
+            heads = heads_per_layer(self.model)
+            if len(masks) != len(heads) or any(
+                not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.numel() != h
+                for m, h in zip(masks, heads)
+            ):
+                raise HeartLoRAError(
+                    f"{path}: checkpoint does not fit this run's model (head_masks)"
+                )
+            set_head_masks(self.model, masks)
             self.model.heartlora_scores = state["scores"]
             self.optimizer = self._optimizer()
         params = dict(self.model.named_parameters())
         for name, value in state["trainable"].items():
-            if name not in params or params[name].shape != value.shape:
+            if (
+                name not in params
+                or not isinstance(value, torch.Tensor)
+                or params[name].shape != value.shape
+            ):
                 raise HeartLoRAError(f"{path}: checkpoint does not fit this run's model ({name})")
             with torch.no_grad():
                 params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.progress = RunProgress(**state["progress"])
-        set_rng_state(state["rng"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
+            raise HeartLoRAError(
+                f"{path}: damaged checkpoint ({type(error).__name__}: {reason})"
+            ) from None
+        self.progress = progress
+        self._saved_epoch = progress.epoch
         self._write_metrics()
 
     # ------------------------------------------------------------- training
@@ -216,7 +286,9 @@ class Trainer:
         config = self.config
         started = time.perf_counter()
         order = epoch_order(len(self.train_set), config.seed + 7919, 0, config.batch_size)
-        batches = iterate_batches(self.train_set, order[: config.calib_batches], 0)
+        # at most one epoch of batches: a small training set scores on what it has
+        order = order[: config.calib_batches]
+        batches = iterate_batches(self.train_set, order, 0)
         scores = responsiveness(
             self.model,
             batches,
@@ -231,22 +303,33 @@ class Trainer:
         self.progress.calibration_seconds = time.perf_counter() - started
         active = [int(row.sum()) for row in keep]
         self.log(
-            f"calibrated with scorer {config.scorer} in {self.progress.calibration_seconds:.1f}s; "
-            f"active heads per layer {active}"
+            f"calibrated with scorer {config.scorer} on {len(order)} batches in "
+            f"{self.progress.calibration_seconds:.1f}s; active heads per layer {active}"
         )
 
-    def _train_step(
-        self, images: torch.Tensor, labels: torch.Tensor, global_count: int
-    ) -> tuple[float, float]:
+    def _step_lr(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) of the schedule."""
         config = self.config
-        lr = learning_rate(
-            self.progress.global_step,
+        return learning_rate(
+            step,
             self.total_steps,
             config.warmup_epochs * self.steps_per_epoch,
             config.lr,
             config.warmup_lr,
             config.min_lr,
         )
+
+    def _train_step(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        global_count: int,
+        stop: StopRequest | None = None,
+    ) -> tuple[float, float, bool]:
+        """One optimizer step; returns (summed loss, correct predictions, whether any rank
+        was asked to stop), each summed over all ranks."""
+        config = self.config
+        lr = self._step_lr(self.progress.global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images, labels = images.to(self.device), labels.to(self.device)
@@ -256,19 +339,46 @@ class Trainer:
                 logits.float(), labels, reduction="sum", label_smoothing=config.label_smoothing
             )
         (loss_sum / global_count).backward()
-        all_reduce_gradients(trainable(self.model), self.world)
-        loss_total, correct = all_reduce_sum(
-            [loss_sum.item(), (logits.argmax(1) == labels).sum().item()], self.world, self.device
+        params = trainable(self.model)
+        all_reduce_gradients(params, self.world)
+        grads = [p.grad for p in params if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss_sum.new_zeros(())
+        # one host synchronisation per step for loss, correct count and gradient norm
+        loss, correct, grad_norm = torch.stack(
+            [
+                loss_sum.detach().float(),
+                (logits.argmax(1) == labels).sum().float(),
+                grad_norm.float(),
+            ]
+        ).tolist()
+        # the stop request rides along, so that every rank stops after the same step
+        loss_total, correct, stops = all_reduce_sum(
+            [loss, correct, float(stop is not None and stop.requested)], self.world, self.device
         )
         if not math.isfinite(loss_total):
-            raise TrainingDiverged(
-                f"loss became {loss_total} at epoch {self.progress.epoch + 1} step "
-                f"{self.progress.step_in_epoch + 1}; the last good checkpoint is kept in "
-                f"{self.output_dir / 'checkpoint.pt'} (try a lower lr or scale)"
-            )
+            raise self._diverged(f"loss became {loss_total}", lr)
+        if not math.isfinite(grad_norm):
+            raise self._diverged(f"gradients became {grad_norm}", lr)
+        self._boundary = None  # from here until the step is counted, weights are changing
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_total, correct
+        return loss_total, correct, stops > 0
+
+    def _diverged(self, what: str, lr: float) -> TrainingDiverged:
+        """The error that stops a run whose loss or weights are no longer finite."""
+        progress = self.progress
+        kept = f"; {CHECKPOINT_NAME} keeps epoch {self._saved_epoch}" if self._saved_epoch else ""
+        return TrainingDiverged(
+            f"{what} at epoch {progress.epoch + 1} step {progress.step_in_epoch + 1} "
+            f"(lr {lr:.3g}, scale {self.config.scale:g}): try a lower lr or scale{kept}"
+        )
+
+    def _check_finite_weights(self) -> None:
+        """Raise `TrainingDiverged` when a trainable weight is NaN or infinite (checked once,
+        before heads are scored: scores of a diverged warm-up would be meaningless)."""
+        if not all(bool(torch.isfinite(p).all()) for p in trainable(self.model)):
+            lr = self._step_lr(max(self.progress.global_step - 1, 0))
+            raise self._diverged("weights became NaN or infinite during the warm-up", lr)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -348,56 +458,104 @@ class Trainer:
         )
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end of the schedule, then store the result; returns result.json's dict."""
-        config, progress = self.config, self.progress
+        """Train to the end of the schedule, then store the result; returns result.json's dict.
+
+        Resuming is exact from any interruption: the checkpoint always holds a batch boundary.
+        A fresh run saves one before its first step; each epoch saves one at its end. The first
+        Ctrl-C or SIGTERM lets the running step finish, saves and stops (`RunInterrupted`); a
+        `KeyboardInterrupt` inside a step (a second Ctrl-C) discards the step and saves the
+        boundary before it, or keeps the last checkpoint when the weights were being updated.
+        """
+        if self.writer is None:
+            self.writer = self._tensorboard()
         self.model.train()
-        while progress.epoch < config.epochs:
-            started = time.perf_counter()
-            order = epoch_order(
-                len(self.train_set), config.seed, progress.epoch, config.batch_size
-            )
-            pending = order[progress.step_in_epoch :]
-            bar = self._progress_bar(len(order), progress.step_in_epoch)
-            local = [shard(batch, self.world) for batch in pending]
-            lr = config.lr
+        if self.progress.global_step == 0 and self.progress.epoch == 0:
+            self.save_resume_state()
+        with deferred_stop(self.log) as stop:
             try:
-                for batch, (images, labels) in zip(
-                    pending, iterate_batches(self.train_set, local, config.num_workers)
-                ):
-                    if (
-                        config.selects_heads
-                        and not progress.calibrated
-                        and progress.global_step >= config.calib_warmup_steps
-                    ):
-                        self._calibrate()
-                    loss_total, correct = self._train_step(images, labels, len(batch))
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    progress.global_step += 1
-                    progress.step_in_epoch += 1
-                    progress.loss_sum += loss_total
-                    progress.correct += correct
-                    progress.seen += len(batch)
-                    if bar is not None:
-                        bar.set_postfix(
-                            loss=f"{progress.loss_sum / progress.seen:.3f}",
-                            acc=f"{100 * progress.correct / progress.seen:.1f}",
-                        )
-                        bar.update(1)
+                while self.progress.epoch < self.config.epochs:
+                    self._mark_boundary()
+                    started = time.perf_counter()
+                    self._epoch_started = started
+                    self._train_epoch(stop)
+                    self._mark_boundary()
+                    seconds = time.perf_counter() - started
+                    self.progress.elapsed += seconds
+                    self._finish_epoch(self._step_lr(self.progress.global_step - 1), seconds)
             except KeyboardInterrupt:
-                progress.elapsed += time.perf_counter() - started
-                self.save_resume_state()
-                self.log(
-                    f"interrupted: state saved in {self.output_dir / 'checkpoint.pt'}; "
-                    "continue with --resume"
-                )
+                self._save_interrupted()
                 raise
-            finally:
-                if bar is not None:
-                    bar.close()
-            seconds = time.perf_counter() - started
-            progress.elapsed += seconds
-            self._finish_epoch(lr, seconds)
         return self._store_result()
+
+    def _mark_boundary(self) -> None:
+        """Remember the progress and RNG state here: weights and optimizer are at rest."""
+        self._boundary = (self.progress.copy(), rng_state())
+
+    def _train_epoch(self, stop: StopRequest) -> None:
+        """The remaining steps of the current epoch (all of them unless resumed mid-epoch)."""
+        config, progress = self.config, self.progress
+        order = epoch_order(len(self.train_set), config.seed, progress.epoch, config.batch_size)
+        pending = order[progress.step_in_epoch :]
+        bar = self._progress_bar(len(order), progress.step_in_epoch)
+        local = [shard(batch, self.world) for batch in pending]
+        batches = iter(iterate_batches(self.train_set, local, config.num_workers))
+        try:
+            for batch in pending:
+                if (
+                    config.selects_heads
+                    and not progress.calibrated
+                    and progress.global_step >= self.calib_warmup_steps
+                ):
+                    self._check_finite_weights()
+                    self._boundary = None
+                    self._calibrate()
+                # before the batch is loaded: loading may draw (augmentation) from the RNG
+                self._mark_boundary()
+                if stop.requested and not self.world.active:  # e.g. pressed while evaluating
+                    raise RunInterrupted(stop.signum)
+                try:
+                    images, labels = next(batches)
+                except RuntimeError:
+                    if stop.requested:  # Ctrl-C reached the loader workers too
+                        raise RunInterrupted(stop.signum) from None
+                    raise
+                loss_total, correct, stopping = self._train_step(images, labels, len(batch), stop)
+                progress.global_step += 1
+                progress.step_in_epoch += 1
+                progress.loss_sum += loss_total
+                progress.correct += correct
+                progress.seen += len(batch)
+                self._mark_boundary()
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{progress.loss_sum / progress.seen:.3f}",
+                        acc=f"{100 * progress.correct / progress.seen:.1f}",
+                    )
+                    bar.update(1)
+                if stopping:  # asked on some rank: every rank stops after this same step
+                    raise RunInterrupted(stop.signum or signal.SIGINT)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _save_interrupted(self) -> None:
+        """Save the last batch boundary after an interruption (see `fit`)."""
+        checkpoint = self.output_dir / CHECKPOINT_NAME
+        if self._boundary is None:
+            self.log(
+                f"interrupted while the weights were being updated: {checkpoint} keeps the state "
+                f"after epoch {self._saved_epoch}; continue with --resume"
+            )
+            return
+        progress, rng = self._boundary
+        progress = progress.copy()
+        if progress.step_in_epoch:  # the finished steps of this epoch took time too
+            progress.elapsed += time.perf_counter() - getattr(self, "_epoch_started", 0.0)
+        self.save_resume_state((progress, rng))
+        self.log(
+            f"interrupted: state saved in {checkpoint} at epoch {progress.epoch + 1}, step "
+            f"{progress.step_in_epoch}; continue with --resume"
+        )
 
     def _store_result(self) -> dict[str, Any]:
         config, progress = self.config, self.progress
@@ -420,6 +578,7 @@ class Trainer:
             "skipped_images": self.skipped_images,
             "epochs": config.epochs,
             "seed": config.seed,
+            "weights": config.base_weights(),
             "world_size": self.world.size,
         }
         final = progress.history[-1]["test_accuracy"] if progress.history else None
@@ -428,6 +587,7 @@ class Trainer:
             run_info = RunInfo(
                 model=config.model,
                 checkpoint=config.checkpoint,
+                weights=config.base_weights(),
                 img_size=config.img_size,
                 normalize=config.normalize,
                 task=config.task,
@@ -459,25 +619,38 @@ def run_training(
 ) -> dict[str, Any]:
     """Train ``config`` into ``output_dir``; returns the dict written to ``result.json``.
 
+    Nothing in ``output_dir`` changes until the folder, the data and the model have passed
+    their checks (`heartlora.training.run_directory`); ``overwrite`` removes the previous run
+    only then.
+
     Raises:
         HeartLoRAError: bad data, config or model; a directory holding another run (unless
-            ``overwrite`` or ``resume``); a diverged loss (`TrainingDiverged`).
+            ``overwrite`` or ``resume``) or used by a running one; a diverged loss
+            (`TrainingDiverged`).
+        KeyboardInterrupt: Ctrl-C or SIGTERM (`RunInterrupted`), after saving the checkpoint.
     """
+    if not str(output_dir).strip():
+        raise HeartLoRAError(f"output_dir {str(output_dir)!r}: expected a folder path")
     output_dir = Path(output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
-        prepare_run_directory(output_dir, config, resume, overwrite)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            atomic_write_text(
-                output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False)
-            )
+        check_run_directory(output_dir, config, resume, overwrite)
     trainer = Trainer(config, output_dir, log=log if is_main else _quiet)
-    barrier(trainer.world)
-    if resume:
-        trainer.load_resume_state()
-        log(f"resumed at epoch {trainer.progress.epoch + 1}, step {trainer.progress.step_in_epoch}")
-    return trainer.fit()
+    with lock_run_directory(output_dir) if is_main else nullcontext():
+        if is_main:
+            check_run_directory(output_dir, config, resume, overwrite)  # now under the lock
+            if not resume:
+                if overwrite:
+                    clear_run_directory(output_dir)
+                write_run_config(output_dir, config)
+        barrier(trainer.world)
+        if resume:
+            trainer.load_resume_state()
+            log(
+                f"resumed at epoch {trainer.progress.epoch + 1}, step "
+                f"{trainer.progress.step_in_epoch}"
+            )
+        return trainer.fit()
 
 
 def _quiet(*_args, **_kwargs) -> None:

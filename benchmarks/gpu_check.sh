@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One GPU check of the training path, on a machine with one CUDA GPU and the pinned recipe:
+#   1. `heartlora speed` on ViT-B/16, 224 px, batch 64, bf16: every variant eager and compiled;
+#   2. a 10-epoch paper-protocol run (configs/vtab1k/base.yaml: 1000 training images, batch 64,
+#      AdamW, cosine schedule) on real images: the mini-VTAB task photo-patches (scikit-image's
+#      photographs) at 224 px, uint8 image cache on the GPU, compiled, bf16;
+#   3. one JSON summary: the speed ratios and targets, and the run's step and data-wait seconds
+#      per epoch (epoch_vs_step: an epoch's wall time over its pure step time).
+# Usage: bash benchmarks/gpu_check.sh OUTPUT_DIR        (about 5 minutes on one H200)
+# The run trains from random weights (no download); it measures speed, not accuracy.
+set -euo pipefail
+out=${1:?usage: gpu_check.sh OUTPUT_DIR}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+
+"$python" -m heartlora speed --device cuda --dtype bf16 --model vit_base_patch16_224 \
+    --img-size 224 --batch-size 64 --steps 20 --warmup 5 --compile \
+    --json "$out/speed.json" 2>&1 | tee "$out/speed.log"
+
+"$python" - "$out/data" <<'EOF'
+import sys
+from heartlora.bundled.tasks import materialize
+materialize(sys.argv[1], tasks=["photo-patches"])
+EOF
+
+"$python" -m heartlora train --config configs/vtab1k/base.yaml --output-dir "$out/run" --overwrite \
+    --set data_root="$out/data" --set task=photo-patches --set checkpoint=null \
+    --set pretrained=false --set method=heart-lora-layer --set epochs=10 --set warmup_epochs=1 \
+    --set eval_every=5 --set dtype=bf16 --set cache_images=true --set cache_device=cuda \
+    --set compile=true --set num_workers=0 2>&1 | tee "$out/train.log"
+
+"$python" - "$out" <<'EOF'
+import csv, json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+speed = json.loads((out / "speed.json").read_text())
+rows = list(csv.DictReader((out / "run" / "metrics.csv").open()))
+result = json.loads((out / "run" / "result.json").read_text())
+epochs = [
+    {k: float(row[k]) for k in ("epoch", "seconds", "step_seconds", "data_seconds")}
+    for row in rows
+]
+steady = epochs[1:] or epochs  # the first epoch compiles
+summary = {
+    "environment": speed["environment"],
+    "speed_ratios": speed["ratios"],
+    "speed_paired_ratios": speed["paired_ratios"],
+    "speed_targets": speed["targets"],
+    "train_median_ms": {name: row["median_ms"] for name, row in speed["train"].items()},
+    "inference_median_ms": {name: row["median_ms"] for name, row in speed["inference"].items()},
+    "run": {
+        "epochs": epochs,
+        "epoch_vs_step": sum(e["seconds"] for e in steady) / sum(e["step_seconds"] for e in steady),
+        "calibration_seconds": result["calibration_seconds"],
+        "wall_seconds": result["wall_seconds"],
+        "calibration_vs_run": result["calibration_seconds"] / result["wall_seconds"],
+    },
+}
+(out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+print(json.dumps({k: summary[k] for k in ("speed_targets", "run")}, indent=2))
+EOF
