@@ -145,7 +145,7 @@ def reference_run(toy, tmp_path_factory):
 
 
 def _assert_same_run(expected_dir, got_dir):
-    """Bit-identical adapter tensors, metrics (all but wall time) and accuracies."""
+    """Bit-identical adapter tensors, metrics (all but the timings) and accuracies."""
     name = "adapter/heartlora_adapter.safetensors"
     a, b = load_file(str(expected_dir / name)), load_file(str(got_dir / name))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -153,7 +153,8 @@ def _assert_same_run(expected_dir, got_dir):
     def metrics(directory):
         with open(directory / "metrics.csv") as handle:
             return [
-                {k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)
+                {k: v for k, v in row.items() if not k.endswith("seconds")}
+                for row in csv.DictReader(handle)
             ]
 
     assert metrics(got_dir) == metrics(expected_dir)
@@ -303,3 +304,47 @@ def test_resume_inside_a_step_is_exact_with_augmentation(toy, tmp_path, monkeypa
         assert main(args) == 130
     assert main(args + ["--resume"]) == 0
     _assert_same_run(reference, out)
+
+
+def test_compiled_heart_lora_compiles_after_calibration_and_matches_eager(
+    toy, tmp_path, monkeypatch, reference_run
+):
+    """`compile: true`: the warm-up runs eagerly, the model is compiled (fullgraph) once the
+    heads are deactivated, and the run computes what the eager run computes."""
+    root, checkpoint = toy
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_for_tests(model, **kwargs):
+        compiled.append((model, kwargs))
+        return real_compile(model, backend="aot_eager", **kwargs)  # no C++ codegen in tests
+
+    monkeypatch.setattr(torch, "compile", compile_for_tests)
+    out = tmp_path / "run"
+    args = train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2, compile="true")
+    assert main(args) == 0
+    assert len(compiled) == 1 and compiled[0][1] == {"fullgraph": True}
+    qkv = compiled[0][0].blocks[0].attn.qkv
+    assert qkv.active_heads == qkv.num_heads - 2  # compiled after deactivation
+    expected = load_file(str(reference_run / "adapter/heartlora_adapter.safetensors"))
+    got = load_file(str(out / "adapter/heartlora_adapter.safetensors"))
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_metrics_split_each_epoch_into_steps_and_data_waiting(toy, tmp_path):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    assert main(train_args(root, checkpoint, out, "lora", epochs=2)) == 0
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        seconds, step, data = (float(row[k]) for k in ("seconds", "step_seconds", "data_seconds"))
+        assert 0 < step < seconds and 0 < data < seconds and step + data <= seconds * 1.01
+
+
+def test_cache_device_needs_the_cache(toy, tmp_path, capsys):
+    root, checkpoint = toy
+    args = train_args(root, checkpoint, tmp_path / "run", "lora", cache_device="cuda")
+    assert main(args) == 2
+    assert "cache_device 'cuda' needs cache_images: true" in capsys.readouterr().err

@@ -689,6 +689,11 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
     return result
 
 
+def _ratio(value: float) -> str:
+    """Three decimals, or two significant digits for the small ones (calibration_vs_run)."""
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.1e}"
+
+
 def _mib(value: int) -> str:
     return f"{value / 2**20:.1f}"
 
@@ -743,9 +748,9 @@ def format_report(result: dict[str, Any]) -> str:
         paired = result["paired_ratios"].get(name)
         cpu = result["cpu_ratios"].get(name)
         lines.append(
-            f"  {name:<42}{value:>7.3f}"
-            + (f"{paired:>8.3f}" if paired is not None else " " * 8)
-            + (f"{cpu:>7.3f}" if cpu is not None else " " * 7)
+            f"  {name:<42}{_ratio(value):>7}"
+            + (f"{_ratio(paired):>8}" if paired is not None else " " * 8)
+            + (f"{_ratio(cpu):>7}" if cpu is not None else " " * 7)
             + (
                 f"   <= {target['limit']:.2f} {'met' if target['met'] else 'MISSED'}"
                 if target

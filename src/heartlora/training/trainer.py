@@ -52,7 +52,7 @@ from heartlora.training.distributed import (
     init_world,
     shard,
 )
-from heartlora.training.feed import CachedImages, epoch_order, iterate_batches
+from heartlora.training.feed import BatchFeed, CachedImages, epoch_order, iterate_batches
 from heartlora.training.methods import prepare_model, save_trained, trainable
 from heartlora.training.run_directory import (
     check_run_directory,
@@ -74,7 +74,19 @@ from heartlora.training.run_state import (
 )
 from heartlora.training.schedule import learning_rate
 
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds")
+METRIC_FIELDS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "test_accuracy",
+    "seconds",
+    "step_seconds",
+    "data_seconds",
+)
+"""Columns of metrics.csv: ``seconds`` is the epoch's wall time (evaluation excluded),
+``step_seconds`` the time in optimizer steps, ``data_seconds`` the time spent waiting for
+batches: the data path's share of an epoch, on every device."""
 
 
 class TrainingDiverged(HeartLoRAError):
@@ -149,6 +161,16 @@ class Trainer:
                     f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
                 )
         self.optimizer = self._optimizer()
+        self.train_feed = BatchFeed(
+            self.train_set,
+            config.num_workers,
+            self.device,
+            reuse_workers=not config.augment,  # workers draw nothing: keep them across epochs
+        )
+        self.step_seconds = 0.0
+        self.forward = self.model  # compiled by _compile_if_asked
+        if not config.selects_heads:
+            self._compile_if_asked()
         self.progress = RunProgress()
         self.writer = None  # opened by fit: building a trainer writes nothing
         # (progress, RNG state) at the last batch boundary; None while weights are changing
@@ -195,13 +217,23 @@ class Trainer:
         if config.cache_images:
             if config.augment:
                 raise HeartLoRAError("cache_images cannot be combined with augment")
-            train, evaluation = CachedImages(train), CachedImages(evaluation)
+            device = torch.device(config.cache_device)
+            train, evaluation = CachedImages(train, device), CachedImages(evaluation, device)
         return train, evaluation
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            trainable(self.model), lr=self.config.lr, weight_decay=self.config.weight_decay
+            trainable(self.model),
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            fused=self.device.type == "cuda",  # one kernel for every parameter's update
         )
+
+    def _compile_if_asked(self) -> None:
+        """Train through ``torch.compile`` when the config asks (after head deactivation for
+        the methods that deactivate heads: their B blocks change shape once)."""
+        if self.config.compile:
+            self.forward = torch.compile(self.model, fullgraph=self.config.uses_heartlora)
 
     def _tensorboard(self):
         if not self.world.is_main:
@@ -258,6 +290,7 @@ class Trainer:
             set_head_masks(self.model, masks)
             self.model.heartlora_scores = state["scores"]
             self.optimizer = self._optimizer()
+            self._compile_if_asked()
         params = dict(self.model.named_parameters())
         for name, value in state["trainable"].items():
             if (
@@ -299,6 +332,7 @@ class Trainer:
         )
         keep = deactivate_heads(self.model, scores)
         self.optimizer = self._optimizer()
+        self._compile_if_asked()
         self.progress.calibrated = True
         self.progress.calibration_seconds = time.perf_counter() - started
         active = [int(row.sum()) for row in keep]
@@ -334,7 +368,7 @@ class Trainer:
             group["lr"] = lr
         images, labels = images.to(self.device), labels.to(self.device)
         with self._autocast():
-            logits = self.model(images)
+            logits = self.forward(images)
             loss_sum = F.cross_entropy(
                 logits.float(), labels, reduction="sum", label_smoothing=config.label_smoothing
             )
@@ -423,7 +457,10 @@ class Trainer:
             "train_accuracy": round(100.0 * progress.correct / max(progress.seen, 1), 3),
             "test_accuracy": "" if accuracy is None else round(accuracy, 3),
             "seconds": round(seconds, 2),
+            "step_seconds": round(self.step_seconds, 3),
+            "data_seconds": round(self.train_feed.reset_wait(), 3),
         }
+        self.step_seconds = 0.0
         progress.history.append(row)
         if accuracy is not None and (
             progress.best_accuracy is None or accuracy > progress.best_accuracy
@@ -498,7 +535,7 @@ class Trainer:
         pending = order[progress.step_in_epoch :]
         bar = self._progress_bar(len(order), progress.step_in_epoch)
         local = [shard(batch, self.world) for batch in pending]
-        batches = iter(iterate_batches(self.train_set, local, config.num_workers))
+        batches = self.train_feed(local, seed=config.seed * 100_003 + progress.epoch)
         try:
             for batch in pending:
                 if (
@@ -519,7 +556,9 @@ class Trainer:
                     if stop.requested:  # Ctrl-C reached the loader workers too
                         raise RunInterrupted(stop.signum) from None
                     raise
+                step_started = time.perf_counter()
                 loss_total, correct, stopping = self._train_step(images, labels, len(batch), stop)
+                self.step_seconds += time.perf_counter() - step_started
                 progress.global_step += 1
                 progress.step_in_epoch += 1
                 progress.loss_sum += loss_total
