@@ -8,15 +8,19 @@
 #      per epoch (epoch_vs_step: an epoch's wall time over its pure step time).
 # Usage: bash benchmarks/gpu_check.sh OUTPUT_DIR        (about 5 minutes on one H200)
 # The run trains from random weights (no download); it measures speed, not accuracy.
+# DEVICE, MODEL, IMG, BATCH, STEPS, EPOCHS, NE override the sizes (a CPU smoke test of the script:
+# DEVICE=cpu MODEL=vit_tiny_patch16_224 IMG=32 BATCH=8 STEPS=2 EPOCHS=2 NE=1).
 set -euo pipefail
 out=${1:?usage: gpu_check.sh OUTPUT_DIR}
 mkdir -p "$out"
 python=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+dtype=$([ "$device" = cuda ] && echo bf16 || echo fp32)
 export PYTHONUNBUFFERED=1
 
-"$python" -m heartlora speed --device cuda --dtype bf16 --model vit_base_patch16_224 \
-    --img-size 224 --batch-size 64 --steps 20 --warmup 5 --compile \
-    --json "$out/speed.json" 2>&1 | tee "$out/speed.log"
+"$python" -m heartlora speed --device "$device" --dtype "$dtype" \
+    --model "${MODEL:-vit_base_patch16_224}" --img-size "${IMG:-224}" --batch-size "${BATCH:-64}" \
+    --steps "${STEPS:-20}" --warmup 5 --compile --json "$out/speed.json" 2>&1 | tee "$out/speed.log"
 
 "$python" - "$out/data" <<'EOF'
 import sys
@@ -26,8 +30,11 @@ EOF
 
 "$python" -m heartlora train --config configs/vtab1k/base.yaml --output-dir "$out/run" --overwrite \
     --set data_root="$out/data" --set task=photo-patches --set checkpoint=null \
-    --set pretrained=false --set method=heart-lora-layer --set epochs=10 --set warmup_epochs=1 \
-    --set eval_every=5 --set dtype=bf16 --set cache_images=true --set cache_device=cuda \
+    --set model="${MODEL:-vit_base_patch16_224}" --set img_size="${IMG:-224}" \
+    --set batch_size="${BATCH:-64}" --set pretrained=false --set method=heart-lora-layer \
+    --set ne="${NE:-4}" \
+    --set epochs="${EPOCHS:-10}" --set warmup_epochs=1 --set eval_every=5 --set dtype="$dtype" \
+    --set device="$device" --set cache_images=true --set cache_device="$device" \
     --set compile=true --set num_workers=0 2>&1 | tee "$out/train.log"
 
 "$python" - "$out" <<'EOF'
