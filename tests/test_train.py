@@ -340,7 +340,8 @@ def test_metrics_split_each_epoch_into_steps_and_data_waiting(toy, tmp_path):
         rows = list(csv.DictReader(handle))
     for row in rows:
         seconds, step, data = (float(row[k]) for k in ("seconds", "step_seconds", "data_seconds"))
-        assert 0 < step < seconds and 0 < data < seconds and step + data <= seconds * 1.01
+        rounding = 0.006  # seconds has two decimals, the parts three
+        assert 0 < step and 0 < data and step + data <= seconds + rounding
 
 
 def test_cache_device_needs_the_cache(toy, tmp_path, capsys):
