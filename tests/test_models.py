@@ -10,7 +10,7 @@ from timm.data import resolve_data_config
 from timm.models import _builder
 
 import heartlora.bundled.model as models
-from heartlora.bundled.model import BASE_CHECKPOINT, BASE_MODEL_NAME, create_base_model
+from heartlora.bundled.model import BASE_CHECKPOINT, BASE_MODEL_NAME, create_bundled_model
 from heartlora.errors import HeartLoRAError
 
 
@@ -87,11 +87,11 @@ def test_bundled_checkpoint_loads_offline_and_matches_the_file(no_network):
     assert BASE_CHECKPOINT.is_file(), f"package asset {BASE_CHECKPOINT} is missing"
     assert BASE_CHECKPOINT.stat().st_size < 5_000_000
     expected = load_file(str(BASE_CHECKPOINT))
-    for model in (timm.create_model(BASE_MODEL_NAME, pretrained=True), create_base_model()):
+    for model in (timm.create_model(BASE_MODEL_NAME, pretrained=True), create_bundled_model()):
         state = model.state_dict()
         assert state.keys() == expected.keys()
         assert all(torch.equal(state[name], tensor) for name, tensor in expected.items())
-    reset = create_base_model(num_classes=4)
+    reset = create_bundled_model(num_classes=4)
     assert reset.head.out_features == 4
     assert torch.equal(reset.blocks[0].attn.qkv.weight, expected["blocks.0.attn.qkv.weight"])
 
@@ -99,10 +99,10 @@ def test_bundled_checkpoint_loads_offline_and_matches_the_file(no_network):
 def test_missing_bundled_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "BASE_CHECKPOINT", tmp_path / "gone.safetensors")
     with pytest.raises(HeartLoRAError, match="gone.safetensors"):
-        create_base_model()
-    assert create_base_model(pretrained=False).head.out_features == 10
+        create_bundled_model()
+    assert create_bundled_model(pretrained=False).head.out_features == 10
 
 
 def test_negative_num_classes_is_rejected():
     with pytest.raises(HeartLoRAError, match="num_classes"):
-        create_base_model(num_classes=-1, pretrained=False)
+        create_bundled_model(num_classes=-1, pretrained=False)

@@ -32,7 +32,7 @@ __all__ = [
     "BASE_MODEL_NAME",
     "BASE_NUM_CLASSES",
     "base_checkpoint_path",
-    "create_base_model",
+    "create_bundled_model",
     "vit_mini_patch4_28",
 ]
 
@@ -114,7 +114,7 @@ def base_checkpoint_path() -> Path:
     return BASE_CHECKPOINT
 
 
-def create_base_model(
+def create_bundled_model(
     num_classes: int = BASE_NUM_CLASSES, pretrained: bool = True, **kwargs: Any
 ) -> VisionTransformer:
     """Build the base ViT, by default with the bundled Fashion-MNIST weights.

@@ -27,7 +27,7 @@ from torch import nn
 
 from heartlora.atomic import atomic_write
 from heartlora.bundled.fashion_mnist import load_fashion_mnist, to_rgb_float
-from heartlora.bundled.model import BASE_MODEL_NAME, BASE_NUM_CLASSES, create_base_model
+from heartlora.bundled.model import BASE_MODEL_NAME, BASE_NUM_CLASSES, create_bundled_model
 from heartlora.errors import HeartLoRAError
 
 __all__ = [
@@ -146,7 +146,7 @@ def pretrain(
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = create_base_model(num_classes=BASE_NUM_CLASSES, pretrained=False)
+    model = create_bundled_model(num_classes=BASE_NUM_CLASSES, pretrained=False)
     num_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999)
