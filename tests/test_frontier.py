@@ -98,17 +98,23 @@ def test_candidates_meet_nearest_bytes_baselines_and_their_controls():
         choose_candidate([c for c in comparisons if c.relation == "control"])
 
 
-def test_vtab_tasks_need_a_group_and_the_split_files(tmp_path):
+def test_vtab_tasks_take_groups_as_the_suite_does_and_need_the_split_files(tmp_path):
     make_learnable_task(tmp_path, task="toy")
+    make_learnable_task(tmp_path, task="other")
     (task,) = vtab_tasks(["toy:structured"], tmp_path, ("train800", "test"))
     assert task.group == "Structured" and task.settings == {
         "task": "toy",
         "data_root": str(tmp_path),
     }
-    with pytest.raises(ValueError, match="no known VTAB group"):
-        vtab_tasks(["toy"], tmp_path, ("train800",))
-    with pytest.raises(ValueError, match="unknown group"):
-        vtab_tasks(["toy:weird"], tmp_path, ("train800",))
+    assert [t.group for t in vtab_tasks(["toy:Faces", "other:natural"], tmp_path, ())] == [
+        "Faces",
+        "Natural",
+    ]
+    assert [t.group for t in vtab_tasks(["toy", "other"], tmp_path, ())] == ["All", "All"]
+    with pytest.raises(ValueError, match="'other' has no group while others have one"):
+        vtab_tasks(["toy:natural", "other"], tmp_path, ("train800",))
+    with pytest.raises(ValueError, match="no folder"):
+        vtab_tasks(["missing"], tmp_path, ("train800",))
     (tmp_path / "toy" / "val200.txt").unlink()
     with pytest.raises(ValueError, match="val200.txt: split file not found"):
         vtab_tasks(["toy:natural"], tmp_path, ("train800", "val200"))

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
         default=",".join(DEFAULT_TASKS),
-        help="comma-separated tasks under --data-root; NAME:GROUP gives a task's VTAB group "
+        help="comma-separated tasks under --data-root; NAME:GROUP names a task's group "
         f"(default {','.join(DEFAULT_TASKS)})",
     )
     parser.add_argument(

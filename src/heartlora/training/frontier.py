@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
-from heartlora.bundled.tasks import MINI_VTAB_TASKS
 from heartlora.errors import HeartLoRAError
 from heartlora.training.report import GROUP_ORDER, RunResult
 from heartlora.training.stats import PairedComparison, mean_std, paired_comparison, pareto_front
-from heartlora.training.suite import SuiteTask, mini_vtab_tasks, parse_method, run_suite
+from heartlora.training.suite import SuiteTask, discover_tasks, parse_method, run_suite
 
 DEFAULT_TASKS: tuple[str, ...] = ("mnist", "photo-patches", "animal-rotation")
 """One mini-VTAB task per group: the three on which lr and scale were tuned (on val200)."""
@@ -94,48 +93,25 @@ def format_method(name: str, overrides: dict[str, Any]) -> str:
 
 
 def vtab_tasks(names: list[str], data_root: Path, splits: tuple[str, ...]) -> list[SuiteTask]:
-    """Suite tasks from any VTAB-layout root: ``<root>/<task>/<split>.txt`` plus images.
+    """Suite tasks from any VTAB-layout root (`heartlora.training.suite.discover_tasks`).
 
-    A mini-VTAB task name is materialised under ``data_root`` first. A name may carry its
-    VTAB group as ``name:group`` (``natural``, ``specialized``, ``structured``); the bundled and
-    the 19 VTAB-1k tasks know theirs.
+    A name may carry its group as ``name:group``; then every name must, and those groups are
+    used. Otherwise the root's ``groups.yaml``, or the groups the names are known by (mini-VTAB
+    and VTAB-1k), or one group. Mini-VTAB task names are materialised under ``data_root``.
 
     Raises:
-        HeartLoRAError: for a task without a known group, or a task folder that lacks one of
-            ``splits`` (before anything is trained).
+        HeartLoRAError: some names with a group and others without, an unknown task, or a task
+            folder that lacks one of ``splits`` (before anything is trained).
     """
-    from heartlora.data.vtab1k import VTAB1K_TASKS
-
-    tasks = []
-    for entry in names:
-        name, _, group = entry.partition(":")
-        name, group = name.strip(), group.strip().lower()
-        if name in MINI_VTAB_TASKS:
-            task = mini_vtab_tasks([name], data_root)[0]
-        else:
-            known = VTAB1K_TASKS.get(name, "")
-            task = SuiteTask(name, known, {"task": name, "data_root": str(data_root)})
-        if group:
-            if group not in _GROUPS:
-                raise HeartLoRAError(
-                    f"task {entry!r}: unknown group {group!r}; expected natural, specialized "
-                    "or structured"
-                )
-            task = SuiteTask(task.name, _GROUPS[group], task.settings)
-        if not task.group:
-            raise HeartLoRAError(
-                f"task {name!r} has no known VTAB group: write it as {name}:natural, "
-                f"{name}:specialized or {name}:structured"
-            )
-        for split in splits:
-            path = data_root / name / f"{split}.txt"
-            if not path.is_file():
-                raise HeartLoRAError(
-                    f"{path}: split file not found (a VTAB-layout root holds "
-                    f"<task>/{split}.txt with lines 'relative/path.png <label>')"
-                )
-        tasks.append(task)
-    return tasks
+    entries = [[part.strip() for part in entry.partition(":")[::2]] for entry in names]
+    given = {name: _GROUPS.get(group.lower(), group) for name, group in entries if group}
+    if given and len(given) != len(entries):
+        ungrouped = next(name for name, group in entries if not group)
+        raise HeartLoRAError(
+            f"task {ungrouped!r} has no group while others have one: write every task as "
+            "name:group, or none"
+        )
+    return discover_tasks(data_root, [name for name, _ in entries], given or None, splits=splits)
 
 
 @dataclass(frozen=True)
