@@ -36,8 +36,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
+from heartlora.atomic import atomic_write_json, atomic_write_text
 from heartlora.errors import HeartLoRAError
+from heartlora.training.figures import new_figure, save_png
 from heartlora.training.report import GROUP_ORDER, RunResult
 from heartlora.training.stats import PairedComparison, mean_std, paired_comparison, pareto_front
 from heartlora.training.suite import SuiteTask, discover_tasks, parse_method, run_suite
@@ -342,11 +343,6 @@ def frontier_markdown(
 
 def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Path:
     """Accuracy (mean ± std over seeds) against stored KB; the Pareto frontier as a step line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colours = {
         "lora": "tab:blue",
         "peft-lora": "tab:orange",
@@ -354,7 +350,7 @@ def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Pat
         "heart-lora-layer": "tab:purple",
     }
     control_markers = {"random": "x", "inverse": "v"}
-    figure, axis = plt.subplots(figsize=(7.2, 4.8), dpi=120)
+    figure, axis = new_figure((7.2, 4.8))
     legend: dict[str, dict[str, Any]] = {}
     for s in summaries:
         name, overrides = parse_method(s.method)
@@ -397,10 +393,7 @@ def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Pat
     axis.set_title(title, fontsize=9)
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
-    return path
+    return save_png(figure, path)
 
 
 def write_frontier(

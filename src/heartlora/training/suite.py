@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from heartlora.atomic import atomic_write, atomic_write_text
+from heartlora.atomic import atomic_write_text
 from heartlora.backbone import RANDOM_WEIGHTS
 from heartlora.bundled.tasks import (
     MINI_DEFAULTS,
@@ -39,6 +39,7 @@ from heartlora.bundled.tasks import (
 )
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
+from heartlora.training.figures import new_figure, save_png
 from heartlora.training.report import (
     RunResult,
     group_name,
@@ -415,12 +416,7 @@ def write_reports(results: list[RunResult], output_dir: Path) -> None:
 
 def plot_accuracy_vs_storage(summary, path: Path) -> Path:
     """Average accuracy against stored bytes per task, one point per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    figure, axis = new_figure((6.4, 4.2))
     for method in summary.methods:
         x = summary.adapter_bytes[method] / 1024
         y = sum(summary.average[method]) / len(summary.average[method])
@@ -431,10 +427,7 @@ def plot_accuracy_vs_storage(summary, path: Path) -> Path:
     axis.set_title("Accuracy vs stored parameters")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
-    return path
+    return save_png(figure, path)
 
 
 def suite_base_config(
