@@ -451,21 +451,24 @@ def run_frontier(
         raise HeartLoRAError(f"selection must be 'val200' or None, got {selection!r}")
     for method in methods:
         parse_method(method)
-    if selection is None:
+
+    def phase(
+        grid: list[str], directory: Path, phase_base: dict[str, Any], split: str
+    ) -> tuple[list[RunResult], list[Comparison]]:
+        """Train ``grid`` in ``directory`` and write its frontier reports."""
         results = run_suite(
-            tasks, methods, seeds, output_dir, base, log, method_defaults, jobs=jobs
+            tasks, grid, seeds, directory, phase_base, log, method_defaults, jobs=jobs
         )
+        return results, write_frontier(results, directory, phase_base, split, bootstrap_seed)
+
+    if selection is None:
         split = str(base.get("eval_split"))
-        comparisons = write_frontier(results, output_dir, base, split, bootstrap_seed)
+        results, comparisons = phase(methods, output_dir, base, split)
         return FrontierOutcome({split: results}, {split: comparisons}, None)
 
     log(f"selection: {len(methods)} methods on train800 → val200")
-    val_base = {**base, **SELECTION_SPLITS}
     val_dir = output_dir / "val200"
-    val_results = run_suite(
-        tasks, methods, seeds, val_dir, val_base, log, method_defaults, jobs=jobs
-    )
-    val_comparisons = write_frontier(val_results, val_dir, val_base, "val200", bootstrap_seed)
+    val_results, val_comparisons = phase(methods, val_dir, {**base, **SELECTION_SPLITS}, "val200")
     chosen = choose_candidate(val_comparisons)
     chosen_methods = methods_for_test(chosen, val_comparisons, base)
     atomic_write_json(
@@ -477,12 +480,10 @@ def run_frontier(
         },
     )
     log(f"chosen on val200: {chosen}; test: {', '.join(chosen_methods)}")
-    test_base = {**base, **TEST_SPLITS}
     test_dir = output_dir / "test"
-    test_results = run_suite(
-        tasks, chosen_methods, seeds, test_dir, test_base, log, method_defaults, jobs=jobs
+    test_results, test_comparisons = phase(
+        chosen_methods, test_dir, {**base, **TEST_SPLITS}, "test"
     )
-    test_comparisons = write_frontier(test_results, test_dir, test_base, "test", bootstrap_seed)
     _write_overview(output_dir, chosen, val_dir, test_dir)
     return FrontierOutcome(
         {"val200": val_results, "test": test_results},
