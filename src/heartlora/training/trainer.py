@@ -321,7 +321,7 @@ class Trainer:
         order = epoch_order(len(self.train_set), config.seed + 7919, 0, config.batch_size)
         # at most one epoch of batches: a small training set scores on what it has
         order = order[: config.calib_batches]
-        batches = iterate_batches(self.train_set, order, 0)
+        batches = iterate_batches(self.train_set, order, 0, self.device)
         scores = responsiveness(
             self.model,
             batches,
@@ -426,10 +426,11 @@ class Trainer:
             self.eval_set,
             [indices[i : i + size] for i in range(0, len(indices), size)],
             self.config.num_workers,
+            self.device,  # a cache on the GPU stays there: no round trip through the host
         ):
             with self._autocast():
-                logits = self.model(images.to(self.device))
-            correct += (logits.argmax(1).cpu() == labels).sum().item()
+                logits = self.model(images)
+            correct += (logits.argmax(1) == labels).sum().item()
         self.model.train(was_training)
         total_correct, total = all_reduce_sum(
             [correct, float(len(indices))], self.world, self.device
