@@ -49,6 +49,12 @@ def test_grid_methods_parse_and_format_back():
     heart = GridMethod.parse("heart-lora[rank=8,ne=2]", BASE)
     assert heart.is_candidate and heart.control("random") == "heart-lora[rank=8,ne=2,scorer=random]"
     assert not GridMethod.parse("heart-lora[ne=2,scorer=inverse]", BASE).is_candidate
+    # any other scorer's inverse control negates that scorer's own scores
+    sensitivity = GridMethod.parse("heart-lora[ne=2,scorer=sensitivity]", BASE)
+    inverse = sensitivity.control("inverse")
+    assert inverse == "heart-lora[ne=2,scorer=sensitivity,invert_scores=True]"
+    assert GridMethod.parse(inverse, BASE).control_kind == "inverse"
+    assert not GridMethod.parse(inverse, BASE).is_candidate
 
 
 def test_summary_marks_the_pareto_frontier_and_seed_spread():

@@ -14,7 +14,9 @@ def _injected(build=tiny_vit, **config):
     return model
 
 
-@pytest.mark.parametrize("scorer", ["taylor", "grad-norm", "output-norm", "redundancy"])
+@pytest.mark.parametrize(
+    "scorer", ["taylor", "grad-norm", "output-norm", "redundancy", "sensitivity", "update-norm"]
+)
 def test_every_scorer_returns_layers_by_heads(scorer):
     model = _injected()
     randomize_adapters(model)
@@ -116,3 +118,60 @@ def test_inverse_control_deactivates_the_most_responsive_heads(mode):
         assert torch.equal(~kept_by_inverse, taylor == taylor.max(dim=1, keepdim=True).values)
     with pytest.raises(ValueError, match="warm-up"):
         hl.responsiveness(_injected(), batches(1), F.cross_entropy, scorer="inverse")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(targets=("q", "v")),
+        dict(targets=("q", "k", "v"), layout="shared"),
+        dict(targets=("proj",)),
+    ],
+    ids=["per-projection", "shared", "proj"],
+)
+def test_update_norm_is_the_norm_of_each_heads_part_of_delta_w(config):
+    model = _injected(scale=3.0, **config)
+    randomize_adapters(model)
+    hl.set_head_masks(model, [torch.tensor([True, True, True, True])] * 2)
+    scores = hl.responsiveness(model, [], scorer="update-norm")
+    adapter = (
+        model.blocks[1].attn.proj if config["targets"] == ("proj",) else model.blocks[1].attn.qkv
+    )
+    delta = adapter.delta_weight()
+    hd, width = adapter.head_dim, adapter.num_heads * adapter.head_dim
+    head = 2
+    if config["targets"] == ("proj",):  # head 2 owns columns of ΔW
+        expected = delta[:, head * hd : (head + 1) * hd].norm()
+    else:  # head 2 owns rows of each targeted projection's slice of ΔW
+        slots = {"q": 0, "k": 1, "v": 2}
+        expected = sum(
+            delta[slots[t] * width + head * hd : slots[t] * width + (head + 1) * hd].norm()
+            for t in config["targets"]
+        )
+    torch.testing.assert_close(scores[1, head], expected.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_update_norm_and_sensitivity_ask_for_trained_adapters():
+    for scorer in ("update-norm", "sensitivity"):
+        with pytest.raises(ValueError, match="warm-up"):
+            hl.responsiveness(_injected(), batches(2), F.cross_entropy, scorer=scorer)
+
+
+def test_sensitivity_over_batches_is_adalora_ema_of_elementwise_sensitivity():
+    model = _injected(targets=("q", "v"))
+    randomize_adapters(model)
+    data = batches(3)
+    scores = hl.responsiveness(model, data, F.cross_entropy, scorer="sensitivity")
+    assert all(p.grad is None for p in model.parameters())
+    adapter = model.blocks[0].attn.qkv
+    smoothed = torch.zeros_like(adapter.lora_B)
+    uncertainty = torch.zeros_like(adapter.lora_B)
+    for x, y in data:  # eqs. 8–9 of AdaLoRA with β₁ = β₂ = 0.85, by hand
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        current = (adapter.lora_B * adapter.lora_B.grad).abs().detach()
+        smoothed = 0.85 * smoothed + 0.15 * current
+        uncertainty = 0.85 * uncertainty + 0.15 * (current - smoothed).abs()
+    hd = adapter.head_dim
+    expected = (smoothed * uncertainty)[:, 1 * hd : 2 * hd].mean()  # head 1, both projections
+    torch.testing.assert_close(scores[0, 1], expected.float(), rtol=1e-4, atol=1e-12)

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tiny_models import tiny_swin
+from tiny_models import tiny_swin, tiny_vit
 
 import heartlora as hl
 
@@ -59,3 +59,37 @@ def test_ne_zero_keeps_every_head(mode):
 def test_ties_break_by_index():
     keep = hl.select_heads(torch.ones(2, 4), ne=2, mode="layer")
     assert keep.tolist() == [[False, False, True, True]] * 2
+
+
+def test_normalize_layers_lets_every_layer_weigh_the_same_in_the_global_ranking():
+    # layer 0's scores are 100× larger: unnormalised it alone decides; normalised, layer 1's
+    # strong preference against head 3 wins over layer 0's weak one against head 0
+    scores = torch.tensor([[100.0, 110.0, 110.0, 110.0], [1.0, 1.0, 1.0, 0.01]])
+    raw = hl.select_heads(scores, ne=1, mode="global")
+    normalized = hl.select_heads(scores, ne=1, mode="global", normalize_layers=True)
+    assert raw[:, 0].logical_not().all() and raw[:, 1:].all()
+    assert normalized[:, 3].logical_not().all() and normalized[:, :3].all()
+    for mode in ("layer", "budget"):
+        same = hl.select_heads(scores * torch.tensor([[1.0], [7.0]]), ne=1, mode=mode)
+        if mode == "layer":
+            assert torch.equal(
+                same, hl.select_heads(scores, ne=1, mode=mode, normalize_layers=True)
+            )
+
+
+def test_normalize_per_layer_keeps_signs_nan_padding_and_zero_rows():
+    from heartlora.selection import normalize_per_layer
+
+    scores = torch.tensor([[-1.0, -3.0, float("nan")], [0.0, 0.0, 0.0]])
+    out = normalize_per_layer(scores)
+    torch.testing.assert_close(out[0, :2], torch.tensor([-0.25, -0.75], dtype=torch.float64))
+    assert torch.isnan(out[0, 2]) and (out[1] == 0).all()
+
+
+def test_invert_scores_deactivates_the_most_responsive_heads_of_any_scorer():
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, ne=1, mode="layer", invert_scores=True))
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.8, 0.2, 0.4, 0.6]])
+    keep = hl.deactivate_heads(model, scores)
+    assert keep.tolist() == [[True, False, True, True], [False, True, True, True]]
+    torch.testing.assert_close(model.heartlora_scores, -scores)  # what the selection used

@@ -349,3 +349,31 @@ def test_cache_device_needs_the_cache(toy, tmp_path, capsys):
     args = train_args(root, checkpoint, tmp_path / "run", "lora", cache_device="cuda")
     assert main(args) == 2
     assert "cache_device 'cuda' needs cache_images: true" in capsys.readouterr().err
+
+
+def test_sensitivity_scorer_accumulates_over_the_warm_up_and_resumes_exactly(
+    toy, tmp_path, monkeypatch, capsys
+):
+    root, checkpoint = toy  # 3 steps per epoch; heads are scored after warm-up step 5
+    extra = ["--set", "scorer=sensitivity", "--set", "normalize_layers=true"]
+    extra += ["--set", "calib_warmup_steps=5"]
+    reference = tmp_path / "reference"
+    assert (
+        main([*train_args(root, checkpoint, reference, "heart-lora", epochs=3, ne=2), *extra]) == 0
+    )
+    assert "calibrated with scorer sensitivity on 5 warm-up steps" in capsys.readouterr().out
+    config = json.loads((reference / "adapter" / "heartlora_config.json").read_text())
+    assert config["config"]["scorer"] == "sensitivity"
+    assert config["config"]["normalize_layers"] is True
+    # interrupted inside warm-up step 4 (steps 1-3 folded in; B is zero only in step 1)
+    out = tmp_path / "run"
+    args = [*train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2), *extra]
+    with monkeypatch.context() as patched:
+        _on_training_forward(4, _raise_keyboard_interrupt)(patched)
+        assert main(args) == 130
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["sensitivity"]["steps"] == 3
+    assert main([*args, "--resume"]) == 0
+    _assert_same_run(reference, out)
+    resumed = json.loads((out / "adapter" / "heartlora_config.json").read_text())
+    assert resumed["scores"] == config["scores"]  # the same sensitivities, bit for bit

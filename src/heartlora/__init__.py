@@ -23,10 +23,12 @@ from heartlora.inject import (
 )
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads, select_heads
+from heartlora.sensitivity import HeadSensitivity
 
 __all__ = [
     "HeadLoRAProj",
     "HeadLoRAQKV",
+    "HeadSensitivity",
     "HeartLoRAConfig",
     "HeartLoRAError",
     "adapter_parameters",

@@ -15,7 +15,16 @@ TARGETS: tuple[str, ...] = ("q", "k", "v", "proj")
 MODES: tuple[str, ...] = ("global", "layer", "percent", "budget")
 """Head-selection modes (DESIGN.md §2.3): Heart-LoRA, Heart-LoRA†, per-layer share, network budget."""
 
-SCORERS: tuple[str, ...] = ("taylor", "grad-norm", "output-norm", "redundancy", "random", "inverse")
+SCORERS: tuple[str, ...] = (
+    "taylor",
+    "grad-norm",
+    "output-norm",
+    "redundancy",
+    "sensitivity",
+    "update-norm",
+    "random",
+    "inverse",
+)
 """Responsiveness scorers (DESIGN.md §2.2)."""
 
 LAYOUTS: tuple[str, ...] = ("per-projection", "shared")
@@ -72,6 +81,11 @@ class HeartLoRAConfig:
             ``budget`` (deactivate the ``L · ne`` lowest (layer, head) pairs of the network).
         percent: share of heads to deactivate per layer in ``percent`` mode, in [0, 1).
         scorer: responsiveness scorer, one of `SCORERS` (DESIGN.md §2.2).
+        normalize_layers: divide each layer's scores by their absolute sum before ranking across
+            layers (modes ``global`` and ``budget``), so every layer weighs the same.
+        invert_scores: negate the scorer's scores before selection, so that the *most*
+            responsive heads are deactivated: the ``inverse`` control of any scorer
+            (``scorer="inverse"`` is the ``taylor`` scorer inverted).
         calib_warmup_steps: plain-LoRA optimizer steps before the heads are scored (the
             ``taylor`` and ``output-norm`` scorers need trained B blocks; the steps count toward
             the schedule). Formerly ``warmup_steps``.
@@ -93,6 +107,8 @@ class HeartLoRAConfig:
     mode: str = "global"
     percent: float = 0.0
     scorer: str = "taylor"
+    normalize_layers: bool = False
+    invert_scores: bool = False
     calib_warmup_steps: int = 20
     calib_batches: int = 4
     layout: str = "per-projection"
@@ -122,6 +138,9 @@ class HeartLoRAConfig:
             raise HeartLoRAError(
                 f"unknown layout {self.layout!r}: expected one of {', '.join(LAYOUTS)}"
             )
+        for key in ("normalize_layers", "invert_scores"):
+            if not isinstance(getattr(self, key), bool):
+                raise HeartLoRAError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.ne, int) or isinstance(self.ne, bool) or self.ne < 0:
             raise HeartLoRAError(f"ne must be a non-negative integer, got {self.ne!r}")
         if not 0.0 <= float(self.percent) < 1.0:
@@ -148,7 +167,7 @@ class HeartLoRAConfig:
         """The inverse of `to_dict`, also reading the configs of older adapter files.
 
         Older files may spell ``calib_warmup_steps`` ``warmup_steps`` (a `FutureWarning`),
-        lack ``layout`` (they are ``per-projection``) or hold an ``extra`` key (ignored).
+        lack ``layout`` (they are ``per-projection``) or ``normalize_layers`` and ``invert_scores`` (false) or hold an ``extra`` key (ignored).
         ``where`` (e.g. the file) starts the warning and error messages.
 
         Raises:

@@ -10,6 +10,12 @@ has fewer heads; a higher score means a more responsive head:
 * ``redundancy`` — 1 − max cosine similarity of head h's attention map to another head of
   the same layer (redundant heads score low). Needs no labels and no adapters' training.
 
+* ``sensitivity`` — AdaLoRA's smoothed sensitivity × uncertainty of |θ·∂L/∂θ| over the B
+  elements of each head (`heartlora.sensitivity`). In training it is accumulated over every
+  warm-up step; here, over the given batches with the adapters as they are. Needs trained B.
+* ``update-norm`` — how far head h's trained update moved: Σ_p ‖s·B_p,h·A_p‖_F, the Frobenius
+  norm of its rows of ΔW (of its columns for ``proj``). Reads no batches. Needs trained B.
+
 Two controls (DESIGN.md §2.2), so that a scorer can be shown to beat chance:
 
 * ``random`` — independent uniform scores in [0, 1) from a generator seeded with ``seed``: the
@@ -36,38 +42,14 @@ from heartlora.adapters import HeadLoRAQKV
 from heartlora.attention_maps import layer_head_similarity
 from heartlora.config import SCORERS
 from heartlora.errors import HeartLoRAError
+from heartlora.head_blocks import head_parameter, pad_rows, scatter_per_head, split_heads
 from heartlora.inject import AttentionLayer, find_attention_layers
+from heartlora.sensitivity import HeadSensitivity
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 INVERSE_OF = "taylor"
 """The scorer whose negated scores the ``inverse`` control uses."""
-
-
-def _head_blocks(adapter: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-    """Rearrange B (qkv, (P, n·hd, r)) or A (proj, (r, n·hd)) — or its gradient — into
-    (active heads n, block size): both keep a head's rows contiguous in dimension 1."""
-    return tensor.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1).flatten(1)
-
-
-def _head_parameter(adapter: nn.Module) -> nn.Parameter:
-    """The parameter whose per-head blocks define the head: B for qkv, A for proj."""
-    return adapter.lora_B if isinstance(adapter, HeadLoRAQKV) else adapter.lora_A
-
-
-def _per_head(adapter: nn.Module, active_values: torch.Tensor) -> torch.Tensor:
-    """Scatter values of the active heads into a (H,) tensor, zeros for inactive heads."""
-    full = torch.zeros(adapter.num_heads, dtype=torch.float64)
-    full[adapter.head_mask.cpu()] = active_values.detach().double().cpu()
-    return full
-
-
-def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
-    width = max(row.numel() for row in rows)
-    out = torch.full((len(rows), width), float("nan"), dtype=torch.float64)
-    for index, row in enumerate(rows):
-        out[index, : row.numel()] = row
-    return out
 
 
 def _require_adapters(layers: list[AttentionLayer], scorer: str) -> None:
@@ -80,7 +62,7 @@ def _gradient_scores(
 ) -> list[torch.Tensor]:
     device = next(model.parameters()).device
     totals = [torch.zeros(layer.num_heads, dtype=torch.float64) for layer in layers]
-    params = [_head_parameter(a) for layer in layers for a in layer.adapters]
+    params = [head_parameter(a) for layer in layers for a in layer.adapters]
     if scorer == "taylor" and all(not bool(p.detach().any()) for p in params):
         raise HeartLoRAError(
             "the taylor scorer needs trained adapters (all B blocks are zero): train a warm-up "
@@ -94,15 +76,15 @@ def _gradient_scores(
         for index, layer in enumerate(layers):
             per_head = torch.zeros(layer.num_heads, dtype=torch.float64)
             for adapter in layer.adapters:
-                param = _head_parameter(adapter)
+                param = head_parameter(adapter)
                 if param.grad is None:
                     continue
-                grad_blocks = _head_blocks(adapter, param.grad)
+                grad_blocks = split_heads(adapter, param.grad)
                 if scorer == "taylor":
-                    values = (_head_blocks(adapter, param.detach()) * grad_blocks).sum(1)
+                    values = (split_heads(adapter, param.detach()) * grad_blocks).sum(1)
                 else:
                     values = grad_blocks.double().pow(2).sum(1)
-                per_head += _per_head(adapter, values)
+                per_head += scatter_per_head(adapter, values)
             totals[index] += per_head.abs() if scorer == "taylor" else per_head.sqrt()
         batches_seen += 1
     model.zero_grad(set_to_none=True)
@@ -134,7 +116,7 @@ def _output_norm_scores(
                 a = adapter.lora_A.unflatten(1, (adapter.active_heads, adapter.head_dim))
                 z = torch.einsum("...nd,rnd->...nr", heads_x, a)
                 norms = (z @ adapter.lora_B.T).norm(dim=-1) * adapter.scale
-            totals[index] += _per_head(adapter, norms.flatten(0, -2).sum(0))
+            totals[index] += scatter_per_head(adapter, norms.flatten(0, -2).sum(0))
             if adapter is layers[index].adapters[0]:
                 tokens[index] += norms.flatten(0, -2).shape[0]
 
@@ -168,6 +150,47 @@ def _redundancy_scores(model: nn.Module, batches: Iterable) -> list[torch.Tensor
     return scores
 
 
+def _sensitivity_scores(model: nn.Module, batches: Iterable, loss_fn: LossFn) -> list[torch.Tensor]:
+    device = next(model.parameters()).device
+    tracker = HeadSensitivity(model)
+    for images, labels in batches:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(images.to(device)), labels.to(device)).backward()
+        tracker.update()
+    model.zero_grad(set_to_none=True)
+    if tracker.steps == 0:
+        raise HeartLoRAError("responsiveness got no batches to score on")
+    return tracker.layer_scores()
+
+
+@torch.no_grad()
+def _update_norm_scores(layers: list[AttentionLayer]) -> list[torch.Tensor]:
+    rows = []
+    for layer in layers:
+        per_head = torch.zeros(layer.num_heads, dtype=torch.float64)
+        for adapter in layer.adapters:
+            a, b = adapter.lora_A.double(), adapter.lora_B.double()
+            if isinstance(adapter, HeadLoRAQKV):
+                norms = torch.zeros(adapter.active_heads, dtype=torch.float64, device=a.device)
+                for position, a_index in enumerate(adapter._a_index):
+                    a_p = a[a_index * adapter.rank : (a_index + 1) * adapter.rank]
+                    blocks = b[position].unflatten(0, (adapter.active_heads, adapter.head_dim))
+                    # ‖B_h A‖²_F = Σ (B_h G) ∘ B_h with G = A Aᵀ (r × r)
+                    squared = ((blocks @ (a_p @ a_p.T)) * blocks).sum((1, 2))
+                    norms += squared.clamp_min(0).sqrt()
+            else:  # proj: head h owns columns of A; ‖B A_h‖²_F = Σ (G A_h) ∘ A_h, G = BᵀB
+                blocks = a.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1)
+                norms = ((b.T @ b @ blocks) * blocks).sum((1, 2)).clamp_min(0).sqrt()
+            per_head += scatter_per_head(adapter, norms * abs(adapter.scale))
+        rows.append(per_head)
+    if all(not bool(row.any()) for row in rows):
+        raise HeartLoRAError(
+            "the update-norm scorer needs trained adapters (all updates are zero): train a "
+            "warm-up first, or use scorer 'grad-norm'"
+        )
+    return rows
+
+
 def _random_scores(layers: list[AttentionLayer], seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [
@@ -189,7 +212,8 @@ def responsiveness(
         model: an injected model (any timm ViT/Swin for ``redundancy``).
         batches: iterable of ``(images, labels)`` (a DataLoader works).
         loss_fn: ``loss_fn(logits, labels) -> scalar``; needed by ``taylor`` and ``grad-norm``.
-        scorer: one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``, or a control:
+        scorer: one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``,
+            ``sensitivity``, ``update-norm``, or a control:
             ``random``, ``inverse`` (the negated ``taylor`` scores).
         max_batches: score on at most this many batches.
         seed: seeds the ``random`` control (other scorers ignore it); pass the run's seed.
@@ -200,14 +224,17 @@ def responsiveness(
 
     Raises:
         HeartLoRAError: on an unknown scorer, a missing ``loss_fn``, a model without adapters,
-            untrained adapters for ``taylor`` and ``inverse``, or no batches (``random`` reads
-            none).
+            untrained adapters for ``taylor``, ``inverse``, ``sensitivity`` and ``update-norm``,
+            or no batches (``random`` and ``update-norm`` read none).
     """
     if scorer not in SCORERS:
         raise HeartLoRAError(f"unknown scorer {scorer!r}: expected one of {', '.join(SCORERS)}")
     layers = find_attention_layers(model)
     if scorer == "random":
-        return _pad(_random_scores(layers, seed)).float()
+        return pad_rows(_random_scores(layers, seed)).float()
+    if scorer == "update-norm":
+        _require_adapters(layers, scorer)
+        return pad_rows(_update_norm_scores(layers)).float()
     if scorer == "inverse":
         return -responsiveness(model, batches, loss_fn, INVERSE_OF, max_batches)
     if max_batches is not None:
@@ -217,6 +244,11 @@ def responsiveness(
     try:
         if scorer == "redundancy":
             rows = _redundancy_scores(model, batches)
+        elif scorer == "sensitivity":
+            _require_adapters(layers, scorer)
+            if loss_fn is None:
+                raise HeartLoRAError(f"scorer {scorer!r} needs a loss_fn(logits, labels)")
+            rows = _sensitivity_scores(model, batches, loss_fn)
         elif scorer == "output-norm":
             _require_adapters(layers, scorer)
             rows = _output_norm_scores(model, layers, batches)
@@ -233,4 +265,4 @@ def responsiveness(
                 f"scorer {scorer!r}: the scores of layer {index} are NaN or infinite (the model's "
                 "outputs are not finite: did training diverge? try a lower lr or scale)"
             )
-    return _pad(rows).float()
+    return pad_rows(rows).float()

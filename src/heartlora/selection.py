@@ -27,8 +27,20 @@ def _check_scores(scores: torch.Tensor) -> torch.Tensor:
     return scores
 
 
+def normalize_per_layer(scores: torch.Tensor) -> torch.Tensor:
+    """Each layer's scores divided by the sum of their absolute values (padding stays NaN; a
+    layer whose scores are all zero stays zero). Signs and the order within a layer are kept."""
+    scores = _check_scores(scores)
+    totals = scores.abs().nansum(dim=1, keepdim=True)
+    return scores / torch.where(totals > 0, totals, torch.ones_like(totals))
+
+
 def select_heads(
-    scores: torch.Tensor, ne: int = 0, mode: str = "global", percent: float = 0.0
+    scores: torch.Tensor,
+    ne: int = 0,
+    mode: str = "global",
+    percent: float = 0.0,
+    normalize_layers: bool = False,
 ) -> torch.Tensor:
     """A bool (layers × heads) mask of the heads to keep.
 
@@ -41,13 +53,17 @@ def select_heads(
       * ``budget``: deactivate the ``L · ne`` lowest (layer, head) pairs of the whole network,
         keeping at least one head in every layer.
 
+    With ``normalize_layers`` each layer's scores are first divided by their absolute sum
+    (`normalize_per_layer`), so that a layer with large scores does not decide the global
+    ranking alone; per-layer modes are unchanged by it.
+
     Ties are broken by head index (lower index deactivated first), so the result is deterministic.
 
     Raises:
         HeartLoRAError: on an unknown mode, ``ne`` ≥ the heads of a layer, or ``global`` mode on
             layers with different head counts.
     """
-    scores = _check_scores(scores)
+    scores = normalize_per_layer(scores) if normalize_layers else _check_scores(scores)
     if mode not in MODES:
         raise HeartLoRAError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     heads = _heads_per_layer(scores)
@@ -99,10 +115,13 @@ def deactivate_heads(
     scores: torch.Tensor,
     config: HeartLoRAConfig | None = None,
 ) -> torch.Tensor:
-    """Apply ``config.ne``/``config.mode`` (default: the model's injected config) to ``scores``.
+    """Select heads from ``scores`` as ``config`` says (default: the model's injected config):
+    ``ne``, ``mode``, ``percent``, ``normalize_layers``, and ``invert_scores`` (the scores are
+    negated first).
 
     The deactivated heads' blocks are removed from the adapters: build the optimizer after this.
-    The scores and masks are stored on the model and saved with the adapter.
+    The scores the selection used (negated when inverted) and the masks are stored on the model
+    and saved with the adapter.
 
     Returns:
         The bool (layers × heads) keep-mask that was applied.
@@ -122,7 +141,9 @@ def deactivate_heads(
             f"scores of shape {tuple(scores.shape)} do not match the model's heads per layer "
             f"{model_heads}"
         )
-    keep = select_heads(scores, config.ne, config.mode, config.percent)
+    if config.invert_scores:  # the inverse control: the most responsive heads go
+        scores = -scores
+    keep = select_heads(scores, config.ne, config.mode, config.percent, config.normalize_layers)
     set_head_masks(model, [row[:count] for row, count in zip(keep, model_heads)])
     model.heartlora_scores = scores.float()
     return keep

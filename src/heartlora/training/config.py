@@ -248,6 +248,22 @@ class TrainConfig:
             "`budget`; null: `global` for heart-lora, `layer` for heart-lora-layer."
         },
     )
+    normalize_layers: bool = field(
+        default=False,
+        metadata={
+            "help": "Divide each layer's head scores by their absolute sum before heads are "
+            "ranked across layers (modes `global` and `budget`), so that every layer weighs "
+            "the same in the global ranking; no effect on per-layer modes."
+        },
+    )
+    invert_scores: bool = field(
+        default=False,
+        metadata={
+            "help": "Negate the scorer's scores before selection, so the most responsive heads "
+            "are deactivated: the `inverse` control of any scorer (`scorer: inverse` is "
+            "`taylor` inverted)."
+        },
+    )
     calib_warmup_steps: int | None = field(
         default=None,
         metadata={
@@ -447,6 +463,8 @@ class TrainConfig:
             mode=mode,
             percent=float(self.percent),
             scorer=self.scorer,
+            normalize_layers=self.normalize_layers,
+            invert_scores=self.invert_scores,
             calib_warmup_steps=CALIB_WARMUP_DEFAULT
             if self.calib_warmup_steps is None
             else self.calib_warmup_steps,

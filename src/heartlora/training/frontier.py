@@ -38,6 +38,7 @@ from typing import Any
 
 from heartlora.atomic import atomic_write_json, atomic_write_text
 from heartlora.errors import HeartLoRAError
+from heartlora.responsiveness import INVERSE_OF
 from heartlora.training.figures import new_figure, save_png
 from heartlora.training.report import GROUP_ORDER, RunResult
 from heartlora.training.stats import PairedComparison, mean_std, paired_comparison, pareto_front
@@ -135,18 +136,30 @@ class GridMethod:
         return self.name in BASELINES
 
     @property
+    def control_kind(self) -> str | None:
+        """``random`` or ``inverse`` when this method is a control (``scorer: inverse`` or
+        ``invert_scores: true``), else ``None``."""
+        if self.scorer in CONTROL_SCORERS:
+            return self.scorer
+        return "inverse" if self.overrides.get("invert_scores") is True else None
+
+    @property
     def is_candidate(self) -> bool:
-        """A head-selecting method whose scorer is not a control."""
-        return self.name in CANDIDATES and self.scorer not in CONTROL_SCORERS
+        """A head-selecting method that is not a control."""
+        return self.name in CANDIDATES and self.control_kind is None
 
     @property
     def line(self) -> str:
         """The method without its rank: members of one line differ only in budget."""
         return format_method(self.name, {k: v for k, v in self.overrides.items() if k != "rank"})
 
-    def control(self, scorer: str) -> str:
-        """This candidate with ``scorer`` replaced by a control scorer."""
-        return format_method(self.name, {**self.overrides, "scorer": scorer})
+    def control(self, kind: str) -> str:
+        """This candidate's ``random`` or ``inverse`` control: the same method and overrides
+        with the heads chosen at random, or by its own scores negated (``taylor``'s inverse is
+        spelled ``scorer=inverse``, any other scorer's ``invert_scores=true``)."""
+        if kind == "inverse" and self.scorer != INVERSE_OF:
+            return format_method(self.name, {**self.overrides, "invert_scores": True})
+        return format_method(self.name, {**self.overrides, "scorer": kind})
 
 
 @dataclass(frozen=True)
@@ -237,16 +250,10 @@ def compare_methods(
         partners = [
             (_nearest(own.stored_bytes, members), "nearest bytes") for members in lines.values()
         ]
-        for scorer in CONTROL_SCORERS:
+        for kind in CONTROL_SCORERS:
+            wanted = parse_method(parsed.control(kind))
             control = next(
-                (
-                    summaries[m]
-                    for m, p in grid.items()
-                    if p.name == parsed.name
-                    and p.scorer == scorer
-                    and {k: v for k, v in p.overrides.items() if k != "scorer"}
-                    == {k: v for k, v in parsed.overrides.items() if k != "scorer"}
-                ),
+                (summaries[m] for m, p in grid.items() if (p.name, p.overrides) == wanted),
                 None,
             )
             if control is not None:
@@ -353,8 +360,8 @@ def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Pat
     figure, axis = new_figure((7.2, 4.8))
     legend: dict[str, dict[str, Any]] = {}
     for s in summaries:
-        name, overrides = parse_method(s.method)
-        control = overrides.get("scorer") if overrides.get("scorer") in CONTROL_SCORERS else None
+        name, _ = parse_method(s.method)
+        control = GridMethod.parse(s.method, {}).control_kind
         style = (
             {"marker": control_markers[control], "color": "grey"}
             if control

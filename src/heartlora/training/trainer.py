@@ -43,6 +43,7 @@ from heartlora.inject import (
 )
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads
+from heartlora.sensitivity import HeadSensitivity
 from heartlora.training.config import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, TrainConfig
 from heartlora.training.distributed import (
     World,
@@ -160,6 +161,12 @@ class Trainer:
                     f"{self.total_steps} steps (calib_warmup_steps null: {CALIB_WARMUP_DEFAULT}, "
                     f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
                 )
+        # the `sensitivity` scorer accumulates over every warm-up step
+        self.sensitivity = (
+            HeadSensitivity(self.model)
+            if config.selects_heads and config.scorer == "sensitivity"
+            else None
+        )
         self.optimizer = self._optimizer()
         self.train_feed = BatchFeed(
             self.train_set,
@@ -268,6 +275,7 @@ class Trainer:
             "rng": rng,
             "head_masks": head_masks(self.model) if progress.calibrated else None,
             "scores": getattr(self.model, "heartlora_scores", None),
+            "sensitivity": self.sensitivity.state_dict() if self.sensitivity is not None else None,
         }
         write_checkpoint(self.output_dir / CHECKPOINT_NAME, state)
         self._saved_epoch = progress.epoch
@@ -301,6 +309,15 @@ class Trainer:
                 raise HeartLoRAError(f"{path}: checkpoint does not fit this run's model ({name})")
             with torch.no_grad():
                 params[name].copy_(value)
+        saved_sensitivity = state.get("sensitivity")
+        if self.sensitivity is not None and saved_sensitivity is not None:
+            if not isinstance(saved_sensitivity, dict):
+                raise HeartLoRAError(
+                    f"{path}: checkpoint does not fit this run's model (sensitivity)"
+                )
+            self.sensitivity.load_state_dict(saved_sensitivity, str(path))
+        if progress.calibrated:
+            self.sensitivity = None
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             set_rng_state(state["rng"])
@@ -321,15 +338,20 @@ class Trainer:
         order = epoch_order(len(self.train_set), config.seed + 7919, 0, config.batch_size)
         # at most one epoch of batches: a small training set scores on what it has
         order = order[: config.calib_batches]
-        batches = iterate_batches(self.train_set, order, 0, self.device)
-        scores = responsiveness(
-            self.model,
-            batches,
-            F.cross_entropy,
-            scorer=config.scorer,
-            max_batches=config.calib_batches,
-            seed=config.seed,
-        )
+        if self.sensitivity is not None and self.sensitivity.steps:
+            scores, source = self.sensitivity.scores(), f"{self.sensitivity.steps} warm-up steps"
+        else:
+            batches = iterate_batches(self.train_set, order, 0, self.device)
+            scores = responsiveness(
+                self.model,
+                batches,
+                F.cross_entropy,
+                scorer=config.scorer,
+                max_batches=config.calib_batches,
+                seed=config.seed,
+            )
+            source = f"{len(order)} batches"
+        self.sensitivity = None
         keep = deactivate_heads(self.model, scores)
         self.optimizer = self._optimizer()
         self._compile_if_asked()
@@ -337,7 +359,7 @@ class Trainer:
         self.progress.calibration_seconds = time.perf_counter() - started
         active = [int(row.sum()) for row in keep]
         self.log(
-            f"calibrated with scorer {config.scorer} on {len(order)} batches in "
+            f"calibrated with scorer {config.scorer} on {source} in "
             f"{self.progress.calibration_seconds:.1f}s; active heads per layer {active}"
         )
 
@@ -394,6 +416,8 @@ class Trainer:
         if not math.isfinite(grad_norm):
             raise self._diverged(f"gradients became {grad_norm}", lr)
         self._boundary = None  # from here until the step is counted, weights are changing
+        if self.sensitivity is not None and not self.progress.calibrated:
+            self.sensitivity.update()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_total, correct, stops > 0

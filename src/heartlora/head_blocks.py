@@ -1,0 +1,42 @@
+"""A head's block of an adapter: the slices of its parameters that belong to one attention head.
+
+For a q/k/v adapter (`HeadLoRAQKV`) head h owns rows h·hd … (h+1)·hd − 1 of every projection's
+B (shape (P, n_active·hd, r)); for a ``proj`` adapter (`HeadLoRAProj`) it owns those columns of
+A (shape (r, n_active·hd)). Both keep a head's features contiguous in dimension 1, so one
+reshape splits either into per-head blocks. The scorers (`heartlora.responsiveness`,
+`heartlora.sensitivity`) reduce these blocks to one number per head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from heartlora.adapters import HeadLoRAQKV
+
+
+def head_parameter(adapter: nn.Module) -> nn.Parameter:
+    """The parameter whose per-head blocks define the head: B for qkv, A for proj."""
+    return adapter.lora_B if isinstance(adapter, HeadLoRAQKV) else adapter.lora_A
+
+
+def split_heads(adapter: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """`head_parameter`'s shape (or its gradient's) → (active heads n, block size)."""
+    return tensor.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1).flatten(1)
+
+
+def scatter_per_head(adapter: nn.Module, active_values: torch.Tensor) -> torch.Tensor:
+    """Values of the active heads → a float64 (H,) CPU tensor, zeros for inactive heads."""
+    full = torch.zeros(adapter.num_heads, dtype=torch.float64)
+    full[adapter.head_mask.cpu()] = active_values.detach().double().cpu()
+    return full
+
+
+def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer score rows → one float64 (layers × max heads) tensor, NaN on the right where a
+    layer has fewer heads."""
+    width = max(row.numel() for row in rows)
+    out = torch.full((len(rows), width), float("nan"), dtype=torch.float64)
+    for index, row in enumerate(rows):
+        out[index, : row.numel()] = row
+    return out
