@@ -52,7 +52,7 @@ def test_grid_methods_parse_and_format_back():
     # any other scorer's inverse control negates that scorer's own scores
     sensitivity = GridMethod.parse("heart-lora[ne=2,scorer=sensitivity]", BASE)
     inverse = sensitivity.control("inverse")
-    assert inverse == "heart-lora[ne=2,scorer=sensitivity,invert_scores=True]"
+    assert inverse == "heart-lora[ne=2,scorer=sensitivity,invert_scores=true]"
     assert GridMethod.parse(inverse, BASE).control_kind == "inverse"
     assert not GridMethod.parse(inverse, BASE).is_candidate
 

@@ -158,6 +158,27 @@ def test_save_state_dict_replaces_an_existing_file(tmp_path):
 def test_invalid_config_is_rejected_before_any_work(tiny_fmnist):
     with pytest.raises(HeartLoRAError, match="epochs"):
         pretrain(PretrainConfig(epochs=0, data_dir=str(tiny_fmnist["dir"])), log=None)
+    with pytest.raises(HeartLoRAError, match="num_heads must divide the width 96, got 5"):
+        pretrain(PretrainConfig(num_heads=5, data_dir=str(tiny_fmnist["dir"])), log=None)
+
+
+def test_cli_pretrains_a_base_with_more_heads(tiny_fmnist, tmp_path):
+    output = tmp_path / "h12.safetensors"
+    argv = ["pretrain", "--output", str(output), "--epochs", "1", "--num-heads", "12"]
+    assert main([*argv, "--data-dir", str(tiny_fmnist["dir"]), "--batch-size", "64"]) == 0
+    model = timm.create_model(
+        BASE_MODEL_NAME,
+        num_heads=12,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(output)),
+    )
+    assert model.blocks[0].attn.num_heads == 12 and model.blocks[0].attn.head_dim == 8
+    six = tmp_path / "h6.safetensors"  # same seed and tensors' shapes, other attention
+    argv[2] = str(six)
+    assert main([*argv[:-2], "--data-dir", str(tiny_fmnist["dir"]), "--batch-size", "64"]) == 0
+    assert not torch.equal(
+        load_file(str(output))["head.weight"], load_file(str(six))["head.weight"]
+    )
 
 
 def test_cli_pretrain_runs_and_reports_bad_data_dir(tiny_fmnist, tmp_path, capsys):

@@ -377,3 +377,24 @@ def test_sensitivity_scorer_accumulates_over_the_warm_up_and_resumes_exactly(
     _assert_same_run(reference, out)
     resumed = json.loads((out / "adapter" / "heartlora_config.json").read_text())
     assert resumed["scores"] == config["scores"]  # the same sensitivities, bit for bit
+
+
+def test_model_kwargs_build_the_base_and_travel_with_the_adapter(toy, tmp_path, capsys):
+    from heartlora.tools.serving import base_model_from_adapter
+
+    root, checkpoint = toy  # a 6-head checkpoint: the same tensors read as 3 heads of 32 dims
+    out = tmp_path / "run"
+    args = train_args(root, checkpoint, out, "heart-lora", epochs=2, ne=1)
+    assert main([*args, "--set", "model_kwargs={num_heads: 3}"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["active_heads_per_layer"] == [2] * 6
+    metadata = json.loads((out / "adapter" / "heartlora_config.json").read_text())
+    assert metadata["extra"]["model_kwargs"] == {"num_heads": 3}
+    rebuilt = base_model_from_adapter(out / "adapter")
+    assert rebuilt.blocks[0].attn.num_heads == 3
+    for bad, message in (
+        ("model_kwargs=3", "model_kwargs must be dict"),
+        ("model_kwargs={num_classes: 3}", "model_kwargs: num_classes is set by the run itself"),
+    ):
+        assert main([*args, "--set", bad]) == 2
+        assert message in capsys.readouterr().err

@@ -27,7 +27,12 @@ from torch import nn
 
 from heartlora.atomic import atomic_write
 from heartlora.bundled.fashion_mnist import load_fashion_mnist, to_rgb_float
-from heartlora.bundled.model import BASE_MODEL_NAME, BASE_NUM_CLASSES, create_bundled_model
+from heartlora.bundled.model import (
+    BASE_MODEL_ARGS,
+    BASE_MODEL_NAME,
+    BASE_NUM_CLASSES,
+    create_bundled_model,
+)
 from heartlora.errors import HeartLoRAError
 
 __all__ = [
@@ -68,6 +73,9 @@ class PretrainConfig:
     """directory of the Fashion-MNIST idx files (default `heartlora.bundled.fashion_mnist.DEFAULT_DATA_DIR`)."""
     eval_batch_size: int = 500
     """images per forward pass when evaluating."""
+    num_heads: int = BASE_MODEL_ARGS["num_heads"]
+    """attention heads per layer; the width (96) must divide by it. A base with other than 6
+    heads is fine-tuned with ``checkpoint: FILE`` and ``model_kwargs: {num_heads: N}``."""
 
     def validate(self) -> None:
         """Raise `HeartLoRAError` naming the first setting that is out of range."""
@@ -84,6 +92,9 @@ class PretrainConfig:
                 f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs}, "
                 f"{self.weight_decay}"
             )
+        width = BASE_MODEL_ARGS["embed_dim"]
+        if self.num_heads < 1 or width % self.num_heads:
+            raise HeartLoRAError(f"num_heads must divide the width {width}, got {self.num_heads}")
         if not 0 <= self.label_smoothing < 1:
             raise HeartLoRAError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -146,7 +157,9 @@ def pretrain(
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = create_bundled_model(num_classes=BASE_NUM_CLASSES, pretrained=False)
+    model = create_bundled_model(
+        num_classes=BASE_NUM_CLASSES, pretrained=False, num_heads=config.num_heads
+    )
     num_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999)

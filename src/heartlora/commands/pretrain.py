@@ -35,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="peak learning rate")
     parser.add_argument(
+        "--num-heads",
+        type=int,
+        default=_DEFAULTS.num_heads,
+        help="attention heads per layer (must divide the width 96; fine-tune such a base with "
+        "model_kwargs: {num_heads: N})",
+    )
+    parser.add_argument(
         "--no-augment", action="store_true", help="train without random crop and flip"
     )
     parser.add_argument(
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         seed=args.seed,
         data_dir=args.data_dir,
+        num_heads=args.num_heads,
     )
     result = pretrain(config, output=args.output, log=lambda line: print(line, flush=True))
     if args.summary is not None:

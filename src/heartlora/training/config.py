@@ -53,6 +53,10 @@ def _one_of(choices: Iterable[str]) -> str:
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
+RUN_MODEL_KWARGS: tuple[str, ...] = ("num_classes", "img_size", "drop_path_rate", "pretrained")
+"""`timm.create_model` arguments every run sets from its own keys; not allowed in model_kwargs."""
+
+
 @dataclass
 class TrainConfig:
     """All settings of one `heartlora train` run; each field's ``metadata["help"]`` says what it
@@ -82,6 +86,15 @@ class TrainConfig:
             "null: true for a tagged name and for `vit_mini_patch4_28`, else false. false, or "
             "null with a bare name: random initialisation, with a warning and `weights: random` "
             "in result.json."
+        },
+    )
+    model_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "More `timm.create_model` keyword arguments for the base architecture, e.g. "
+            "`{num_heads: 12}` for a base pretrained with 12 heads, stored with the adapter so "
+            "that `predict` and `export` rebuild the same model (the keys a run sets itself, "
+            f"{', '.join(RUN_MODEL_KWARGS)}, are refused)."
         },
     )
     img_size: int = field(
@@ -361,6 +374,12 @@ class TrainConfig:
         """Check every value; raise `HeartLoRAError` naming the first bad key."""
         for item in fields(self):
             _check_type(item.name, getattr(self, item.name), item.type)
+        reserved = sorted(set(self.model_kwargs) & set(RUN_MODEL_KWARGS))
+        if reserved:
+            raise HeartLoRAError(
+                f"model_kwargs: {', '.join(reserved)} is set by the run itself; use the config "
+                "keys num_classes, img_size, drop_path or pretrained"
+            )
         if self.method not in METHODS:
             raise HeartLoRAError(_choice_error("method", self.method, METHODS))
         if self.data_kind not in DATASET_KINDS:
@@ -494,6 +513,8 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
 
 
 def _matches(value: Any, kind: str) -> bool:
+    if kind.startswith("dict[str"):
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     if kind.startswith("list["):
         return isinstance(value, list) and all(_matches(v, kind[5:-1]) for v in value)
     if isinstance(value, bool) and kind != "bool":
@@ -637,6 +658,8 @@ def _yaml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_value(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

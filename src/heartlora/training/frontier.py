@@ -50,25 +50,27 @@ DEFAULT_TASKS: tuple[str, ...] = ("mnist", "photo-patches", "animal-rotation")
 DEFAULT_SEEDS = 3
 
 DEFAULT_GRID: tuple[str, ...] = (
-    "lora[rank=4]",
     "lora[rank=6]",
     "lora[rank=8]",
-    "peft-lora[rank=4]",
     "peft-lora[rank=6]",
     "peft-lora[rank=8]",
     "lora[rank=4,targets=[q,k,v]]",
     "lora[rank=8,layout=shared,targets=[q,k,v]]",
-    "heart-lora[rank=8,ne=1]",
     "heart-lora[rank=8,ne=2]",
-    "heart-lora[rank=8,ne=3]",
     "heart-lora-layer[rank=8,ne=2]",
+    "heart-lora[rank=8,ne=2,scorer=sensitivity]",
+    "heart-lora[rank=8,ne=2,normalize_layers=true]",
+    "heart-lora[rank=10,ne=2]",
+    "heart-lora[rank=8,ne=2,layout=shared,targets=[q,k,v]]",
     "heart-lora[rank=8,ne=2,scorer=random]",
     "heart-lora[rank=8,ne=2,scorer=inverse]",
 )
-"""The default budget grid (docs/frontier.md says how it was sized): LoRA and peft LoRA at ranks
-4, 6, 8; LoRA on q, k, v at rank 4 (the bytes of rank 6 on q, v) and with one A shared by q, k,
-v at rank 8 (peft's layout, the bytes of rank 8 on q, v); Heart-LoRA at rank 8 with 1–3 of 6
-heads deactivated per layer, Heart-LoRA† at ne = 2, and the two controls at ne = 2."""
+"""The default budget grid, 14 methods (docs/frontier.md says how it was sized): LoRA and peft
+LoRA at ranks 6 and 8; LoRA on q, k, v at rank 4 (the bytes of rank 6 on q, v) and with one A
+shared by q, k, v at rank 8 (peft's layout); Heart-LoRA at rank 8 with 2 of 6 heads
+deactivated per layer and Heart-LoRA† at ne = 2; the variants that give responsiveness its best
+chance — the smoothed `sensitivity` scorer, per-layer normalisation, the freed bytes re-spent on
+rank 10, and the shared-A layout; and the two controls at ne = 2."""
 
 BASELINES: tuple[str, ...] = ("lora", "peft-lora")
 """Methods whose grid members are byte-matched partners of the Heart-LoRA variants."""
@@ -89,6 +91,8 @@ def format_method(name: str, overrides: dict[str, Any]) -> str:
         return name
 
     def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"  # as YAML and parse_method spell them
         return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
 
     return f"{name}[{','.join(f'{k}={text(v)}' for k, v in overrides.items())}]"

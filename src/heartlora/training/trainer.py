@@ -116,7 +116,11 @@ def create_run_model(config: TrainConfig, num_classes: int, log=print) -> nn.Mod
     drop-path and image size, and the weights `TrainConfig.base_weights` names: the checkpoint,
     else timm's pretrained weights when ``config.pretrained`` (null: a tagged name or the
     bundled base), else a random initialisation, which ``log`` reports in one warning line."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_path_rate": config.drop_path}
+    kwargs: dict[str, Any] = {
+        **config.model_kwargs,
+        "num_classes": num_classes,
+        "drop_path_rate": config.drop_path,
+    }
     if "swin" not in config.model:
         kwargs["img_size"] = config.img_size
     weights = config.base_weights()
@@ -652,6 +656,7 @@ class Trainer:
                 model=config.model,
                 checkpoint=config.checkpoint,
                 weights=config.base_weights(),
+                model_kwargs=dict(config.model_kwargs),
                 img_size=config.img_size,
                 normalize=config.normalize,
                 task=config.task,
