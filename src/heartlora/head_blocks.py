@@ -9,10 +9,14 @@ reshape splits either into per-head blocks. The scorers (`heartlora.responsivene
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from heartlora.adapters import HeadLoRAQKV
+from heartlora.errors import HeartLoRAError
+from heartlora.inject import AttentionLayer
 
 
 def head_parameter(adapter: nn.Module) -> nn.Parameter:
@@ -40,3 +44,26 @@ def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
     for index, row in enumerate(rows):
         out[index, : row.numel()] = row
     return out
+
+
+def per_layer_scores(
+    layers: list[AttentionLayer],
+    adapter_values: Callable[[nn.Module], torch.Tensor],
+    untrained: str,
+) -> list[torch.Tensor]:
+    """One float64 (heads,) CPU row per layer: the sum over the layer's adapters of
+    ``adapter_values(adapter)`` (one value per active head), zero for inactive heads.
+
+    Raises:
+        HeartLoRAError: with the message ``untrained`` when every value of every layer is zero
+            (untrained adapters: B is all zero before the first optimizer step).
+    """
+    rows = []
+    for layer in layers:
+        row = torch.zeros(layer.num_heads, dtype=torch.float64)
+        for adapter in layer.adapters:
+            row += scatter_per_head(adapter, adapter_values(adapter))
+        rows.append(row)
+    if all(not bool(row.any()) for row in rows):
+        raise HeartLoRAError(untrained)
+    return rows

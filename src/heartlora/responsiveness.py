@@ -42,7 +42,13 @@ from heartlora.adapters import HeadLoRAQKV
 from heartlora.attention_maps import layer_head_similarity
 from heartlora.config import SCORERS
 from heartlora.errors import HeartLoRAError
-from heartlora.head_blocks import head_parameter, pad_rows, scatter_per_head, split_heads
+from heartlora.head_blocks import (
+    head_parameter,
+    pad_rows,
+    per_layer_scores,
+    scatter_per_head,
+    split_heads,
+)
 from heartlora.inject import AttentionLayer, find_attention_layers
 from heartlora.sensitivity import HeadSensitivity
 
@@ -164,31 +170,30 @@ def _sensitivity_scores(model: nn.Module, batches: Iterable, loss_fn: LossFn) ->
 
 
 @torch.no_grad()
+def _update_norms(adapter: nn.Module) -> torch.Tensor:
+    """‖s·ΔW_h‖_F of each active head h, summed over the projections that hold it."""
+    a, b = adapter.lora_A.double(), adapter.lora_B.double()
+    if not isinstance(adapter, HeadLoRAQKV):  # proj: head h owns columns of A
+        blocks = a.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1)
+        # ‖B A_h‖²_F = Σ (G A_h) ∘ A_h with G = BᵀB (r × r)
+        norms = ((b.T @ b @ blocks) * blocks).sum((1, 2)).clamp_min(0).sqrt()
+        return norms * abs(adapter.scale)
+    norms = torch.zeros(adapter.active_heads, dtype=torch.float64, device=a.device)
+    for position, a_index in enumerate(adapter._a_index):
+        a_p = a[a_index * adapter.rank : (a_index + 1) * adapter.rank]
+        blocks = b[position].unflatten(0, (adapter.active_heads, adapter.head_dim))
+        # ‖B_h A‖²_F = Σ (B_h G) ∘ B_h with G = A Aᵀ (r × r)
+        norms += ((blocks @ (a_p @ a_p.T)) * blocks).sum((1, 2)).clamp_min(0).sqrt()
+    return norms * abs(adapter.scale)
+
+
 def _update_norm_scores(layers: list[AttentionLayer]) -> list[torch.Tensor]:
-    rows = []
-    for layer in layers:
-        per_head = torch.zeros(layer.num_heads, dtype=torch.float64)
-        for adapter in layer.adapters:
-            a, b = adapter.lora_A.double(), adapter.lora_B.double()
-            if isinstance(adapter, HeadLoRAQKV):
-                norms = torch.zeros(adapter.active_heads, dtype=torch.float64, device=a.device)
-                for position, a_index in enumerate(adapter._a_index):
-                    a_p = a[a_index * adapter.rank : (a_index + 1) * adapter.rank]
-                    blocks = b[position].unflatten(0, (adapter.active_heads, adapter.head_dim))
-                    # ‖B_h A‖²_F = Σ (B_h G) ∘ B_h with G = A Aᵀ (r × r)
-                    squared = ((blocks @ (a_p @ a_p.T)) * blocks).sum((1, 2))
-                    norms += squared.clamp_min(0).sqrt()
-            else:  # proj: head h owns columns of A; ‖B A_h‖²_F = Σ (G A_h) ∘ A_h, G = BᵀB
-                blocks = a.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1)
-                norms = ((b.T @ b @ blocks) * blocks).sum((1, 2)).clamp_min(0).sqrt()
-            per_head += scatter_per_head(adapter, norms * abs(adapter.scale))
-        rows.append(per_head)
-    if all(not bool(row.any()) for row in rows):
-        raise HeartLoRAError(
-            "the update-norm scorer needs trained adapters (all updates are zero): train a "
-            "warm-up first, or use scorer 'grad-norm'"
-        )
-    return rows
+    return per_layer_scores(
+        layers,
+        _update_norms,
+        "the update-norm scorer needs trained adapters (all updates are zero): train a "
+        "warm-up first, or use scorer 'grad-norm'",
+    )
 
 
 def _random_scores(layers: list[AttentionLayer], seed: int) -> list[torch.Tensor]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
-from heartlora.head_blocks import head_parameter, pad_rows, scatter_per_head, split_heads
+from heartlora.head_blocks import head_parameter, pad_rows, per_layer_scores, split_heads
 from heartlora.inject import find_attention_layers
 
 BETA_SMOOTHED = 0.85
@@ -108,21 +108,17 @@ class HeadSensitivity:
         if self.steps == 0:
             raise HeartLoRAError("scorer 'sensitivity' has seen no training step to score on")
         self._parameters()  # the heads must not have changed
-        rows = []
-        position = 0
-        for layer in self.layers:
-            per_head = torch.zeros(layer.num_heads, dtype=torch.float64)
-            for adapter in layer.adapters:
-                product = self.smoothed[position] * self.uncertainty[position]
-                per_head += scatter_per_head(adapter, split_heads(adapter, product).mean(1))
-                position += 1
-            rows.append(per_head)
-        if all(not bool(row.any()) for row in rows):
-            raise HeartLoRAError(
-                "scorer 'sensitivity' saw only zero sensitivities (all B blocks were zero): it "
-                "needs warm-up steps (calib_warmup_steps > 0)"
-            )
-        return rows
+        adapters = [adapter for layer in self.layers for adapter in layer.adapters]
+        products = {
+            id(adapter): smoothed * uncertainty
+            for adapter, smoothed, uncertainty in zip(adapters, self.smoothed, self.uncertainty)
+        }
+        return per_layer_scores(
+            self.layers,
+            lambda adapter: split_heads(adapter, products[id(adapter)]).mean(1),
+            "scorer 'sensitivity' saw only zero sensitivities (all B blocks were zero): it "
+            "needs warm-up steps (calib_warmup_steps > 0)",
+        )
 
     def state_dict(self) -> dict[str, object]:
         """The accumulated state, for exact resumption (tensors on the CPU)."""
