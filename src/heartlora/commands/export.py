@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from heartlora.adapter_io import load_adapter, read_adapter_metadata
-from heartlora.commands.arguments import output_dir
+from heartlora.commands.arguments import add_base_override_arguments, output_dir
 from heartlora.errors import HeartLoRAError
 from heartlora.tools.export import (
     EXPORT_FORMATS,
@@ -30,16 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="export_format",
     )
     parser.add_argument("--output-dir", required=True, type=output_dir, help="folder to write")
-    parser.add_argument("--model", default=None, help="timm model name (overrides the adapter's)")
-    parser.add_argument(
-        "--checkpoint", default=None, help="base weights file (overrides the adapter's)"
-    )
-    parser.add_argument(
-        "--ignore-base-mismatch",
-        action="store_true",
-        help="merge into --checkpoint/--model even though the adapter was trained on other base "
-        "weights (its metadata's `weights`)",
-    )
+    add_base_override_arguments(parser, "merge into")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an export already in --output-dir"
     )

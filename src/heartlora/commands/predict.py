@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from heartlora.adapter_io import AdapterMetadata, read_adapter_metadata
+from heartlora.commands.arguments import add_base_override_arguments
 from heartlora.data.base import open_image
 from heartlora.data.transforms import build_transform
 from heartlora.errors import HeartLoRAError
@@ -27,16 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="task adapter directory (repeat for several tasks on the same backbone)",
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files (png, jpg, ...)")
-    parser.add_argument("--model", default=None, help="timm model name (overrides the adapters')")
-    parser.add_argument(
-        "--checkpoint", default=None, help="base weights file (overrides the adapters')"
-    )
-    parser.add_argument(
-        "--ignore-base-mismatch",
-        action="store_true",
-        help="load --checkpoint/--model even though the adapters were trained on other base "
-        "weights (their metadata's `weights`)",
-    )
+    add_base_override_arguments(parser, "load", plural=True)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of text"
     )
