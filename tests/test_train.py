@@ -6,6 +6,7 @@ import signal
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
 
 from heartlora.cli import main
@@ -398,3 +399,71 @@ def test_model_kwargs_build_the_base_and_travel_with_the_adapter(toy, tmp_path, 
     ):
         assert main([*args, "--set", bad]) == 2
         assert message in capsys.readouterr().err
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the reads of a tensor's value on the host (``.item()``, ``bool()``, ``float()``
+    and ``nonzero`` go through the dispatcher; ``tolist`` does not, so it is wrapped) and the
+    backward passes, in order. On a GPU each read is a synchronisation: the host waits for the
+    device. Reads inside AdamW's step are not recorded: they are its step counters, host
+    tensors on every device (and the fused AdamW the trainer uses on CUDA reads nothing)."""
+
+    def __init__(self, monkeypatch) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.in_optimizer = False
+        tolist, backward, step = torch.Tensor.tolist, torch.Tensor.backward, torch.optim.AdamW.step
+
+        def recorded_tolist(tensor):
+            self.events.append("read")
+            return tolist(tensor)
+
+        def recorded_backward(tensor, *args, **kwargs):
+            self.events.append("backward")
+            return backward(tensor, *args, **kwargs)
+
+        def unrecorded_step(optimizer, *args, **kwargs):
+            self.in_optimizer = True
+            try:
+                return step(optimizer, *args, **kwargs)
+            finally:
+                self.in_optimizer = False
+
+        monkeypatch.setattr(torch.Tensor, "tolist", recorded_tolist)
+        monkeypatch.setattr(torch.Tensor, "backward", recorded_backward)
+        monkeypatch.setattr(torch.optim.AdamW, "step", unrecorded_step)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.in_optimizer and func in (
+            torch.ops.aten._local_scalar_dense.default,
+            torch.ops.aten.nonzero.default,
+        ):
+            self.events.append("read")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("scorer", ["taylor", "sensitivity"])
+def test_the_loop_reads_each_step_once_while_the_next_is_queued(toy, tmp_path, monkeypatch, scorer):
+    """One host read per step, of the previous step's numbers after the next backward is
+    queued (on a GPU the host never waits on an idle device), and one for the epoch's last
+    step: an epoch of 6 steps reads 3 times more than one of 3 steps."""
+    root, checkpoint = toy
+    epochs: dict[int, list[list[str]]] = {}
+    original = Trainer._train_epoch
+
+    def recorded_epoch(self, stop):
+        with _HostReads(monkeypatch) as reads:
+            original(self, stop)
+        epochs.setdefault(self.config.batch_size, []).append(reads.events)
+        monkeypatch.undo()  # unwrap what _HostReads patched; keep recording the next epoch
+        monkeypatch.setattr(Trainer, "_train_epoch", recorded_epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", recorded_epoch)
+    for batch_size in (16, 8):  # 48 images: 3 and 6 steps per epoch
+        args = train_args(root, checkpoint, tmp_path / str(batch_size), "heart-lora", ne=2)
+        args[args.index("--batch-size") + 1] = str(batch_size)
+        assert main([*args, "--set", f"scorer={scorer}", "--set", "calib_batches=1"]) == 0
+    (_, trained_3), (_, trained_6) = epochs[16], epochs[8]  # epoch 2: heads chosen
+    assert trained_6.count("read") - trained_3.count("read") == 3, epochs
+    steps = trained_6[trained_6.index("backward") :]
+    assert steps == ["backward"] + ["backward", "read"] * 5 + ["read"], steps

@@ -67,6 +67,13 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], world: World) -> None
         offset += grad.numel()
 
 
+def all_reduce_tensor(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place, on its device (queued: no host read)."""
+    if world.active:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def all_reduce_sum(values: list[float], world: World, device: torch.device) -> list[float]:
     """Element-wise sum of a few numbers over all ranks."""
     if not world.active:

@@ -73,7 +73,9 @@ class CachedImages(Dataset):
 
     def gather(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The float images and labels of ``indices``, on the cache's device."""
-        index = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if self.images.is_cuda:  # a pageable copy would wait for the GPU: pin, then queue it
+            index = index.pin_memory().to(self.images.device, non_blocking=True)
         images = self.images.index_select(0, index).float().div_(255)
         if self._normalize is not None:
             mean, std = self._normalize

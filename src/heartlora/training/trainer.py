@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from heartlora.training.distributed import (
     World,
     all_reduce_gradients,
     all_reduce_sum,
+    all_reduce_tensor,
     barrier,
     init_world,
     shard,
@@ -87,11 +89,33 @@ METRIC_FIELDS = (
 )
 """Columns of metrics.csv: ``seconds`` is the epoch's wall time (evaluation excluded),
 ``step_seconds`` the time in optimizer steps, ``data_seconds`` the time spent waiting for
-batches: the data path's share of an epoch, on every device."""
+batches: the data path's share of an epoch, on every device. On a GPU the host queues work
+ahead, so ``step_seconds`` includes waiting for the previous step to finish."""
 
 
 class TrainingDiverged(HeartLoRAError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class StepNumbers:
+    """What one optimizer step measured, still on the device. The trainer reads a step's
+    numbers one step late (`Trainer._settle`), while the next step is already queued, so the
+    host never makes the GPU wait inside the training loop.
+
+    Attributes:
+        values: (4,) float: the summed loss, the correct predictions and the stop votes, each
+            summed over all ranks, then the gradient norm (the same on every rank).
+        epoch, step_in_epoch: the step's 0-based position, for the divergence message.
+        lr: the step's learning rate.
+        images: the images of the global batch.
+    """
+
+    values: torch.Tensor
+    epoch: int
+    step_in_epoch: int
+    lr: float
+    images: int
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -184,8 +208,11 @@ class Trainer:
             self._compile_if_asked()
         self.progress = RunProgress()
         self.writer = None  # opened by fit: building a trainer writes nothing
-        # (progress, RNG state) at the last batch boundary; None while weights are changing
-        self._boundary: tuple[RunProgress, dict[str, Any]] | None = None
+        # the last step's numbers, not yet read on the host (see `StepNumbers`)
+        self._pending: StepNumbers | None = None
+        # (progress, RNG state, the unread step then) at the last batch boundary; None while
+        # weights are changing
+        self._boundary: tuple[RunProgress, dict[str, Any], StepNumbers | None] | None = None
         self._saved_epoch = 0  # the epoch whose end checkpoint.pt holds
 
     # ----------------------------------------------------------------- setup
@@ -267,6 +294,8 @@ class Trainer:
         state, head masks and scores as they are now, with the progress and RNG state of
         ``boundary`` (the last batch boundary, when an interrupted step is discarded) or of now.
         """
+        if boundary is None:
+            self._settle()  # a checkpoint of now holds every step taken
         if not self.world.is_main:
             return
         progress, rng = boundary if boundary is not None else (self.progress, rng_state())
@@ -385,11 +414,14 @@ class Trainer:
         labels: torch.Tensor,
         global_count: int,
         stop: StopRequest | None = None,
-    ) -> tuple[float, float, bool]:
-        """One optimizer step; returns (summed loss, correct predictions, whether any rank
-        was asked to stop), each summed over all ranks."""
-        config = self.config
-        lr = self._step_lr(self.progress.global_step)
+    ) -> bool:
+        """One optimizer step, queued on the device without a host read. Between its backward
+        and its update it settles the previous step (`_settle`): the host waits for that step
+        while this one is already queued. Returns whether a rank was asked to stop during the
+        previous step (every rank then stops after this same step). The step's own numbers
+        stay pending until the next step, the end of the epoch or an interruption."""
+        config, progress = self.config, self.progress
+        lr = self._step_lr(progress.global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images, labels = images.to(self.device), labels.to(self.device)
@@ -403,35 +435,67 @@ class Trainer:
         all_reduce_gradients(params, self.world)
         grads = [p.grad for p in params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss_sum.new_zeros(())
-        # one host synchronisation per step for loss, correct count and gradient norm
-        loss, correct, grad_norm = torch.stack(
-            [
-                loss_sum.detach().float(),
-                (logits.argmax(1) == labels).sum().float(),
-                grad_norm.float(),
-            ]
-        ).tolist()
-        # the stop request rides along, so that every rank stops after the same step
-        loss_total, correct, stops = all_reduce_sum(
-            [loss, correct, float(stop is not None and stop.requested)], self.world, self.device
+        # the stop request rides along (filled in on the device: no copy from the host), so
+        # that every rank stops after the same step
+        votes = loss_sum.new_full((), float(stop is not None and stop.requested))
+        summed = all_reduce_tensor(
+            torch.stack(
+                [loss_sum.detach().float(), (logits.argmax(1) == labels).sum().float(), votes]
+            ),
+            self.world,
         )
-        if not math.isfinite(loss_total):
-            raise self._diverged(f"loss became {loss_total}", lr)
-        if not math.isfinite(grad_norm):
-            raise self._diverged(f"gradients became {grad_norm}", lr)
+        numbers = StepNumbers(
+            torch.cat([summed, grad_norm.detach().float().view(1)]),
+            progress.epoch,
+            progress.step_in_epoch,
+            lr,
+            global_count,
+        )
+        stopping = self._settle()  # the previous step diverged or asked to stop?
         self._boundary = None  # from here until the step is counted, weights are changing
-        if self.sensitivity is not None and not self.progress.calibrated:
+        if self.sensitivity is not None and not progress.calibrated:
             self.sensitivity.update()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_total, correct, stops > 0
+        self._pending = numbers
+        return stopping
 
-    def _diverged(self, what: str, lr: float) -> TrainingDiverged:
-        """The error that stops a run whose loss or weights are no longer finite."""
+    def _settle(self) -> bool:
+        """Read the pending step's numbers (the loop's one host read per step), add them to
+        the progress and check them; returns whether a rank asked to stop during that step.
+
+        Raises:
+            TrainingDiverged: the step's loss or gradients were not finite. Nothing was saved
+                since that step: every checkpoint is written after its steps are settled.
+        """
+        pending, self._pending = self._pending, None
+        return pending is not None and self._count_step(self.progress, pending)
+
+    def _count_step(self, progress: RunProgress, numbers: StepNumbers) -> bool:
+        """Add a step's loss, correct predictions and images to ``progress`` once its numbers
+        are finite; returns whether a rank voted to stop (see `_settle`)."""
+        loss, correct, votes, grad_norm = numbers.values.tolist()
+        for what, value in (("loss", loss), ("gradients", grad_norm)):
+            if not math.isfinite(value):
+                raise self._diverged(
+                    f"{what} became {value}", numbers.lr, numbers.epoch, numbers.step_in_epoch
+                )
+        progress.loss_sum += loss
+        progress.correct += correct
+        progress.seen += numbers.images
+        return votes > 0
+
+    def _diverged(
+        self, what: str, lr: float, epoch: int | None = None, step_in_epoch: int | None = None
+    ) -> TrainingDiverged:
+        """The error that stops a run whose loss or weights are no longer finite, at the
+        0-based position given (default: the step about to run)."""
         progress = self.progress
+        epoch = progress.epoch if epoch is None else epoch
+        step_in_epoch = progress.step_in_epoch if step_in_epoch is None else step_in_epoch
         kept = f"; {CHECKPOINT_NAME} keeps epoch {self._saved_epoch}" if self._saved_epoch else ""
         return TrainingDiverged(
-            f"{what} at epoch {progress.epoch + 1} step {progress.step_in_epoch + 1} "
+            f"{what} at epoch {epoch + 1} step {step_in_epoch + 1} "
             f"(lr {lr:.3g}, scale {self.config.scale:g}): try a lower lr or scale{kept}"
         )
 
@@ -449,7 +513,7 @@ class Trainer:
         self.model.eval()
         indices = shard(list(range(len(self.eval_set))), self.world)
         size = self.config.batch_size * 2
-        correct = 0.0
+        correct = torch.zeros((), device=self.device)  # read once, after the last batch
         for images, labels in iterate_batches(
             self.eval_set,
             [indices[i : i + size] for i in range(0, len(indices), size)],
@@ -458,10 +522,10 @@ class Trainer:
         ):
             with self._autocast():
                 logits = self.model(images)
-            correct += (logits.argmax(1) == labels).sum().item()
+            correct += (logits.argmax(1) == labels).sum()
         self.model.train(was_training)
         total_correct, total = all_reduce_sum(
-            [correct, float(len(indices))], self.world, self.device
+            [correct.item(), float(len(indices))], self.world, self.device
         )
         return 100.0 * total_correct / max(total, 1.0)
 
@@ -554,8 +618,9 @@ class Trainer:
         return self._store_result()
 
     def _mark_boundary(self) -> None:
-        """Remember the progress and RNG state here: weights and optimizer are at rest."""
-        self._boundary = (self.progress.copy(), rng_state())
+        """Remember the progress, RNG state and unread step here: weights and optimizer are
+        at rest."""
+        self._boundary = (self.progress.copy(), rng_state(), self._pending)
 
     def _train_epoch(self, stop: StopRequest) -> None:
         """The remaining steps of the current epoch (all of them unless resumed mid-epoch)."""
@@ -572,6 +637,8 @@ class Trainer:
                     and not progress.calibrated
                     and progress.global_step >= self.calib_warmup_steps
                 ):
+                    if self._settle():  # the warm-up's last step, before heads are scored
+                        raise RunInterrupted(stop.signum or signal.SIGINT)
                     self._check_finite_weights()
                     self._boundary = None
                     self._calibrate()
@@ -586,22 +653,23 @@ class Trainer:
                         raise RunInterrupted(stop.signum) from None
                     raise
                 step_started = time.perf_counter()
-                loss_total, correct, stopping = self._train_step(images, labels, len(batch), stop)
+                stopping = self._train_step(images, labels, len(batch), stop)
                 self.step_seconds += time.perf_counter() - step_started
                 progress.global_step += 1
                 progress.step_in_epoch += 1
-                progress.loss_sum += loss_total
-                progress.correct += correct
-                progress.seen += len(batch)
                 self._mark_boundary()
                 if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{progress.loss_sum / progress.seen:.3f}",
-                        acc=f"{100 * progress.correct / progress.seen:.1f}",
-                    )
+                    if progress.seen:  # the numbers settled so far (one step behind)
+                        bar.set_postfix(
+                            loss=f"{progress.loss_sum / progress.seen:.3f}",
+                            acc=f"{100 * progress.correct / progress.seen:.1f}",
+                        )
                     bar.update(1)
-                if stopping:  # asked on some rank: every rank stops after this same step
+                # asked on some rank: every rank stops after this same step
+                if stopping or (stop.requested and not self.world.active):
                     raise RunInterrupted(stop.signum or signal.SIGINT)
+            if self._settle():  # the epoch's last step
+                raise RunInterrupted(stop.signum or signal.SIGINT)
         finally:
             if bar is not None:
                 bar.close()
@@ -615,8 +683,14 @@ class Trainer:
                 f"after epoch {self._saved_epoch}; continue with --resume"
             )
             return
-        progress, rng = self._boundary
+        progress, rng, pending = self._boundary
         progress = progress.copy()
+        if pending is not None:
+            try:
+                self._count_step(progress, pending)
+            except TrainingDiverged as error:
+                self.log(f"interrupted after a step that diverged: {error}")
+                return
         if progress.step_in_epoch:  # the finished steps of this epoch took time too
             progress.elapsed += time.perf_counter() - getattr(self, "_epoch_started", 0.0)
         self.save_resume_state((progress, rng))
