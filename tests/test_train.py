@@ -467,3 +467,31 @@ def test_the_loop_reads_each_step_once_while_the_next_is_queued(toy, tmp_path, m
     assert trained_6.count("read") - trained_3.count("read") == 3, epochs
     steps = trained_6[trained_6.index("backward") :]
     assert steps == ["backward"] + ["backward", "read"] * 5 + ["read"], steps
+
+
+@pytest.mark.parametrize("batch_size", [16, 20])  # 48 images: 16 × 3, or 20 + 20 + 8
+def test_compiled_training_compiles_once_whatever_the_batch_sizes(toy, tmp_path, batch_size):
+    """An epoch whose last batch is smaller compiles one graph, batch size dynamic, not one
+    per batch size (dynamo alone recompiles at the first smaller batch), and trains as the
+    eager run does."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    root, checkpoint = toy
+    counter = CompileCounterWithBackend("aot_eager")  # no C++ codegen in tests
+    real_compile = torch.compile
+    torch._dynamo.reset()
+    runs = {}
+    for mode in ("eager", "compiled"):
+        runs[mode] = tmp_path / mode
+        args = train_args(root, checkpoint, runs[mode], "heart-lora", ne=2)
+        args[args.index("--batch-size") + 1] = str(batch_size)
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(
+                torch, "compile", lambda model, **kw: real_compile(model, backend=counter, **kw)
+            )
+            assert main([*args, "--set", f"compile={mode == 'compiled'}"]) == 0
+    assert counter.frame_count == 1
+    name = "adapter/heartlora_adapter.safetensors"
+    expected, got = (load_file(str(runs[mode] / name)) for mode in ("eager", "compiled"))
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)

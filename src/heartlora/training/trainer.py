@@ -174,6 +174,8 @@ class Trainer:
         self.train_set, self.eval_set = self._datasets()
         self.num_classes = self.train_set.num_classes
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        # an epoch's last batch is smaller: a compiled model takes the batch size as dynamic
+        self._batch_sizes_vary = len(self.train_set) % config.batch_size != 0
         self.total_steps = self.steps_per_epoch * config.epochs
         # the head-scoring warm-up, fitted to the run's length when the config leaves it null
         self.calib_warmup_steps = (
@@ -425,6 +427,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images, labels = images.to(self.device), labels.to(self.device)
+        if self.forward is not self.model and self._batch_sizes_vary:
+            # one compilation for every batch size: left to itself, dynamo compiles the full
+            # batch, then compiles again, batch size dynamic, at the first smaller batch
+            torch._dynamo.maybe_mark_dynamic(images, 0)
         with self._autocast():
             logits = self.forward(images)
             loss_sum = F.cross_entropy(
