@@ -356,8 +356,8 @@ class TrainConfig:
         metadata={
             "help": "Train through `torch.compile` (heartlora adapters with fullgraph=True); "
             "methods that deactivate heads compile after calibration, so the warm-up steps "
-            "run eagerly. One compilation: when an epoch's last batch is smaller, the batch "
-            "size is compiled as dynamic."
+            "run eagerly; an epoch whose last batch is smaller compiles once, batch size "
+            "dynamic."
         },
     )
 
