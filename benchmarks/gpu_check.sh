@@ -11,6 +11,9 @@
 #      steps (which, the host queueing ahead, includes waiting for the GPU).
 # Usage: bash benchmarks/gpu_check.sh OUTPUT_DIR        (about 5 minutes on one H200)
 # The run trains from random weights (no download); it measures speed, not accuracy.
+# The images need scikit-image; on a machine without it, materialize them where it is and pass
+# the folder as DATA (photo-patches is 8 MB: python -c "from heartlora.bundled.tasks import
+# materialize; materialize('.gpudata', tasks=['photo-patches'])", then carry .gpudata).
 # DEVICE, MODEL, IMG, BATCH, STEPS, EPOCHS, NE override the sizes (a CPU smoke test of the script:
 # DEVICE=cpu MODEL=vit_tiny_patch16_224 IMG=32 BATCH=8 STEPS=2 EPOCHS=2 NE=1; NE defaults to half
 # of ViT-B's 12 heads, as the speed benchmark's Heart-LoRA).
@@ -26,14 +29,17 @@ export PYTHONUNBUFFERED=1
     --model "${MODEL:-vit_base_patch16_224}" --img-size "${IMG:-224}" --batch-size "${BATCH:-64}" \
     --steps "${STEPS:-20}" --warmup 5 --compile --json "$out/speed.json" 2>&1 | tee "$out/speed.log"
 
-"$python" - "$out/data" <<'EOF'
+data=${DATA:-$out/data}
+if [ ! -d "$data/photo-patches" ]; then  # DATA: a folder materialized elsewhere (no scikit-image)
+    "$python" - "$data" <<'EOF'
 import sys
 from heartlora.bundled.tasks import materialize
 materialize(sys.argv[1], tasks=["photo-patches"])
 EOF
+fi
 
 "$python" -m heartlora train --config configs/vtab1k/base.yaml --output-dir "$out/run" --overwrite \
-    --set data_root="$out/data" --set task=photo-patches --set checkpoint=null \
+    --set data_root="$data" --set task=photo-patches --set checkpoint=null \
     --set model="${MODEL:-vit_base_patch16_224}" --set img_size="${IMG:-224}" \
     --set batch_size="${BATCH:-64}" --set pretrained=false --set method=heart-lora-layer \
     --set ne="${NE:-6}" \
