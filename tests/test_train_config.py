@@ -9,8 +9,8 @@ from heartlora.bundled.tasks import MINI_DEFAULTS
 from heartlora.config import LAYOUTS, MODES, SCORERS, TARGETS
 from heartlora.data.base import DATASET_KINDS
 from heartlora.errors import HeartLoRAError
+from heartlora.precision import DTYPES
 from heartlora.training.config import (
-    DTYPES,
     METHODS,
     TABLE_END,
     TABLE_START,

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from heartlora.precision import DTYPES
 from heartlora.tools.speed import SpeedConfig, format_report, run_speed_benchmark
 
 _DEFAULTS = SpeedConfig()
@@ -34,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=_DEFAULTS.device)
     parser.add_argument(
         "--dtype",
-        choices=("fp32", "bf16"),
+        choices=DTYPES,
         default=_DEFAULTS.dtype,
-        help="bf16 runs under autocast; weights stay fp32",
+        help="tf32: TF32 matrix products on CUDA; bf16: autocast, weights stay fp32",
     )
     parser.add_argument("--rank", type=int, default=_DEFAULTS.rank, help="LoRA rank r")
     parser.add_argument(

@@ -27,7 +27,7 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--scorer", "scorer", str, "responsiveness scorer"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu or cuda"),
-    ("--dtype", "dtype", str, "fp32 or bf16 (autocast on CUDA)"),
+    ("--dtype", "dtype", str, "fp32, tf32 or bf16 (TF32 matmuls / autocast on CUDA)"),
     ("--num-workers", "num_workers", int, "data-loading worker processes"),
 )
 

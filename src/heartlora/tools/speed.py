@@ -61,6 +61,7 @@ from heartlora.backbone import create_architecture
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import heads_per_layer, merge
+from heartlora.precision import DTYPES, forward_precision, matmul_precision
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads
 from heartlora.training.config import TrainConfig
@@ -91,8 +92,6 @@ TARGETS: dict[str, float] = {
 }
 """The issue's targets: each ratio must be at most this."""
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
 
 @dataclass
 class SpeedConfig:
@@ -105,7 +104,8 @@ class SpeedConfig:
         steps: timed rounds; every round runs one step of every variant.
         warmup: untimed rounds before them.
         device: ``cpu`` or ``cuda``.
-        dtype: ``fp32``, or ``bf16`` (autocast; the weights stay fp32).
+        dtype: ``fp32``, ``tf32`` (TF32 matrix products on CUDA) or ``bf16`` (autocast; the
+            weights stay fp32): `heartlora.precision`.
         rank: LoRA rank r of every adapter (peft and heartlora).
         scale: LoRA scale s (peft's ``lora_alpha = r·s``).
         num_classes: classes of the new classifier.
@@ -181,9 +181,7 @@ class _Variant:
 
 
 def _autocast(config: SpeedConfig) -> contextlib.AbstractContextManager:
-    if config.dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(config.device, dtype=DTYPES[config.dtype])
+    return forward_precision(config.dtype, config.device)
 
 
 def _synchronize(device: str) -> None:
@@ -489,7 +487,8 @@ def run_speed_benchmark(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _run(config, log or (lambda _line: None))
+        with matmul_precision(config.dtype, config.device):
+            return _run(config, log or (lambda _line: None))
     finally:
         torch.set_num_threads(threads)
 

@@ -32,9 +32,8 @@ from heartlora.config import (
 )
 from heartlora.data.base import DATASET_KINDS
 from heartlora.errors import HeartLoRAError
+from heartlora.precision import DTYPES
 from heartlora.training.methods import METHODS
-
-DTYPES = ("fp32", "bf16")
 
 CALIB_WARMUP_DEFAULT = 20
 """Head-scoring warm-up steps when `TrainConfig.calib_warmup_steps` is null, for a long run."""
@@ -343,7 +342,10 @@ class TrainConfig:
     )
     dtype: str = field(
         default="fp32",
-        metadata={"help": "`fp32`, or `bf16` for bfloat16 autocast on CUDA (CPU runs in fp32)."},
+        metadata={
+            "help": "`fp32`, `tf32` (float32 with TF32 matrix products on CUDA) or `bf16` "
+            "(bfloat16 autocast on CUDA); CPU runs in fp32."
+        },
     )
     threads: int | None = field(
         default=None,

@@ -42,6 +42,7 @@ from heartlora.inject import (
     set_head_masks,
     trainable_parameters,
 )
+from heartlora.precision import forward_precision, matmul_precision
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads
 from heartlora.sensitivity import HeadSensitivity
@@ -285,10 +286,13 @@ class Trainer:
             return None
         return SummaryWriter(str(self.output_dir / "tensorboard"))
 
-    def _autocast(self):
-        if self.config.dtype == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+    def _dtype(self) -> str:
+        """The run's precision (`heartlora.precision`): a CPU run computes in fp32."""
+        return self.config.dtype if self.device.type == "cuda" else "fp32"
+
+    def _precision(self):
+        """The context of a forward pass (`forward_precision`)."""
+        return forward_precision(self._dtype(), self.device.type)
 
     # ----------------------------------------------------------- checkpoints
     def save_resume_state(self, boundary: tuple[RunProgress, dict[str, Any]] | None = None) -> None:
@@ -431,7 +435,7 @@ class Trainer:
             # one compilation for every batch size: left to itself, dynamo compiles the full
             # batch, then compiles again, batch size dynamic, at the first smaller batch
             torch._dynamo.maybe_mark_dynamic(images, 0)
-        with self._autocast():
+        with self._precision():
             logits = self.forward(images)
             loss_sum = F.cross_entropy(
                 logits.float(), labels, reduction="sum", label_smoothing=config.label_smoothing
@@ -526,7 +530,7 @@ class Trainer:
             self.config.num_workers,
             self.device,  # a cache on the GPU stays there: no round trip through the host
         ):
-            with self._autocast():
+            with self._precision():
                 logits = self.model(images)
             correct += (logits.argmax(1) == labels).sum()
         self.model.train(was_training)
@@ -607,7 +611,7 @@ class Trainer:
         self.model.train()
         if self.progress.global_step == 0 and self.progress.epoch == 0:
             self.save_resume_state()
-        with deferred_stop(self.log) as stop:
+        with deferred_stop(self.log) as stop, matmul_precision(self._dtype(), self.device.type):
             try:
                 while self.progress.epoch < self.config.epochs:
                     self._mark_boundary()
