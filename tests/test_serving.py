@@ -120,6 +120,25 @@ def test_predict_cli_bad_input_is_a_one_line_error(tmp_path, capsys):
     assert "no heartlora adapter here" in capsys.readouterr().err
 
 
+def test_predict_cli_device_and_dtype(tmp_path, capsys):
+    a, _, _ = make_registered_adapter(tmp_path)
+    image = write_image(tmp_path / "x.png", (20, 14), value=40)
+    args = ["predict", "--adapter", str(a), str(image), "--json"]
+    assert main(args) == 0  # auto: the CPU here
+    expected = json.loads(capsys.readouterr().out)["predictions"]
+    assert main([*args, "--device", "cpu", "--dtype", "bf16"]) == 0  # the CPU computes in fp32
+    assert json.loads(capsys.readouterr().out)["predictions"] == expected
+    for device, message in (
+        ("tpu", "--device: expected one of auto, cpu, cuda, cuda:N"),
+        ("cuda:7", "CUDA"),
+    ):
+        if device == "cuda:7" and torch.cuda.device_count() > 7:
+            continue
+        assert main([*args, "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
 def _record_weights(directory, weights: str | None, checkpoint: str | None = None) -> None:
     """Rewrite the base weights an adapter's metadata records (as a training run writes them)."""
     path = directory / "heartlora_config.json"

@@ -12,7 +12,9 @@ from heartlora.adapter_io import AdapterMetadata, read_adapter_metadata
 from heartlora.commands.arguments import add_base_override_arguments
 from heartlora.data.base import open_image
 from heartlora.data.transforms import build_transform
+from heartlora.devices import DEVICES, is_device_name, resolve_device
 from heartlora.errors import HeartLoRAError
+from heartlora.precision import DTYPES, forward_precision, matmul_precision
 from heartlora.tools.serving import MultiTaskModel, adapter_img_size, base_model_from_adapter
 
 
@@ -33,6 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true", help="print one JSON document instead of text"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="on CUDA, tf32: TF32 matrix products; bf16: autocast (the CPU computes in fp32)",
+    )
 
 
 def _task_names(directories: list[Path], metadata: list[AdapterMetadata]) -> list[str]:
@@ -81,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     """Classify every image with every task; returns the exit code."""
     if args.batch_size < 1:
         raise HeartLoRAError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not is_device_name(args.device):
+        raise HeartLoRAError(f"--device: expected one of {', '.join(DEVICES)}, got {args.device!r}")
+    device = resolve_device(args.device)
+    dtype = args.dtype if device.type == "cuda" else "fp32"
     metadata = [read_adapter_metadata(d) for d in args.adapters]
     _check_shared_backbone(args.adapters, metadata, args)
     names = _task_names(args.adapters, metadata)
@@ -94,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, directory in zip(names, args.adapters):
         server.add_task(name, directory)
+    server.to(device)
     transform = build_transform(
         adapter_img_size(args.adapters[0], server.model), normalize=metadata[0].run.normalize
     )
@@ -102,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     for start in range(0, len(images), args.batch_size):
         batch = torch.stack(images[start : start + args.batch_size])
         paths = args.images[start : start + args.batch_size]
-        results = {name: server.predict(batch, name) for name in names}
+        with matmul_precision(dtype, device.type), forward_precision(dtype, device.type):
+            results = {name: server.predict(batch, name) for name in names}
         for index, path in enumerate(paths):
             for name, meta in zip(names, metadata):
                 label = int(results[name][0][index])

@@ -31,6 +31,7 @@ from heartlora.config import (
     rename_deprecated_keys,
 )
 from heartlora.data.base import DATASET_KINDS
+from heartlora.devices import DEVICES, is_device_name
 from heartlora.errors import HeartLoRAError
 from heartlora.precision import DTYPES
 from heartlora.training.methods import METHODS
@@ -41,7 +42,6 @@ CALIB_WARMUP_DEFAULT = 20
 CALIB_WARMUP_SHARE = 8
 """A null `TrainConfig.calib_warmup_steps` takes at most 1/8 of a run's optimizer steps."""
 
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 MAX_IMG_SIZE = 4096  # larger sides ask timm for position embeddings that cannot be allocated
 MAX_THREADS = 1024  # torch.set_num_threads accepts any positive count, and crashes on huge ones
 
@@ -407,7 +407,7 @@ class TrainConfig:
             raise HeartLoRAError(
                 f"num_classes must be a positive integer, got {self.num_classes!r}"
             )
-        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
+        if not is_device_name(self.device):
             raise HeartLoRAError(_choice_error("device", self.device, DEVICES))
         if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.cache_device):
             raise HeartLoRAError(

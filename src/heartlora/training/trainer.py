@@ -34,6 +34,7 @@ from heartlora.backbone import (
     pretrained_tag,
 )
 from heartlora.data.factory import build_dataset
+from heartlora.devices import resolve_device
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
     active_heads_per_layer,
@@ -119,23 +120,6 @@ class StepNumbers:
     images: int
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HeartLoRAError(f"device {name!r} requested but CUDA is not available")
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise HeartLoRAError(
-            f"device {name!r}: this machine has {count} CUDA device(s) (expected cuda:0.."
-            f"cuda:{count - 1})"
-        )
-    return device
-
-
 def create_run_model(config: TrainConfig, num_classes: int, log=print) -> nn.Module:
     """The base model of a run: ``config.model`` with ``num_classes`` outputs, the run's
     drop-path and image size, and the weights `TrainConfig.base_weights` names: the checkpoint,
@@ -167,7 +151,7 @@ class Trainer:
         self.config = config
         self.output_dir = output_dir
         self.log = log
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         self.world: World = init_world(self.device)
         if config.threads:
             torch.set_num_threads(config.threads)
