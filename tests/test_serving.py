@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 import torch
-from data_fixtures import write_image
+from data_fixtures import make_vtab_task, write_image
 from PIL import Image
 from test_export import make_registered_adapter
 from tiny_models import images, randomize_adapters, tiny_vit
@@ -178,6 +178,13 @@ def test_predict_and_export_refuse_another_base_unless_told(tmp_path, capsys):
     assert "trained on base weights" in capsys.readouterr().err
     assert main([*export, str(other), "--format", "peft"]) == 0  # reads no base weights
     assert main([*export, str(other), "--format", "merged", "--ignore-base-mismatch"]) == 0
+    make_vtab_task(tmp_path / "data", "toy")  # heads loads the base to score training images
+    heads = ["heads", "--adapter", str(a), "--output-dir", str(tmp_path / "h"), "--checkpoint"]
+    heads += [str(other), "--data-root", str(tmp_path / "data"), "--task", "toy"]
+    capsys.readouterr()
+    assert main(heads) == 2
+    assert "trained on base weights" in capsys.readouterr().err
+    assert main([*heads, "--ignore-base-mismatch"]) == 0
     capsys.readouterr()
     _record_weights(a, "random")
     assert main(["predict", "--adapter", str(a), str(image)]) == 2

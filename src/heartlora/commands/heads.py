@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from heartlora.adapter_io import DatasetInfo, RunInfo, load_adapter, read_adapter_metadata
 from heartlora.backbone import create_base_model
-from heartlora.commands.arguments import output_dir
+from heartlora.commands.arguments import add_base_override_arguments, output_dir
 from heartlora.config import MODES, SCORERS, HeartLoRAConfig
 from heartlora.data.base import DATASET_KINDS
 from heartlora.data.factory import build_dataset
@@ -58,10 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", required=True, type=output_dir, help="where plots and JSON go"
     )
-    parser.add_argument("--model", default=None, help="timm model name (overrides the adapter's)")
-    parser.add_argument(
-        "--checkpoint", default=None, help="base weights file (overrides the adapter's)"
-    )
+    add_base_override_arguments(parser, "load")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset root folder")
     parser.add_argument("--task", default=None, help="task / dataset name under --data-root")
     parser.add_argument(
@@ -155,7 +152,13 @@ def _adapter_report(
             f"{report.task}: no training images known, no redundancy plot (pass --data-root, --task)"
         )
         return report
-    model = load_adapter(base_model_from_adapter(directory, args.checkpoint, args.model), directory)
+    base = base_model_from_adapter(
+        directory,
+        args.checkpoint,
+        args.model,
+        ignore_base_mismatch=args.ignore_base_mismatch,
+    )
+    model = load_adapter(base, directory)
     _, batches = _batches(spec, args.img_size or adapter_img_size(directory, model), args)
     report.similarity = model_head_report(model, report.task, batches=batches).similarity
     if args.scorer is not None or report.scores is None:
