@@ -41,3 +41,38 @@ def add_base_override_arguments(
         help=f"{action} --checkpoint/--model even though {whose} trained on other base "
         f"weights ({its} metadata's `weights`)",
     )
+
+
+def add_grid_arguments(
+    parser: argparse.ArgumentParser, methods: list[str], methods_help: str, seeds: int, output: str
+) -> None:
+    """The options of the commands that train a grid of runs (`suite`, `frontier`): which
+    methods (default ``methods``), epochs, seeds (default ``seeds``), where (default
+    ``output``), how many at once, and the config overrides of every run."""
+    parser.add_argument(
+        "--methods",
+        default=",".join(methods),
+        help=f"comma-separated methods; NAME[key=value,...] adds overrides ({methods_help})",
+    )
+    parser.add_argument("--epochs", type=int, help="epochs per run (default 8)")
+    parser.add_argument(
+        "--seeds", default=str(seeds), help="a count (3 → seeds 0,1,2) or a list (0,7)"
+    )
+    parser.add_argument(
+        "--output-dir", default=output, type=output_dir, help="where runs and reports go"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs trained at once, one process and `threads` torch threads each "
+        "(default 2, for 2 cores)",
+    )
+    parser.add_argument("--config", help="YAML file overriding the mini-VTAB defaults")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key for every run",
+    )

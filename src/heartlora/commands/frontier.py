@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from heartlora.commands.arguments import add_grid_arguments
 from heartlora.errors import HeartLoRAError
 from heartlora.training.frontier import DEFAULT_GRID, DEFAULT_SEEDS, DEFAULT_TASKS
 
@@ -21,13 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a VTAB-layout root (<task>/train800.txt …); mini-VTAB tasks are materialised "
         "there (default ~/.cache/heartlora/mini-vtab or $HEARTLORA_DATA)",
     )
-    parser.add_argument(
-        "--methods",
-        default=",".join(DEFAULT_GRID),
-        help="comma-separated grid; NAME[key=value,...] adds overrides (default: docs/frontier.md)",
-    )
-    parser.add_argument(
-        "--seeds", default=str(DEFAULT_SEEDS), help="a count (3 → seeds 0,1,2) or a list (0,7)"
+    add_grid_arguments(
+        parser, list(DEFAULT_GRID), "default: docs/frontier.md", DEFAULT_SEEDS, "runs/frontier"
     )
     parser.add_argument(
         "--selection",
@@ -37,21 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "variant, its byte-matched partners and controls once on test; none: run the grid "
         "once on the config's splits (default val200)",
     )
-    parser.add_argument("--epochs", type=int, help="epochs per run (default 8)")
-    parser.add_argument("--output-dir", default="runs/frontier", help="where runs and reports go")
-    parser.add_argument(
-        "--jobs", type=int, default=2, help="runs trained at once (default 2, for 2 cores)"
-    )
     parser.add_argument(
         "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap intervals (default 0)"
-    )
-    parser.add_argument("--config", help="YAML file overriding the mini-VTAB defaults")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key for every run",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from heartlora.commands.arguments import add_grid_arguments
 from heartlora.errors import HeartLoRAError
 from heartlora.training.suite import DEFAULT_METHODS, GROUPS_FILE
 
@@ -20,20 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated task names (default: every task folder of --data-root, or all of "
         "mini-VTAB); a mini-VTAB name without a folder is built there",
     )
-    parser.add_argument(
-        "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help="comma-separated methods; NAME[key=value,...] adds overrides",
-    )
-    parser.add_argument("--epochs", type=int, help="epochs per run (default 8)")
-    parser.add_argument("--seeds", default="1", help="a count (3 → seeds 0,1,2) or a list (0,7)")
-    parser.add_argument("--output-dir", default="runs/suite", help="where runs and tables go")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=2,
-        help="runs trained at once, one process and `threads` torch threads each "
-        "(default 2, for 2 cores)",
+    add_grid_arguments(
+        parser, list(DEFAULT_METHODS), "default: the demo's", seeds=1, output="runs/suite"
     )
     parser.add_argument(
         "--data-root",
@@ -43,14 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--groups", help=f"a YAML file of group: [task, ...] (default: <data-root>/{GROUPS_FILE})"
-    )
-    parser.add_argument("--config", help="YAML file overriding the mini-VTAB defaults")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key for every run",
     )
 
 
