@@ -9,7 +9,7 @@
 #      speed benchmark's compiled Heart-LoRA step, also half the heads of every layer, times the
 #      epoch's steps); target <= 1.15. epoch_vs_step: wall time over the time the loop spent in
 #      steps (which, the host queueing ahead, includes waiting for the GPU).
-# Usage: bash benchmarks/gpu_check.sh OUTPUT_DIR        (about 5 minutes on one H200)
+# Usage: bash benchmarks/gpu_check.sh OUTPUT_DIR   (not yet run on a GPU: 5-8 minutes estimated)
 # The run trains from random weights (no download); it measures speed, not accuracy.
 # The images need scikit-image; on a machine without it, materialize them where it is and pass
 # the folder as DATA (photo-patches is 8 MB: python -c "from heartlora.bundled.tasks import

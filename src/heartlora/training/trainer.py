@@ -496,7 +496,8 @@ class Trainer:
     def _check_finite_weights(self) -> None:
         """Raise `TrainingDiverged` when a trainable weight is NaN or infinite (checked once,
         before heads are scored: scores of a diverged warm-up would be meaningless)."""
-        if not all(bool(torch.isfinite(p).all()) for p in trainable(self.model)):
+        finite = [torch.isfinite(p).all() for p in trainable(self.model)]
+        if finite and not bool(torch.stack(finite).all()):  # one host read
             lr = self._step_lr(max(self.progress.global_step - 1, 0))
             raise self._diverged("weights became NaN or infinite during the warm-up", lr)
 
