@@ -68,11 +68,14 @@ def add_grid_arguments(
         help="runs trained at once, one process and `threads` torch threads each "
         "(default 2, for 2 cores)",
     )
-    parser.add_argument("--config", help="YAML file overriding the mini-VTAB defaults")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key for every run",
+    add_config_arguments(
+        parser,
+        "YAML file overriding the mini-VTAB defaults",
+        "override one config key for every run",
     )
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
+    """``--config FILE`` and the repeatable ``--set KEY=VALUE`` of the commands that train."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)

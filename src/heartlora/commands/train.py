@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from heartlora.commands.arguments import output_dir
+from heartlora.commands.arguments import add_config_arguments, output_dir
 from heartlora.commands.console import say
 from heartlora.training.config import build_config
 from heartlora.training.methods import METHODS
@@ -33,13 +33,8 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (see configs/)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable)",
+    add_config_arguments(
+        parser, "YAML config file (see configs/)", "override one config key (repeatable)"
     )
     parser.add_argument("--output-dir", required=True, type=output_dir, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
