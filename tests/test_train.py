@@ -292,14 +292,18 @@ def test_one_epoch_heart_lora_fits_the_head_scoring_warm_up_to_the_run(toy, tmp_
     assert "calib_warmup_steps=3 must be smaller than the run's 3 steps" in capsys.readouterr().err
 
 
-def test_resume_inside_a_step_is_exact_with_augmentation(toy, tmp_path, monkeypatch):
-    """Random crops and flips are drawn after the batch boundary is recorded."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_inside_a_step_is_exact_with_augmentation(toy, tmp_path, monkeypatch, workers):
+    """Random crops and flips are drawn from each image's own seed: a run loading with two
+    workers, interrupted inside a step and resumed, is the uninterrupted run without workers."""
     root, checkpoint = toy
     reference = tmp_path / "reference"
     args = train_args(root, checkpoint, reference, "heart-lora", epochs=2, ne=2, augment="true")
     assert main(args) == 0
     out = tmp_path / "run"
-    args = train_args(root, checkpoint, out, "heart-lora", epochs=2, ne=2, augment="true")
+    args = train_args(
+        root, checkpoint, out, "heart-lora", epochs=2, ne=2, augment="true", num_workers=workers
+    )
     with monkeypatch.context() as patched:
         _on_training_forward(5, _raise_keyboard_interrupt)(patched)
         assert main(args) == 130

@@ -9,8 +9,9 @@ Two paths, both yielding ``(images, labels)`` already on the training device:
   transform would have produced, computed on the device that holds the cache.
 * otherwise a `DataLoader` over the index lists of the epoch: pinned memory and non-blocking
   copies on CUDA, and worker processes kept alive across epochs when the transform draws no
-  random numbers (with augmentation, a fresh loader per epoch seeds its workers from the epoch,
-  so every epoch has its own, reproducible draws).
+  random numbers. With augmentation every image draws from its own seed, made of the pass's
+  seed and the image's index (`SeededDraws`): the draws are the same whichever worker loads the
+  image, however many workers there are, and wherever a resumed epoch starts.
 
 `BatchFeed.wait_seconds` adds up the time the training loop spent waiting for data, so the
 data path's share of an epoch is measured on every device.
@@ -98,6 +99,27 @@ def _raw_images(dataset: Dataset) -> Iterator[tuple[object, int]]:
         dataset.transform = transform
 
 
+class SeededDraws(Dataset):
+    """A dataset whose items draw their random numbers (augmentation) from torch's generator
+    seeded with `seed` and the item's index, leaving the generator of the process as it was.
+
+    Attributes:
+        seed: the pass's seed; set it before each pass (before the loader starts its workers).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.seed = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + index) % 2**63)
+            return self.dataset[index]
+
+
 class _EpochBatches:
     """A batch sampler whose index lists are set anew before each pass (one loader, many
     epochs)."""
@@ -119,8 +141,9 @@ class BatchFeed:
         dataset: a `CachedImages` or any dataset of ``(image tensor, label)``.
         num_workers: loader worker processes (not used by a cache).
         device: the training device.
-        reuse_workers: keep worker processes across passes (only when the transform draws no
-            random numbers).
+        draws_randomly: the dataset's transform draws random numbers (augmentation): each
+            image draws from its own seed (`SeededDraws`), and every pass starts its own
+            workers. Otherwise the workers live across passes.
 
     Attributes:
         wait_seconds: time spent waiting for batches since the last `reset_wait`.
@@ -131,12 +154,13 @@ class BatchFeed:
         dataset: Dataset,
         num_workers: int = 0,
         device: torch.device | str = "cpu",
-        reuse_workers: bool = False,
+        draws_randomly: bool = False,
     ) -> None:
-        self.dataset = dataset
+        self.seeded = SeededDraws(dataset) if draws_randomly else None
+        self.dataset = self.seeded if self.seeded is not None else dataset
         self.num_workers = num_workers
         self.device = torch.device(device)
-        self.reuse_workers = reuse_workers and num_workers > 0
+        self.reuse_workers = not draws_randomly and num_workers > 0
         self.wait_seconds = 0.0
         self._sampler = _EpochBatches()
         self._loader: DataLoader | None = None
@@ -174,7 +198,9 @@ class BatchFeed:
         self, batches: list[list[int]], seed: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` on the device for each list of indices; ``seed`` seeds
-        the loader's workers for this pass (use the epoch)."""
+        the loader's workers and the augmentation of this pass (use the epoch)."""
+        if self.seeded is not None:
+            self.seeded.seed = seed
         if isinstance(self.dataset, CachedImages):
             source = (self.dataset.gather(indices) for indices in batches)
         else:

@@ -187,7 +187,7 @@ class Trainer:
             self.train_set,
             config.num_workers,
             self.device,
-            reuse_workers=not config.augment,  # workers draw nothing: keep them across epochs
+            draws_randomly=config.augment,
         )
         self.step_seconds = 0.0
         self.forward = self.model  # compiled by _compile_if_asked
