@@ -475,3 +475,26 @@ def test_stale_temporary_files_are_removed_and_nothing_else(toy, tmp_path, finis
     assert main([*train_args(root, checkpoint, out, "lora", epochs=1), "--resume"]) == 0
     assert not any(path.exists() for path in ours)
     assert all(path.exists() for path in kept) and outside.read_text() == "keep"
+
+
+def test_a_failed_peft_save_is_one_line_naming_the_folder(toy, tmp_path, monkeypatch, capsys):
+    """peft writes its adapter with safetensors, which reports a full disk in its own type."""
+    import peft
+
+    class SafetensorError(Exception):
+        pass
+
+    def full_disk(self, *args, **kwargs):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+            'space left on device" })'
+        )
+
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", full_disk)
+    assert main(train_args(root, checkpoint, out, "peft-lora", epochs=1)) == 2
+    err = _one_line_error(capsys)
+    assert f"{out / 'adapter'}: cannot write the peft adapter" in err and "No space" in err
+    assert not (out / "result.json").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".adapter")) == []

@@ -4,6 +4,7 @@ import os
 import signal
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -51,6 +52,14 @@ def test_every_method_runs_end_to_end(toy, tmp_path, method):
         assert result["active_heads_per_layer"] == [4] * 6
     if method == "lora":
         assert result["active_heads_per_layer"] == [6] * 6
+    if method == "peft-lora":  # peft's own folder, staged beside it and moved in
+        from peft import PeftModel
+
+        files = sorted(p.name for p in (out / "adapter").iterdir())
+        assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        assert not [p for p in out.iterdir() if p.name.startswith(".adapter")]
+        base = timm.create_model("vit_mini_patch4_28", num_classes=result["num_classes"])
+        PeftModel.from_pretrained(base, out / "adapter")  # loads as peft wrote it
 
 
 def test_heart_lora_stores_fewer_parameters_than_lora(toy, tmp_path):

@@ -13,6 +13,7 @@ the speed benchmark — so a method is described once:
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,24 @@ def _store_adapter(model: nn.Module, directory: Path, run_info: RunInfo) -> None
 
 
 def _store_peft(model: nn.Module, directory: Path, _info: RunInfo) -> None:
-    model.save_pretrained(str(directory))
+    """peft's `save_pretrained`, staged in a temporary folder beside ``directory``, then moved
+    in file by file with `atomic_write_bytes`: a failed write (a full disk) is an `OSError`
+    naming the folder or the file, and the files already there are kept."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{directory.name}.", dir=directory.parent) as staging:
+        try:
+            model.save_pretrained(staging)
+        except Exception as error:  # peft and safetensors report a full disk in their own types
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise OSError(
+                None,
+                f"cannot write the peft adapter ({reason or type(error).__name__}); the "
+                "previous one, if any, is kept",
+                str(directory),
+            ) from error
+        for path in sorted(Path(staging).rglob("*")):
+            if path.is_file():
+                atomic_write_bytes(directory / path.relative_to(staging), path.read_bytes())
 
 
 _HEARTLORA = dict(
