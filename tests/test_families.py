@@ -113,3 +113,13 @@ def test_attention_without_an_equal_head_fused_qkv_is_refused_by_name(name, kwar
         hl.inject(model, hl.HeartLoRAConfig(rank=2))
     assert "\n" not in str(error.value)
     assert not any(isinstance(m, HeadLoRAQKV) for m in model.modules())  # nothing half-done
+
+
+def test_a_model_with_two_classifier_heads_is_refused_by_name():
+    """timm's distilled DeiT averages the logits of `head` and `head_dist`; heartlora trains one
+    classifier, so it refuses the model instead of leaving a head untrained."""
+    model = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=3, **VIT)
+    with pytest.raises(hl.HeartLoRAError, match=r"2 classifier heads \(head, head_dist\)") as error:
+        hl.inject(model, hl.HeartLoRAConfig(rank=2))
+    assert "\n" not in str(error.value) and "deit_base_patch16_224" in str(error.value)
+    assert not any(isinstance(m, HeadLoRAQKV) for m in model.modules())  # nothing half-done

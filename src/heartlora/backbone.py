@@ -34,9 +34,21 @@ from heartlora.errors import HeartLoRAError
 
 
 def classifier_module(model: nn.Module) -> nn.Module | None:
-    """The model's classifier (timm's ``get_classifier()``), or ``None`` when it has none."""
+    """The model's classifier (timm's ``get_classifier()``), or ``None`` when it has none.
+
+    Raises:
+        HeartLoRAError: the model has several classifier heads (timm's distilled DeiT: ``head``
+            and ``head_dist``, whose logits it averages); heartlora trains and stores one.
+    """
     get_classifier = getattr(model, "get_classifier", None)
     classifier = get_classifier() if callable(get_classifier) else None
+    if isinstance(classifier, tuple) and len({id(head) for head in classifier}) > 1:
+        heads = ", ".join(name for name, m in model.named_children() if m in classifier)
+        raise HeartLoRAError(
+            f"{type(model).__name__}: {len(classifier)} classifier heads ({heads}), and "
+            "heartlora trains one (expected a model with one head, e.g. deit_base_patch16_224 "
+            "rather than deit_base_distilled_patch16_224)"
+        )
     return classifier if isinstance(classifier, nn.Module) else None
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from heartlora.adapters import ADAPTER_TYPES, HeadLoRAProj, HeadLoRAQKV
-from heartlora.backbone import classifier_parameters
+from heartlora.backbone import classifier_module, classifier_parameters
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 
@@ -130,7 +130,9 @@ def inject(model: nn.Module, config: HeartLoRAConfig) -> nn.Module:
     """
     if has_adapters(model):
         raise HeartLoRAError("this model already carries heartlora adapters; inject once")
-    for layer in find_attention_layers(model):
+    layers = find_attention_layers(model)
+    classifier_module(model)  # refuses several classifier heads before anything changes
+    for layer in layers:
         if config.qkv_targets:
             layer.module.qkv = HeadLoRAQKV(
                 layer.module.qkv,
