@@ -637,8 +637,10 @@ class Trainer:
                     self._check_finite_weights()
                     self._boundary = None
                     self._calibrate()
-                # before the batch is loaded: loading may draw (augmentation) from the RNG
-                self._mark_boundary()
+                    self._mark_boundary()
+                # Otherwise the boundary marked after the previous step (or by `fit`, before
+                # the epoch) holds: nothing has drawn from the RNG since (augmentation draws
+                # from each image's own seed), and one RNG snapshot per step is enough.
                 if stop.requested and not self.world.active:  # e.g. pressed while evaluating
                     raise RunInterrupted(stop.signum)
                 try:
