@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from heartlora.precision import forward_precision, matmul_precision
+from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
 
 
 def test_tf32_on_cuda_turns_on_tf32_matmuls_for_the_run_only():
@@ -32,3 +32,12 @@ def test_bf16_autocasts_the_forward_on_the_device_given():
 def test_unknown_precision_names_the_choices(context):
     with pytest.raises(ValueError, match="fp32, tf32, bf16"):
         context("fp16", "cuda")
+
+
+def test_fp32_on_cuda_gets_a_note_naming_the_faster_choices():
+    note = slow_precision_note("fp32", "cuda")
+    assert note is not None and "tf32" in note and "bf16" in note and "\n" not in note
+    assert slow_precision_note("fp32", "cpu") is None
+    assert (
+        slow_precision_note("bf16", "cuda") is None and slow_precision_note("tf32", "cuda") is None
+    )

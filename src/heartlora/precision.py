@@ -53,3 +53,16 @@ def forward_precision(dtype: str, device_type: str) -> AbstractContextManager:
     if dtype == "bf16":
         return torch.autocast(device_type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def slow_precision_note(dtype: str, device_type: str) -> str | None:
+    """A one-line note when ``dtype`` leaves a GPU's tensor cores idle (``fp32`` on CUDA), else
+    ``None``."""
+    _check(dtype)
+    if dtype != "fp32" or device_type != "cuda":
+        return None
+    return (
+        "note: dtype fp32 on CUDA runs full-precision float32 matrix products, without tensor "
+        "cores; `dtype: tf32` (float32 inputs rounded for TF32 tensor cores) or `dtype: bf16` "
+        "(autocast) use them"
+    )

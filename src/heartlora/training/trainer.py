@@ -43,7 +43,7 @@ from heartlora.inject import (
     set_head_masks,
     trainable_parameters,
 )
-from heartlora.precision import forward_precision, matmul_precision
+from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads
 from heartlora.sensitivity import HeadSensitivity
@@ -153,6 +153,9 @@ class Trainer:
         self.log = log
         self.device = resolve_device(config.device)
         self.world: World = init_world(self.device)
+        note = slow_precision_note(config.dtype, self.device.type)
+        if note is not None:
+            log(note)
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
