@@ -149,7 +149,9 @@ def _store_peft(model: nn.Module, directory: Path, _info: RunInfo) -> None:
             ) from error
         for path in sorted(Path(staging).rglob("*")):
             if path.is_file():
-                atomic_write_bytes(directory / path.relative_to(staging), path.read_bytes())
+                target = directory / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(target, path.read_bytes())
 
 
 _HEARTLORA = dict(
