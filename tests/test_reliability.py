@@ -59,6 +59,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy, tmp_path, monkey
     assert not (out / "result.json").exists()
 
 
+def test_ctrl_c_after_a_diverged_step_keeps_the_last_good_checkpoint(
+    toy, tmp_path, monkeypatch, capsys
+):
+    """A step's loss is read one step late: when Ctrl-C lands before the next step reads it,
+    the interrupted run reads it then, and saves nothing if it was not finite."""
+    root, checkpoint = toy
+    original = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def nan_then_ctrl_c(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, step 3: inside the step after the diverged one
+            raise KeyboardInterrupt
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", nan_then_ctrl_c)
+    out = tmp_path / "run"
+    assert main(train_args(root, checkpoint, out, "lora", epochs=3)) == 130
+    logged = capsys.readouterr().out
+    assert "interrupted after a step that diverged: loss became nan at epoch 2 step 2" in logged
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["trainable"].values())
+
+
 def _task_with_truncated_image(root, name: str):
     """The toy task under ``root`` with training image ``name`` cut after 40 bytes."""
     make_learnable_task(root)
