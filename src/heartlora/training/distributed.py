@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,8 @@ def init_world(device: torch.device) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's object collectives use the current device
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return World(dist.get_rank(), dist.get_world_size())
@@ -81,6 +84,15 @@ def all_reduce_sum(values: list[float], world: World, device: torch.device) -> l
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
+
+
+def all_gather_objects(value: Any, world: World) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order; a collective: every rank calls it."""
+    if not world.active:
+        return [value]
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier(world: World) -> None:

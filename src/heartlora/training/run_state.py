@@ -217,11 +217,13 @@ class StopRequest:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Training stopped at a batch boundary after a stop signal (``signum``)."""
+    """Training stopped at a batch boundary after a stop signal (``signum``); ``agreed`` when
+    every rank stops at this same boundary (the stop vote), so they can save together."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, agreed: bool = True) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.agreed = agreed
 
 
 @contextmanager

@@ -50,6 +50,7 @@ from heartlora.sensitivity import HeadSensitivity
 from heartlora.training.config import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, TrainConfig
 from heartlora.training.distributed import (
     World,
+    all_gather_objects,
     all_reduce_gradients,
     all_reduce_sum,
     all_reduce_tensor,
@@ -282,16 +283,23 @@ class Trainer:
         return forward_precision(self._dtype(), self.device.type)
 
     # ----------------------------------------------------------- checkpoints
-    def save_resume_state(self, boundary: tuple[RunProgress, dict[str, Any]] | None = None) -> None:
+    def save_resume_state(
+        self, boundary: tuple[RunProgress, dict[str, Any]] | None = None, all_ranks: bool = True
+    ) -> None:
         """Write ``checkpoint.pt`` atomically (main rank only): the trainable weights, optimizer
         state, head masks and scores as they are now, with the progress and RNG state of
         ``boundary`` (the last batch boundary, when an interrupted step is discarded) or of now.
+
+        Under torchrun every rank calls it, and with ``all_ranks`` (every rank saves at this
+        same boundary) each rank's RNG state is gathered into ``rng_ranks``, so that a resume
+        restores each rank's own random stream; otherwise every rank resumes with rank 0's.
         """
         if boundary is None:
             self._settle()  # a checkpoint of now holds every step taken
+        progress, rng = boundary if boundary is not None else (self.progress, rng_state())
+        rng_ranks = all_gather_objects(rng, self.world) if all_ranks and self.world.active else None
         if not self.world.is_main:
             return
-        progress, rng = boundary if boundary is not None else (self.progress, rng_state())
         state = {
             "progress": progress.to_state(),
             "trainable": {
@@ -299,6 +307,7 @@ class Trainer:
             },
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
+            "rng_ranks": rng_ranks,
             "head_masks": head_masks(self.model) if progress.calibrated else None,
             "scores": getattr(self.model, "heartlora_scores", None),
             "sensitivity": self.sensitivity.state_dict() if self.sensitivity is not None else None,
@@ -344,9 +353,15 @@ class Trainer:
             self.sensitivity.load_state_dict(saved_sensitivity, str(path))
         if progress.calibrated:
             self.sensitivity = None
+        rng_ranks = state.get("rng_ranks")
+        if rng_ranks is not None and not (
+            isinstance(rng_ranks, list) and all(isinstance(r, dict) for r in rng_ranks)
+        ):
+            raise HeartLoRAError(f"{path}: damaged checkpoint (rng_ranks)")
+        own = rng_ranks is not None and len(rng_ranks) == self.world.size
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"])
+            set_rng_state(rng_ranks[self.world.rank] if own else state["rng"])
         except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
             reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
             raise HeartLoRAError(
@@ -610,8 +625,8 @@ class Trainer:
                     seconds = time.perf_counter() - started
                     self.progress.elapsed += seconds
                     self._finish_epoch(self._step_lr(self.progress.global_step - 1), seconds)
-            except KeyboardInterrupt:
-                self._save_interrupted()
+            except KeyboardInterrupt as error:
+                self._save_interrupted(all_ranks=getattr(error, "agreed", False))
                 raise
         return self._store_result()
 
@@ -649,8 +664,8 @@ class Trainer:
                 try:
                     images, labels = next(batches)
                 except RuntimeError:
-                    if stop.requested:  # Ctrl-C reached the loader workers too
-                        raise RunInterrupted(stop.signum) from None
+                    if stop.requested:  # Ctrl-C reached this rank's loader workers too
+                        raise RunInterrupted(stop.signum, agreed=False) from None
                     raise
                 step_started = time.perf_counter()
                 stopping = self._train_step(images, labels, len(batch), stop)
@@ -674,8 +689,9 @@ class Trainer:
             if bar is not None:
                 bar.close()
 
-    def _save_interrupted(self) -> None:
-        """Save the last batch boundary after an interruption (see `fit`)."""
+    def _save_interrupted(self, all_ranks: bool) -> None:
+        """Save the last batch boundary after an interruption (see `fit`); ``all_ranks`` when
+        every rank stopped at this boundary (see `save_resume_state`)."""
         checkpoint = self.output_dir / CHECKPOINT_NAME
         if self._boundary is None:
             self.log(
@@ -693,7 +709,7 @@ class Trainer:
                 return
         if progress.step_in_epoch:  # the finished steps of this epoch took time too
             progress.elapsed += time.perf_counter() - getattr(self, "_epoch_started", 0.0)
-        self.save_resume_state((progress, rng))
+        self.save_resume_state((progress, rng), all_ranks)
         self.log(
             f"interrupted: state saved in {checkpoint} at epoch {progress.epoch + 1}, step "
             f"{progress.step_in_epoch}; continue with --resume"
