@@ -165,7 +165,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     Returns:
         The dict: ``progress`` (`RunProgress.to_state`), ``trainable`` (name → tensor),
         ``optimizer`` (its ``state_dict``), ``rng`` (`rng_state`), ``head_masks`` (bool tensors
-        or ``None``) and ``scores`` (a tensor or ``None``).
+        or ``None``) and ``scores`` (a tensor or ``None``); where written, ``sensitivity`` and
+        ``rng_ranks`` (every rank's `rng_state` under torchrun, else ``None``).
 
     Raises:
         HeartLoRAError: the file cannot be read, holds Python objects other than tensors and
