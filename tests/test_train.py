@@ -508,3 +508,23 @@ def test_compiled_training_compiles_once_whatever_the_batch_sizes(toy, tmp_path,
     expected, got = (load_file(str(runs[mode] / name)) for mode in ("eager", "compiled"))
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_loader_workers_are_started_once_for_training_and_once_for_evaluation(
+    toy, tmp_path, monkeypatch
+):
+    """Without augmentation nothing draws in the workers: the training loader and the
+    evaluation loader each keep theirs for the whole run (3 epochs, evaluated after each)."""
+    root, checkpoint = toy
+    started = []
+    original = torch.utils.data.DataLoader.__init__
+
+    def counted(self, *args, **kwargs):
+        if kwargs.get("num_workers", 0) > 0:
+            started.append(kwargs.get("persistent_workers", False))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", counted)
+    args = train_args(root, checkpoint, tmp_path / "run", "lora", epochs=3, num_workers=1)
+    assert main(args) == 0
+    assert started == [True, True]

@@ -193,6 +193,8 @@ class Trainer:
             self.device,
             draws_randomly=config.augment,
         )
+        # evaluation draws nothing: its loader workers live from one evaluation to the next
+        self.eval_feed = BatchFeed(self.eval_set, config.num_workers, self.device)
         self.step_seconds = 0.0
         self.forward = self.model  # compiled by _compile_if_asked
         if not config.selects_heads:
@@ -527,12 +529,9 @@ class Trainer:
         indices = shard(list(range(len(self.eval_set))), self.world)
         size = self.config.batch_size * 2
         correct = torch.zeros((), device=self.device)  # read once, after the last batch
-        for images, labels in iterate_batches(
-            self.eval_set,
-            [indices[i : i + size] for i in range(0, len(indices), size)],
-            self.config.num_workers,
-            self.device,  # a cache on the GPU stays there: no round trip through the host
-        ):
+        # a cache on the GPU stays there: no round trip through the host
+        batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+        for images, labels in self.eval_feed(batches, seed=len(batches)):
             with self._precision():
                 logits = self.model(images)
             correct += (logits.argmax(1) == labels).sum()
