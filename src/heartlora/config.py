@@ -167,7 +167,8 @@ class HeartLoRAConfig:
         """The inverse of `to_dict`, also reading the configs of older adapter files.
 
         Older files may spell ``calib_warmup_steps`` ``warmup_steps`` (a `FutureWarning`),
-        lack ``layout`` (they are ``per-projection``) or ``normalize_layers`` and ``invert_scores`` (false) or hold an ``extra`` key (ignored).
+        lack ``layout`` (they are ``per-projection``), lack ``normalize_layers`` and
+        ``invert_scores`` (false), or hold an ``extra`` key (ignored).
         ``where`` (e.g. the file) starts the warning and error messages.
 
         Raises:

@@ -24,6 +24,11 @@ def head_parameter(adapter: nn.Module) -> nn.Parameter:
     return adapter.lora_B if isinstance(adapter, HeadLoRAQKV) else adapter.lora_A
 
 
+def head_parameters(layers: list[AttentionLayer]) -> list[nn.Parameter]:
+    """`head_parameter` of every adapter of ``layers``, layer by layer."""
+    return [head_parameter(adapter) for layer in layers for adapter in layer.adapters]
+
+
 def split_heads(adapter: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     """`head_parameter`'s shape (or its gradient's) → (active heads n, block size)."""
     return tensor.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1).flatten(1)

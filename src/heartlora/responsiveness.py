@@ -44,6 +44,7 @@ from heartlora.config import SCORERS
 from heartlora.errors import HeartLoRAError
 from heartlora.head_blocks import (
     head_parameter,
+    head_parameters,
     pad_rows,
     per_layer_scores,
     scatter_per_head,
@@ -68,7 +69,7 @@ def _gradient_scores(
 ) -> list[torch.Tensor]:
     device = next(model.parameters()).device
     totals = [torch.zeros(layer.num_heads, dtype=torch.float64) for layer in layers]
-    params = [head_parameter(a) for layer in layers for a in layer.adapters]
+    params = head_parameters(layers)
     if scorer == "taylor" and all(not bool(p.detach().any()) for p in params):
         raise HeartLoRAError(
             "the taylor scorer needs trained adapters (all B blocks are zero): train a warm-up "

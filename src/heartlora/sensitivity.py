@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
-from heartlora.head_blocks import head_parameter, pad_rows, per_layer_scores, split_heads
+from heartlora.head_blocks import head_parameters, pad_rows, per_layer_scores, split_heads
 from heartlora.inject import find_attention_layers
 
 BETA_SMOOTHED = 0.85
@@ -61,13 +61,13 @@ class HeadSensitivity:
             )
         self.beta_smoothed = beta_smoothed
         self.beta_uncertainty = beta_uncertainty
-        params = [head_parameter(a) for layer in self.layers for a in layer.adapters]
+        params = head_parameters(self.layers)
         self.smoothed = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         self.uncertainty = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         self.steps = 0
 
     def _parameters(self) -> list[nn.Parameter]:
-        params = [head_parameter(a) for layer in self.layers for a in layer.adapters]
+        params = head_parameters(self.layers)
         if any(p.shape != s.shape for p, s in zip(params, self.smoothed)):
             raise HeartLoRAError(
                 "the adapters' heads changed since this HeadSensitivity was made: make a new one"

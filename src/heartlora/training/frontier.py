@@ -364,8 +364,8 @@ def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Pat
     figure, axis = new_figure((7.2, 4.8))
     legend: dict[str, dict[str, Any]] = {}
     for s in summaries:
-        name, _ = parse_method(s.method)
-        control = GridMethod.parse(s.method, {}).control_kind
+        parsed = GridMethod.parse(s.method, {})
+        name, control = parsed.name, parsed.control_kind
         style = (
             {"marker": control_markers[control], "color": "grey"}
             if control

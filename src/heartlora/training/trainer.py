@@ -467,7 +467,7 @@ class Trainer:
         )
         stopping = self._settle()  # the previous step diverged or asked to stop?
         self._boundary = None  # from here until the step is counted, weights are changing
-        if self.sensitivity is not None and not progress.calibrated:
+        if self.sensitivity is not None:  # the warm-up only: calibration drops it
             self.sensitivity.update()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
