@@ -158,3 +158,21 @@ def test_frontier_chooses_on_val200_and_reports_test_once(tmp_path, capsys):
     # the test runs really trained on train800val200 and were evaluated on test
     run = out / "test" / "runs" / "toy" / "lora[rank=2]" / "seed1" / "result.json"
     assert json.loads(run.read_text())["eval_images"] == 24
+
+
+def test_the_real_base_grid_builds_valid_runs_with_its_controls_in_the_grid():
+    from heartlora.training.config import build_config
+    from heartlora.training.frontier import REAL_BASE_GRID
+    from heartlora.training.suite import suite_base_config
+
+    base, _ = suite_base_config(None, [], "real")
+    grid = {spec: GridMethod.parse(spec, base) for spec in REAL_BASE_GRID}
+    for spec, parsed in grid.items():
+        assert format_method(*parse_method(spec)) == spec
+        build_config(
+            None, [f"{k}={json.dumps(v)}" for k, v in {**base, **parsed.overrides}.items()]
+        )
+    # each scorer that reads the task's gradients has its inverse control in the grid
+    for scorer in ("taylor", "head-gate", "weight-taylor"):
+        spec = next(s for s, p in grid.items() if p.scorer == scorer and p.is_candidate)
+        assert grid[spec].control("inverse") in grid and grid[spec].control("random") in grid

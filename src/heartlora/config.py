@@ -22,6 +22,8 @@ SCORERS: tuple[str, ...] = (
     "redundancy",
     "sensitivity",
     "update-norm",
+    "head-gate",
+    "weight-taylor",
     "random",
     "inverse",
 )

@@ -16,6 +16,13 @@ has fewer heads; a higher score means a more responsive head:
 * ``update-norm`` — how far head h's trained update moved: Σ_p ‖s·B_p,h·A_p‖_F, the Frobenius
   norm of its rows of ΔW (of its columns for ``proj``). Reads no batches. Needs trained B.
 
+Two scorers read the pretrained heads themselves (`heartlora.pretrained_heads`), the paper's
+L(h) − L(h = 0) taken literally; they need no adapters:
+
+* ``head-gate`` — E_x |∂L(x)/∂ξ_h| for a gate ξ_h = 1 on head h's attention output (the head
+  importance of Michel et al. 2019).
+* ``weight-taylor`` — Σ |W ⊙ ∂L/∂W| over head h's own pretrained q, k and v weight rows.
+
 Two controls (DESIGN.md §2.2), so that a scorer can be shown to beat chance:
 
 * ``random`` — independent uniform scores in [0, 1) from a generator seeded with ``seed``: the
@@ -51,6 +58,7 @@ from heartlora.head_blocks import (
     split_heads,
 )
 from heartlora.inject import AttentionLayer, find_attention_layers
+from heartlora.pretrained_heads import head_gate_scores, weight_taylor_scores
 from heartlora.sensitivity import HeadSensitivity
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -204,6 +212,9 @@ def _random_scores(layers: list[AttentionLayer], seed: int) -> list[torch.Tensor
     ]
 
 
+_PRETRAINED_HEAD_SCORERS = {"head-gate": head_gate_scores, "weight-taylor": weight_taylor_scores}
+
+
 def responsiveness(
     model: nn.Module,
     batches: Iterable,
@@ -219,7 +230,7 @@ def responsiveness(
         batches: iterable of ``(images, labels)`` (a DataLoader works).
         loss_fn: ``loss_fn(logits, labels) -> scalar``; needed by ``taylor`` and ``grad-norm``.
         scorer: one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``,
-            ``sensitivity``, ``update-norm``, or a control:
+            ``sensitivity``, ``update-norm``, ``head-gate``, ``weight-taylor``, or a control:
             ``random``, ``inverse`` (the negated ``taylor`` scores).
         max_batches: score on at most this many batches.
         seed: seeds the ``random`` control (other scorers ignore it); pass the run's seed.
@@ -250,6 +261,10 @@ def responsiveness(
     try:
         if scorer == "redundancy":
             rows = _redundancy_scores(model, batches)
+        elif scorer in _PRETRAINED_HEAD_SCORERS:
+            if loss_fn is None:
+                raise HeartLoRAError(f"scorer {scorer!r} needs a loss_fn(logits, labels)")
+            rows = _PRETRAINED_HEAD_SCORERS[scorer](model, layers, batches, loss_fn)
         elif scorer == "sensitivity":
             _require_adapters(layers, scorer)
             if loss_fn is None:

@@ -44,17 +44,30 @@ def add_base_override_arguments(
 
 
 def add_grid_arguments(
-    parser: argparse.ArgumentParser, methods: list[str], methods_help: str, seeds: int, output: str
+    parser: argparse.ArgumentParser, methods_help: str, seeds: int, output: str
 ) -> None:
     """The options of the commands that train a grid of runs (`suite`, `frontier`): which
-    methods (default ``methods``), epochs, seeds (default ``seeds``), where (default
-    ``output``), how many at once, and the config overrides of every run."""
+    protocol (``--base``), which methods (``methods_help`` says the command's default, which
+    depends on the protocol), epochs, seeds (default ``seeds``), where (default ``output``),
+    how many at once, and the config overrides of every run."""
+    from heartlora.bundled.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+
+    parser.add_argument(
+        "--base",
+        choices=tuple(PROTOCOLS),
+        default=DEFAULT_PROTOCOL,
+        help="the protocol: "
+        + "; ".join(f"{name}: {protocol.summary}" for name, protocol in PROTOCOLS.items())
+        + f" (default {DEFAULT_PROTOCOL}; `make demo` runs real)",
+    )
     parser.add_argument(
         "--methods",
-        default=",".join(methods),
+        default=None,
         help=f"comma-separated methods; NAME[key=value,...] adds overrides ({methods_help})",
     )
-    parser.add_argument("--epochs", type=int, help="epochs per run (default 8)")
+    parser.add_argument(
+        "--epochs", type=int, help="epochs per run (default: the protocol's, 8 mini, 6 real)"
+    )
     parser.add_argument(
         "--seeds", default=str(seeds), help="a count (3 → seeds 0,1,2) or a list (0,7)"
     )
@@ -70,7 +83,7 @@ def add_grid_arguments(
     )
     add_config_arguments(
         parser,
-        "YAML file overriding the mini-VTAB defaults",
+        "YAML file overriding the protocol's defaults",
         "override one config key for every run",
     )
 

@@ -7,13 +7,24 @@ from pathlib import Path
 
 from heartlora.commands.arguments import add_grid_arguments
 from heartlora.errors import HeartLoRAError
-from heartlora.training.frontier import DEFAULT_GRID, DEFAULT_SEEDS, DEFAULT_TASKS
+from heartlora.training.frontier import (
+    DEFAULT_GRID,
+    DEFAULT_SEEDS,
+    DEFAULT_TASKS,
+    REAL_BASE_EPOCHS,
+    REAL_BASE_GRID,
+    REAL_BASE_SELECTION_SEEDS,
+    REAL_BASE_TASKS,
+)
+
+GRIDS = {"mini": (DEFAULT_TASKS, DEFAULT_GRID), "real": (REAL_BASE_TASKS, REAL_BASE_GRID)}
+"""``--base`` → the default tasks and grid."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
-        default=",".join(DEFAULT_TASKS),
+        default=None,
         help="comma-separated tasks under --data-root; NAME:GROUP names a task's group "
         f"(default {','.join(DEFAULT_TASKS)})",
     )
@@ -23,7 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "there (default ~/.cache/heartlora/mini-vtab or $HEARTLORA_DATA)",
     )
     add_grid_arguments(
-        parser, list(DEFAULT_GRID), "default: docs/frontier.md", DEFAULT_SEEDS, "runs/frontier"
+        parser, "default: the protocol's grid, docs/frontier.md", DEFAULT_SEEDS, "runs/frontier"
+    )
+    parser.add_argument(
+        "--selection-seeds",
+        default=None,
+        help="seeds of the selection grid on val200, a count or a list (default: --seeds; "
+        f"{REAL_BASE_SELECTION_SEEDS} with --base real)",
     )
     parser.add_argument(
         "--selection",
@@ -51,26 +68,34 @@ def run(args: argparse.Namespace) -> int:
         parse_seeds,
         split_top_level,
         suite_base_config,
+        suite_protocol,
     )
 
     if args.jobs < 1:
         raise HeartLoRAError(f"--jobs must be at least 1, got {args.jobs}")
-    overrides = list(args.set) + ([f"epochs={args.epochs}"] if args.epochs else [])
-    base, method_defaults = suite_base_config(args.config, overrides)
-    methods = split_top_level(args.methods)
+    protocol = suite_protocol(args.base)
+    default_tasks, default_grid = GRIDS[protocol.name]
+    epochs = args.epochs or (REAL_BASE_EPOCHS if protocol.name == "real" else None)
+    overrides = list(args.set) + ([f"epochs={epochs}"] if epochs else [])
+    base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
+    methods = split_top_level(args.methods or ",".join(default_grid))
     for method in methods:
         parse_method(method)
     seeds = parse_seeds(args.seeds)
+    selection_seeds = args.selection_seeds or (
+        str(REAL_BASE_SELECTION_SEEDS) if protocol.name == "real" else None
+    )
     selection = None if args.selection == "none" else args.selection
     if selection:
         splits = tuple(dict.fromkeys([*SELECTION_SPLITS.values(), *TEST_SPLITS.values()]))
     else:
         splits = (base["train_split"], base["eval_split"])
     data_root = Path(args.data_root) if args.data_root else default_data_root()
-    tasks = vtab_tasks(split_top_level(args.tasks), data_root, splits)
-    grid_runs = len(tasks) * len(methods) * len(seeds)
+    tasks = vtab_tasks(split_top_level(args.tasks or ",".join(default_tasks)), data_root, splits)
+    grid_seeds = parse_seeds(selection_seeds) if selection and selection_seeds else seeds
+    grid_runs = len(tasks) * len(methods) * len(grid_seeds)
     print(
-        f"frontier: {len(methods)} methods × {len(tasks)} tasks × {len(seeds)} seed(s) = "
+        f"frontier: {len(methods)} methods × {len(tasks)} tasks × {len(grid_seeds)} seed(s) = "
         f"{grid_runs} runs of {base['epochs']} epochs"
         + (", then the chosen set on test" if selection else ""),
         flush=True,
@@ -87,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         bootstrap_seed=args.bootstrap_seed,
         log=lambda line: print(line, flush=True),
+        selection_seeds=grid_seeds,
     )
     report = output_dir / "frontier.md"
     if outcome.chosen:

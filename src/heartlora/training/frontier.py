@@ -72,6 +72,42 @@ deactivated per layer and Heart-LoRA† at ne = 2; the variants that give respon
 chance — the smoothed `sensitivity` scorer, per-layer normalisation, the freed bytes re-spent on
 rank 10, and the shared-A layout; and the two controls at ne = 2."""
 
+REAL_BASE_TASKS: tuple[str, ...] = DEFAULT_TASKS
+"""The real base's frontier runs on the same three tasks (one per group)."""
+
+REAL_BASE_GRID: tuple[str, ...] = (
+    "lora[rank=6]",
+    "lora[rank=8]",
+    "peft-lora[rank=6]",
+    "peft-lora[rank=8]",
+    "heart-lora[rank=8,ne=2]",
+    "heart-lora[rank=8,ne=2,scorer=head-gate]",
+    "heart-lora[rank=8,ne=2,scorer=weight-taylor]",
+    "heart-lora[rank=8,ne=2,scorer=sensitivity]",
+    "heart-lora[rank=10,ne=2]",
+    "heart-lora[rank=8,ne=1]",
+    "heart-lora[rank=8,ne=2,selection_mode=budget]",
+    "heart-lora[rank=8,ne=2,layout=shared,targets=[q,k,v]]",
+    "heart-lora[rank=8,ne=2,scorer=random]",
+    "heart-lora[rank=8,ne=2,scorer=inverse]",
+    "heart-lora[rank=8,ne=2,scorer=head-gate,invert_scores=true]",
+    "heart-lora[rank=8,ne=2,scorer=weight-taylor,invert_scores=true]",
+)
+"""The real base's budget grid, 16 methods (docs/frontier.md says how it was sized): LoRA and
+peft LoRA (one A shared by q, k, v, as peft does on a fused qkv) at ranks 6 and 8, around the
+bytes of Heart-LoRA at rank 8 with 2 of 6 heads off; Heart-LoRA with the adapter scorer
+`taylor`, the two scorers on the pretrained heads (`head-gate`, `weight-taylor`) and AdaLoRA's
+smoothed `sensitivity`; the freed bytes re-spent on rank 10; one head off instead of two; the
+`budget` mode (the lowest (layer, head) pairs anywhere); the shared-A layout; and the controls:
+random heads, and the inverse of each of the three scorers that read gradients of the task."""
+
+REAL_BASE_EPOCHS = 4
+"""Epochs of every real-base frontier run: 16 methods × 3 tasks × 2 selection seeds, then
+about 5 methods × 3 tasks × 3 seeds on test, within 100 minutes on 2 cores."""
+
+REAL_BASE_SELECTION_SEEDS = 2
+"""Seeds of the real base's selection grid on val200 (its test phase takes ``--seeds``, 3)."""
+
 BASELINES: tuple[str, ...] = ("lora", "peft-lora")
 """Methods whose grid members are byte-matched partners of the Heart-LoRA variants."""
 
@@ -448,12 +484,14 @@ def run_frontier(
     jobs: int = 1,
     bootstrap_seed: int = 0,
     log: Callable[[str], None] = print,
+    selection_seeds: list[int] | None = None,
 ) -> FrontierOutcome:
     """Run the grid (see the module docstring) and write its reports.
 
-    ``selection="val200"``: grid on train800 → val200 in ``output_dir/val200``, choice, then the
-    chosen set on train800val200 → test in ``output_dir/test``; ``selection=None``: the grid
-    once, on ``base``'s splits, in ``output_dir``.
+    ``selection="val200"``: grid on train800 → val200 in ``output_dir/val200`` (with
+    ``selection_seeds``, default ``seeds``), choice, then the chosen set on train800val200 →
+    test in ``output_dir/test`` (with ``seeds``); ``selection=None``: the grid once, on
+    ``base``'s splits, in ``output_dir``.
 
     Raises:
         HeartLoRAError: for an unknown ``selection``, or nothing to choose from.
@@ -464,11 +502,15 @@ def run_frontier(
         parse_method(method)
 
     def phase(
-        grid: list[str], directory: Path, phase_base: dict[str, Any], split: str
+        grid: list[str],
+        directory: Path,
+        phase_base: dict[str, Any],
+        split: str,
+        phase_seeds: list[int] = seeds,
     ) -> tuple[list[RunResult], list[Comparison]]:
         """Train ``grid`` in ``directory`` and write its frontier reports."""
         results = run_suite(
-            tasks, grid, seeds, directory, phase_base, log, method_defaults, jobs=jobs
+            tasks, grid, phase_seeds, directory, phase_base, log, method_defaults, jobs=jobs
         )
         return results, write_frontier(results, directory, phase_base, split, bootstrap_seed)
 
@@ -479,7 +521,9 @@ def run_frontier(
 
     log(f"selection: {len(methods)} methods on train800 → val200")
     val_dir = output_dir / "val200"
-    val_results, val_comparisons = phase(methods, val_dir, {**base, **SELECTION_SPLITS}, "val200")
+    val_results, val_comparisons = phase(
+        methods, val_dir, {**base, **SELECTION_SPLITS}, "val200", selection_seeds or seeds
+    )
     chosen = choose_candidate(val_comparisons)
     chosen_methods = methods_for_test(chosen, val_comparisons, base)
     atomic_write_json(

@@ -31,7 +31,12 @@ def ordered_groups(groups: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class RunResult:
-    """One finished run: a method on a task with a seed."""
+    """One finished run: a method on a task with a seed.
+
+    ``accuracy`` is the held-out number: after the last epoch. ``best_accuracy`` is the best of
+    the run's ``evaluations`` during training; on a test split it is chosen on test (as the
+    PETL-ViT code reports it) and is shown only under that label.
+    """
 
     method: str
     task: str
@@ -41,6 +46,8 @@ class RunResult:
     trainable_parameters: int
     adapter_bytes: int
     wall_seconds: float = 0.0
+    best_accuracy: float | None = None
+    evaluations: int = 1
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

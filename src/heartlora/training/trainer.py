@@ -43,6 +43,7 @@ from heartlora.inject import (
     set_head_masks,
     trainable_parameters,
 )
+from heartlora.packaged_weights import PACKAGE_PREFIX
 from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import deactivate_heads
@@ -141,7 +142,7 @@ def create_run_model(config: TrainConfig, num_classes: int, log=print) -> nn.Mod
             f"warning: {config.model} starts from random weights (no `checkpoint`, `pretrained` "
             f"off); set {fix}`checkpoint: FILE` to fine-tune pretrained weights"
         )
-    pretrained = weights.startswith(PRETRAINED_PREFIX)
+    pretrained = weights.startswith((PRETRAINED_PREFIX, PACKAGE_PREFIX))
     return create_base_model(config.model, config.checkpoint, pretrained=pretrained, **kwargs)
 
 
@@ -723,6 +724,7 @@ class Trainer:
             "best_accuracy": progress.best_accuracy,
             "best_epoch": progress.best_epoch,
             "final_accuracy": None,
+            "evaluations": sum(1 for row in progress.history if row["test_accuracy"] != ""),
             "trainable_parameters": trainable_parameters(self.model),
             "adapter_bytes": None,
             "wall_seconds": round(progress.elapsed, 2),

