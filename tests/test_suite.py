@@ -265,3 +265,32 @@ def test_the_real_protocol_is_the_real_base_and_mini_stays_the_default():
     assert mini["model"] == "vit_mini_patch4_28"
     with pytest.raises(HeartLoRAError, match="unknown base 'huge'"):
         suite_base_config(None, [], "huge")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["suite", "--methods", ""],
+        ["frontier", "--methods", " , "],
+        ["suite", "--tasks", ""],
+        ["frontier", "--tasks", ""],
+    ],
+)
+def test_an_empty_list_option_is_one_line_not_the_default(command, tmp_path, capsys):
+    assert main([*command, "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.startswith("heartlora: error: --") and "names nothing" in error and "\n" not in error
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--methods", "lora,lora"], ["--tasks", "mnist,mnist"], ["--seeds", "0,0"]],
+)
+def test_a_repeated_name_or_seed_is_refused_before_anything_trains(option, tmp_path, capsys):
+    assert main(["suite", *option, "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "twice" in error or "repeats" in error
+    assert not (tmp_path / "out").exists()

@@ -150,3 +150,16 @@ def test_calib_warmup_fits_short_runs_unless_set_by_hand():
     assert build_config(None, ["calib_warmup_steps=10"]).calib_warmup_for(16) == 10
     with pytest.raises(HeartLoRAError, match="calib_warmup_steps=16 must be smaller than the run"):
         build_config(None, ["calib_warmup_steps=16"]).calib_warmup_for(16)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("label_smoothing=1.5", r"label_smoothing must be in \[0, 1\)"),
+        ("drop_path=1", r"drop_path must be in \[0, 1\)"),
+        ("seed=100000000000000000000", "seed must be below 2"),
+    ],
+)
+def test_probabilities_and_seeds_have_their_ranges(item, message):
+    with pytest.raises(HeartLoRAError, match=message):
+        build_config(None, [item])

@@ -88,6 +88,30 @@ def add_grid_arguments(
     )
 
 
+def listed(text: str | None, default: tuple[str, ...], option: str) -> list[str]:
+    """The comma-separated items of an option (``--methods``, ``--tasks``), ``default`` when
+    the option was not given.
+
+    Raises:
+        HeartLoRAError: the option was given but names nothing (``--methods ""``).
+    """
+    from heartlora.errors import HeartLoRAError
+    from heartlora.training.suite import split_top_level
+
+    if text is None:
+        return list(default)
+    items = [item for item in split_top_level(text) if item.strip()]
+    if not items:
+        raise HeartLoRAError(
+            f"{option} {text!r} names nothing: expected comma-separated names (leave the option "
+            "out for the protocol's default)"
+        )
+    repeated = next((item for index, item in enumerate(items) if item in items[:index]), None)
+    if repeated is not None:
+        raise HeartLoRAError(f"{option} names {repeated!r} twice (each name is one set of runs)")
+    return items
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
     """``--config FILE`` and the repeatable ``--set KEY=VALUE`` of the commands that train."""
     parser.add_argument("--config", help=config_help)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.commands.arguments import add_grid_arguments
+from heartlora.commands.arguments import add_grid_arguments, listed
 from heartlora.errors import HeartLoRAError
 from heartlora.training.frontier import (
     DEFAULT_GRID,
@@ -66,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     from heartlora.training.suite import (
         parse_method,
         parse_seeds,
-        split_top_level,
         suite_base_config,
         suite_protocol,
     )
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     epochs = args.epochs or (REAL_BASE_EPOCHS if protocol.name == "real" else None)
     overrides = list(args.set) + ([f"epochs={epochs}"] if epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
-    methods = split_top_level(args.methods or ",".join(default_grid))
+    methods = listed(args.methods, default_grid, "--methods")
     for method in methods:
         parse_method(method)
     seeds = parse_seeds(args.seeds)
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         splits = (base["train_split"], base["eval_split"])
     data_root = Path(args.data_root) if args.data_root else default_data_root()
-    tasks = vtab_tasks(split_top_level(args.tasks or ",".join(default_tasks)), data_root, splits)
+    tasks = vtab_tasks(listed(args.tasks, default_tasks, "--tasks"), data_root, splits)
     grid_seeds = parse_seeds(selection_seeds) if selection and selection_seeds else seeds
     grid_runs = len(tasks) * len(methods) * len(grid_seeds)
     print(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.commands.arguments import add_grid_arguments
+from heartlora.commands.arguments import add_grid_arguments, listed
 from heartlora.errors import HeartLoRAError
 from heartlora.training.suite import GROUPS_FILE
 
@@ -44,12 +44,11 @@ def run(args: argparse.Namespace) -> int:
         discover_tasks,
         parse_seeds,
         run_suite,
-        split_top_level,
         suite_base_config,
         suite_protocol,
     )
 
-    names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    names = None if args.tasks is None else listed(args.tasks, (), "--tasks")
     if args.list and not args.data_root:
         for name, spec in MINI_VTAB_TASKS.items():
             print(f"{name:<20} {spec.group:<12} {spec.num_classes:>3} classes  {spec.description}")
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = suite_protocol(args.base)
     overrides = list(args.set) + ([f"epochs={args.epochs}"] if args.epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
-    methods = split_top_level(args.methods or ",".join(protocol.methods))
+    methods = listed(args.methods, protocol.methods, "--methods")
     seeds = parse_seeds(args.seeds)
     data_root = Path(args.data_root) if args.data_root else default_data_root()
     if names is None and not args.data_root:

@@ -433,6 +433,11 @@ class TrainConfig:
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise HeartLoRAError(f"{key} must be a non-negative number, got {value!r}")
+        for key in ("drop_path", "label_smoothing"):  # probabilities: 1 would drop everything
+            if not getattr(self, key) < 1:
+                raise HeartLoRAError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
+        if self.seed >= 2**63:  # torch and numpy seeds are 64-bit
+            raise HeartLoRAError(f"seed must be below 2**63, got {self.seed!r}")
         for target in self.targets:
             if target not in TARGETS:
                 raise HeartLoRAError(_choice_error("targets", target, TARGETS))

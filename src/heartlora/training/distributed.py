@@ -46,6 +46,14 @@ def init_world(device: torch.device) -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
+def leave_world(world: World) -> None:
+    """Leave the process group after a completed run (every rank, after the run's last
+    barrier), so that no gloo or NCCL thread outlives it: without this a rank could abort at
+    interpreter exit ("terminate called without an active exception") after a finished run."""
+    if world.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard(indices: list[int], world: World) -> list[int]:
     """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
     if not world.active:

@@ -104,11 +104,14 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
 def parse_seeds(text: str) -> list[int]:
     """``"3"`` → seeds 0, 1, 2; ``"0,7"`` → seeds 0 and 7."""
     try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        count = int(text)
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else None
+        count = int(text) if seeds is None else len(seeds)
     except ValueError:
         raise HeartLoRAError(f"--seeds {text!r}: expected a count (3) or a list (0,7)") from None
+    if seeds is not None and seeds:
+        if len(set(seeds)) != len(seeds):
+            raise HeartLoRAError(f"--seeds {text!r} repeats a seed (each seed is one run)")
+        return seeds
     if count <= 0:
         raise HeartLoRAError(f"--seeds {text!r}: expected at least one seed")
     return list(range(count))
@@ -396,18 +399,19 @@ def run_suite(
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     results = [finished[index] for index in range(len(plan))]
-    write_reports(results, output_dir)
+    splits = {config.eval_split for *_, config in plan}
+    write_reports(results, output_dir, splits.pop() if len(splits) == 1 else "evaluation")
     return results
 
 
-def write_reports(results: list[RunResult], output_dir: Path) -> None:
+def write_reports(results: list[RunResult], output_dir: Path, split: str = "test") -> None:
     """results.csv, results.md and the accuracy-vs-storage plot."""
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     atomic_write_text(output_dir / "results.csv", results_csv(results))
     seeds = sorted({r.seed for r in results})
     text = (
-        "# Results\n\nTop-1 test accuracy (%) after the last epoch"
+        f"# Results\n\nTop-1 {split} accuracy (%) after the last epoch"
         + (f", mean ± std over seeds {seeds}" if len(seeds) > 1 else f", seed {seeds[0]}")
         + ". Params: trainable parameters (classifier included); Stored: bytes the method "
         "saves per task.\n\n" + markdown_table(summary)

@@ -57,6 +57,7 @@ from heartlora.training.distributed import (
     all_reduce_tensor,
     barrier,
     init_world,
+    leave_world,
     shard,
 )
 from heartlora.training.feed import BatchFeed, CachedImages, epoch_order, iterate_batches
@@ -810,7 +811,9 @@ def run_training(
                 f"resumed at epoch {trainer.progress.epoch + 1}, step "
                 f"{trainer.progress.step_in_epoch}"
             )
-        return trainer.fit()
+        result = trainer.fit()
+    leave_world(trainer.world)
+    return result
 
 
 def _quiet(*_args, **_kwargs) -> None:
