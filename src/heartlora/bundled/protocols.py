@@ -6,7 +6,8 @@
     heads), on three mini-VTAB tasks, one per group, their 28-px images upsampled to 56 px (a
     4 × 4 grid of 14-px patches), normalised with ImageNet's mean and std. Sized for 2 CPU
     cores: at 56 px one epoch of 800 images takes about 7 s per core pair (two runs at once,
-    one thread each; 84 px: 16 s), and the demo's 15 runs of 6 epochs fit in 20 minutes.
+    one thread each; 84 px: 16 s), and the demo's 15 runs of 5 epochs fit in 20 minutes
+    (docs/results.md gives the measured time).
     ``lr`` and ``scale`` were chosen on val200 (docs/results.md, "On a real pretrained ViT").
 ``mini``
     The bundled 28-px ViT pretrained on Fashion-MNIST and all nine mini-VTAB tasks
