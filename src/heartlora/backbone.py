@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
-from heartlora.packaged_weights import load_packaged_weights, packaged_weights
+from heartlora.packaged_weights import packaged_state_dict, packaged_weights, resample_positions
 
 
 def classifier_module(model: nn.Module) -> nn.Module | None:
@@ -122,6 +122,19 @@ def load_base_weights(model: nn.Module, path: str | Path) -> nn.Module:
             raise HeartLoRAError(
                 f"{path}: does not fit model ({type(error).__name__}: {error})"
             ) from None
+    return load_fitting_state(model, state, str(path))
+
+
+def load_fitting_state(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = ""
+) -> nn.Module:
+    """Load a base state dict into ``model`` when every tensor but the classifier fits: none
+    missing, unknown or mis-shaped; a classifier of another class count stays freshly
+    initialised.
+
+    Raises:
+        HeartLoRAError: naming ``source``, the first offending key and the counts, then ``hint``.
+    """
     own = model.state_dict()
     classifier = set(classifier_state(model))
     state = {k: v for k, v in state.items() if not (k in classifier and v.shape != own[k].shape)}
@@ -139,9 +152,9 @@ def load_base_weights(model: nn.Module, path: str | Path) -> nn.Module:
             if keys
         )
         raise HeartLoRAError(
-            f"{path}: does not fit model {type(model).__name__}: the file {kind} weights "
+            f"{source}: does not fit model {type(model).__name__}: the file {kind} weights "
             f"(first: {key}; {len(missing)} missing, {len(unexpected)} unknown, "
-            f"{len(misshapen)} mis-shaped)"
+            f"{len(misshapen)} mis-shaped){hint}"
         )
     model.load_state_dict(state, strict=False)
     return model
@@ -284,7 +297,7 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
     When nothing is cached, timm's hub code downloads it, unless the hub is offline
     (``HF_HUB_OFFLINE``) or its host does not answer within a few seconds: that is an error.
     A packaged-weights name loads the weights its package ships
-    (`heartlora.packaged_weights.load_packaged_weights`).
+    (`heartlora.packaged_weights`), position embeddings resampled as its source does.
 
     Raises:
         HeartLoRAError: an unknown model or tag, weights neither cached nor reachable, or
@@ -292,7 +305,11 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
     """
     packaged = packaged_weights(name)
     if packaged is not None:
-        return load_packaged_weights(create_architecture(name, **kwargs), packaged)
+        model = create_architecture(name, **kwargs)
+        state = resample_positions(packaged_state_dict(packaged), model)
+        hint = ": model_kwargs must not change its architecture"
+        source = f"{name}: packaged weights from {packaged.distribution} {packaged.version}"
+        return load_fitting_state(model, state, source, hint)
     if not timm.is_model(name):
         create_architecture(name)  # the one-line unknown-model error
     cfg = _pretrained_cfg(name)

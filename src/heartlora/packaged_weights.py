@@ -251,42 +251,20 @@ def packaged_state_dict(weights: PackagedWeights) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_packaged_weights(model: nn.Module, weights: PackagedWeights) -> nn.Module:
-    """Load ``weights`` into ``model`` (timm's ``weights.architecture``, any image size and
-    class count): the position embedding resampled bicubic without antialias to the model's
-    grid, every other tensor strict; the classifier stays freshly initialised.
-
-    Raises:
-        HeartLoRAError: the converted weights do not fit the model (``model_kwargs`` that
-            change the architecture), or cannot be had (`packaged_state_dict`).
-    """
-    state = packaged_state_dict(weights)
+def resample_positions(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with its position embedding resampled to ``model``'s patch grid bicubic without
+    antialias, as Hugging Face's Dinov2 does at run time (timm's default, antialiased, is 0.41
+    away from the source model's output at 224 px)."""
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    if "pos_embed" in state and grid is not None:
-        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-        state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"].float(),
-            new_size=list(grid),
-            num_prefix_tokens=prefix,
-            interpolation="bicubic",
-            antialias=False,
-            verbose=False,
-        )
-    own = model.state_dict()
-    classifier = {k for k in own if k.startswith("head.")}
-    missing = sorted(k for k in own if k not in state and k not in classifier)
-    unknown = sorted(k for k in state if k not in own)
-    misshapen = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
-    for kind, keys in (
-        ("lack", missing),
-        ("have unknown", unknown),
-        ("have mis-shaped", misshapen),
-    ):
-        if keys:
-            raise HeartLoRAError(
-                f"{weights.name}: the packaged weights {kind} tensors for "
-                f"{type(model).__name__} (first: {keys[0]}; {len(keys)} in all): model_kwargs "
-                "must not change its architecture"
-            )
-    model.load_state_dict(state, strict=False)
-    return model
+    if "pos_embed" not in state or grid is None:
+        return state
+    prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    resampled = resample_abs_pos_embed(
+        state["pos_embed"].float(),
+        new_size=list(grid),
+        num_prefix_tokens=prefix,
+        interpolation="bicubic",
+        antialias=False,
+        verbose=False,
+    )
+    return {**state, "pos_embed": resampled}
