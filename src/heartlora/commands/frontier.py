@@ -8,17 +8,11 @@ from pathlib import Path
 from heartlora.commands.arguments import add_grid_arguments, listed
 from heartlora.errors import HeartLoRAError
 from heartlora.training.frontier import (
-    DEFAULT_GRID,
     DEFAULT_SEEDS,
     DEFAULT_TASKS,
-    REAL_BASE_EPOCHS,
-    REAL_BASE_GRID,
+    FRONTIER_DEFAULTS,
     REAL_BASE_SELECTION_SEEDS,
-    REAL_BASE_TASKS,
 )
-
-GRIDS = {"mini": (DEFAULT_TASKS, DEFAULT_GRID), "real": (REAL_BASE_TASKS, REAL_BASE_GRID)}
-"""``--base`` → the default tasks and grid."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,16 +67,16 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise HeartLoRAError(f"--jobs must be at least 1, got {args.jobs}")
     protocol = suite_protocol(args.base)
-    default_tasks, default_grid = GRIDS[protocol.name]
-    epochs = args.epochs or (REAL_BASE_EPOCHS if protocol.name == "real" else None)
+    defaults = FRONTIER_DEFAULTS[protocol.name]
+    epochs = args.epochs or defaults.epochs
     overrides = list(args.set) + ([f"epochs={epochs}"] if epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
-    methods = listed(args.methods, default_grid, "--methods")
+    methods = listed(args.methods, defaults.grid, "--methods")
     for method in methods:
         parse_method(method)
     seeds = parse_seeds(args.seeds)
     selection_seeds = args.selection_seeds or (
-        str(REAL_BASE_SELECTION_SEEDS) if protocol.name == "real" else None
+        str(defaults.selection_seeds) if defaults.selection_seeds else None
     )
     selection = None if args.selection == "none" else args.selection
     if selection:
@@ -90,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         splits = (base["train_split"], base["eval_split"])
     data_root = Path(args.data_root) if args.data_root else default_data_root()
-    tasks = vtab_tasks(listed(args.tasks, default_tasks, "--tasks"), data_root, splits)
+    tasks = vtab_tasks(listed(args.tasks, defaults.tasks, "--tasks"), data_root, splits)
     grid_seeds = parse_seeds(selection_seeds) if selection and selection_seeds else seeds
     grid_runs = len(tasks) * len(methods) * len(grid_seeds)
     print(

@@ -108,6 +108,30 @@ about 5 methods × 3 tasks × 3 seeds on test, within 100 minutes on 2 cores."""
 REAL_BASE_SELECTION_SEEDS = 2
 """Seeds of the real base's selection grid on val200 (its test phase takes ``--seeds``, 3)."""
 
+@dataclass(frozen=True)
+class FrontierDefaults:
+    """What `heartlora frontier --base NAME` runs when its options do not say.
+
+    Attributes:
+        tasks, grid: the default tasks and methods.
+        epochs: epochs per run, or ``None`` for the protocol's own.
+        selection_seeds: seeds of the selection grid, or ``None`` for the test phase's.
+    """
+
+    tasks: tuple[str, ...]
+    grid: tuple[str, ...]
+    epochs: int | None = None
+    selection_seeds: int | None = None
+
+
+FRONTIER_DEFAULTS: dict[str, FrontierDefaults] = {
+    "mini": FrontierDefaults(DEFAULT_TASKS, DEFAULT_GRID),
+    "real": FrontierDefaults(
+        REAL_BASE_TASKS, REAL_BASE_GRID, REAL_BASE_EPOCHS, REAL_BASE_SELECTION_SEEDS
+    ),
+}
+"""``--base`` protocol name → the frontier's defaults."""
+
 BASELINES: tuple[str, ...] = ("lora", "peft-lora")
 """Methods whose grid members are byte-matched partners of the Heart-LoRA variants."""
 
