@@ -13,7 +13,7 @@ TARGETS: tuple[str, ...] = ("q", "k", "v", "proj")
 """Projections an adapter can target: the three slices of the fused qkv linear, and `proj`."""
 
 MODES: tuple[str, ...] = ("global", "layer", "percent", "budget")
-"""Head-selection modes (DESIGN.md §2.3): Heart-LoRA, Heart-LoRA†, per-layer share, network budget."""
+"""Head-selection modes (README, API): Heart-LoRA, Heart-LoRA†, per-layer share, network budget."""
 
 SCORERS: tuple[str, ...] = (
     "taylor",
@@ -27,10 +27,10 @@ SCORERS: tuple[str, ...] = (
     "random",
     "inverse",
 )
-"""Responsiveness scorers (DESIGN.md §2.2)."""
+"""Responsiveness scorers (`heartlora.responsiveness`, docs/frontier.md)."""
 
 LAYOUTS: tuple[str, ...] = ("per-projection", "shared")
-"""Where the A matrices of the q/k/v updates live (DESIGN.md §1): ``per-projection``: one A
+"""Where the A matrices of the q/k/v updates live (docs/frontier.md, the default grid): ``per-projection``: one A
 (r × d) per targeted q/k/v projection; ``shared``: one A (r × d) shared by all targeted q/k/v
 projections of the fused qkv (peft's LoRA on qkv). B is split per head in both."""
 
@@ -82,7 +82,7 @@ class HeartLoRAConfig:
             ``round(percent · H_l)`` heads of layer l, for models whose layers differ in head count),
             ``budget`` (deactivate the ``L · ne`` lowest (layer, head) pairs of the network).
         percent: share of heads to deactivate per layer in ``percent`` mode, in [0, 1).
-        scorer: responsiveness scorer, one of `SCORERS` (DESIGN.md §2.2).
+        scorer: responsiveness scorer, one of `SCORERS` (`heartlora.responsiveness`).
         normalize_layers: divide each layer's scores by their absolute sum before ranking across
             layers (modes ``global`` and ``budget``), so every layer weighs the same.
         invert_scores: negate the scorer's scores before selection, so that the *most*

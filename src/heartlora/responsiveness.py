@@ -1,6 +1,6 @@
 """Head responsiveness: how much each attention head's adapter matters for this task.
 
-Scorers (DESIGN.md §2.2), all returning a (layers × max heads) tensor, NaN-padded where a layer
+Scorers, all returning a (layers × max heads) tensor, NaN-padded where a layer
 has fewer heads; a higher score means a more responsive head:
 
 * ``taylor`` — I[l, h] = | Σ_p ⟨B_p,h, ∂L/∂B_p,h⟩ |, per batch, averaged: the first-order
@@ -23,7 +23,7 @@ L(h) − L(h = 0) taken literally; they need no adapters:
   importance of Michel et al. 2019).
 * ``weight-taylor`` — Σ |W ⊙ ∂L/∂W| over head h's own pretrained q, k and v weight rows.
 
-Two controls (DESIGN.md §2.2), so that a scorer can be shown to beat chance:
+Two controls (docs/frontier.md, "The controls"), so that a scorer can be shown to beat chance:
 
 * ``random`` — independent uniform scores in [0, 1) from a generator seeded with ``seed``: the
   same seed gives the same scores (and so the same heads) on every machine. Reads no batches.

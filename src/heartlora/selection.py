@@ -44,7 +44,7 @@ def select_heads(
 ) -> torch.Tensor:
     """A bool (layers × heads) mask of the heads to keep.
 
-    Modes (DESIGN.md §2.3):
+    Modes (`heartlora.config.MODES`):
       * ``global`` (Heart-LoRA): accumulate layer by layer, R[l, h] = Σ_{l' ≤ l} I[l', h]; rank
         head indices by R[L, h] and deactivate the same ``ne`` least responsive indices in every
         layer. Needs every layer to have the same head count.

@@ -1,6 +1,6 @@
 """`TrainConfig`: every setting of a training run, from YAML files, ``--set`` overrides and flags.
 
-Defaults follow the paper's VTAB-1k protocol (DESIGN.md §4). Unknown or misspelled keys are an
+Defaults follow the paper's VTAB-1k protocol (docs/training.md, "Reproducing the paper"). Unknown or misspelled keys are an
 error that names the key, the file and the closest known key. Every field carries its help text
 (``metadata["help"]``, as peft's `LoraConfig`); `config_reference_markdown` turns them into the
 key table of docs/training.md, which ``python -m heartlora.training.config --write-docs
@@ -254,7 +254,7 @@ class TrainConfig:
     )
     scorer: str = field(
         default="taylor",
-        metadata={"help": f"Head responsiveness scorer: {_one_of(SCORERS)} (DESIGN.md §2.2)."},
+        metadata={"help": f"Head responsiveness scorer: {_one_of(SCORERS)} (docs/frontier.md)."},
     )
     selection_mode: str | None = field(
         default=None,
