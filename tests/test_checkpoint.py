@@ -68,7 +68,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="no heartlora adapter"):
         hl.load_adapter(tiny_vit(), tmp_path / "missing")
     (tmp_path / CONFIG_NAME).write_text("{ not json")
-    with pytest.raises(ValueError, match="line 1: invalid JSON"):
+    with pytest.raises(ValueError, match="line 1 column 3: invalid JSON"):
         hl.load_adapter(tiny_vit(), tmp_path)
 
 

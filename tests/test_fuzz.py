@@ -358,3 +358,192 @@ def test_random_tool_values_fail_cleanly(world, capsys, command, option, value):
         shutil.rmtree(export / "heads", ignore_errors=True)
         return
     _assert_clean_failure(code, capsys, export, before)
+
+
+# --- adapter tensors -----------------------------------------------------------------------------
+
+
+def _mutated_tensors(tensors: dict[str, torch.Tensor], data) -> dict[str, torch.Tensor]:
+    """``tensors`` with one thing a saved adapter must never lack or hold changed."""
+    names = sorted(tensors)
+    kind = data.draw(
+        st.sampled_from(
+            ["drop", "drop-classifier", "drop-every-B", "empty", "rename", "reshape", "int", "nan"]
+        ),
+        label="kind",
+    )
+    name = data.draw(st.sampled_from(names), label="tensor")
+    changed = dict(tensors)
+    if kind == "drop":
+        del changed[name]
+    elif kind == "drop-classifier":
+        changed = {k: v for k, v in changed.items() if not k.startswith("head.")}
+    elif kind == "drop-every-B":
+        changed = {k: v for k, v in changed.items() if not k.endswith("lora_B")}
+    elif kind == "empty":
+        changed = {}
+    elif kind == "rename":
+        changed[data.draw(st.sampled_from(["x", name + "_", "blocks.0.attn.qkv.base.weight"]))] = (
+            changed.pop(name)
+        )
+    elif kind == "reshape":
+        changed[name] = torch.zeros(changed[name].numel() + 1)
+    elif kind == "int":
+        changed[name] = changed[name].to(torch.int32)
+    else:
+        changed[name] = changed[name].clone().fill_(float("nan"))
+    return changed
+
+
+@FUZZ
+@given(data=st.data(), command=st.sampled_from(["merged", "peft", "predict", "heads"]))
+def test_adapter_weights_missing_extra_or_unusable_tensors_are_refused(
+    world, capsys, tmp_path_factory, data, command
+):
+    from safetensors.torch import load_file
+
+    adapter = tmp_path_factory.mktemp("tensors") / "adapter"
+    shutil.copytree(world["run"] / "adapter", adapter)
+    weights = adapter / "heartlora_adapter.safetensors"
+    save_file(_mutated_tensors(load_file(str(weights)), data), str(weights))
+    export = world["export"]
+    before = _snapshot(export)
+    image = str(world["data"] / "toy" / "images" / "test" / "0000.png")
+    argv = {
+        "merged": ["export", "--adapter", str(adapter), "--format", "merged"],
+        "peft": ["export", "--adapter", str(adapter), "--format", "peft"],
+        "predict": ["predict", "--adapter", str(adapter), image],
+        "heads": ["heads", "--adapter", str(adapter), "--output-dir", str(export / "heads")],
+    }[command]
+    if command in ("merged", "peft"):
+        argv += ["--output-dir", str(export), "--overwrite"]
+    line = _assert_clean_failure(main(argv), capsys, export, before)
+    assert "heartlora_adapter.safetensors" in line
+
+
+# --- image files ---------------------------------------------------------------------------------
+
+_MODES = st.sampled_from(
+    [
+        "1",
+        "L",
+        "P",
+        "LA",
+        "PA",
+        "RGB",
+        "RGBA",
+        "CMYK",
+        "YCbCr",
+        "I;16",
+        "I;16B",
+        "I",
+        "F",
+        "LAB",
+        "HSV",
+    ]
+)
+
+
+@FUZZ
+@given(mode=_MODES, fmt=st.sampled_from(["PNG", "TIFF", "JPEG", "BMP", "WEBP"]), data=st.data())
+def test_images_of_every_mode_become_8_bit_rgb_or_are_refused_by_name(tmp_path, mode, fmt, data):
+    from PIL import Image
+
+    from heartlora.data.base import open_image
+    from heartlora.errors import HeartLoRAError
+
+    image = Image.new(mode, (9, 7))
+    path = tmp_path / f"image.{fmt.lower()}"
+    try:
+        image.save(path, fmt)
+    except (OSError, ValueError, KeyError):  # this format cannot hold this mode
+        return
+    try:
+        decoded = open_image(path)
+    except HeartLoRAError as error:
+        assert str(path) in str(error) and len(str(error).splitlines()) == 1
+        with Image.open(path) as stored:
+            assert stored.mode in ("I", "F", "LAB", "HSV"), stored.mode
+        return
+    assert decoded.mode == "RGB" and decoded.size == (9, 7)
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from heartlora.data.base import open_image
+
+    values = np.array([[0, 257, 32896, 65535, 1000, 60000]], dtype=np.uint16)
+    for fmt in ("png", "tiff"):
+        path = tmp_path / f"grey16.{fmt}"
+        Image.fromarray(values).save(path)
+        with Image.open(path) as stored:
+            assert stored.mode.startswith("I;16")
+        decoded = np.asarray(open_image(path))
+        assert decoded[0, :, 0].tolist() == [0, 1, 128, 255, 4, 233]
+        assert (decoded[..., 0] == decoded[..., 2]).all()
+
+
+# --- JSON, YAML and method strings ---------------------------------------------------------------
+
+
+@FUZZ
+@given(
+    text=st.one_of(
+        st.text(max_size=40),
+        st.sampled_from(
+            ['{"a": 1, "a": 2}', "[NaN]", '{"x": -Infinity}', "\ufeff{}", "[" * 5000, "9" * 5000]
+        ),
+    )
+)
+def test_json_documents_are_read_strictly_or_refused_in_one_line(text):
+    from heartlora.documents import parse_json
+    from heartlora.errors import HeartLoRAError
+
+    try:
+        value = parse_json(text, "f.json")
+    except HeartLoRAError as error:
+        assert str(error).startswith("f.json") and len(str(error).splitlines()) == 1
+        return
+    assert json.loads(json.dumps(value)) == value  # only what JSON itself can say
+
+
+@FUZZ
+@given(
+    text=st.one_of(
+        st.text(max_size=40),
+        st.sampled_from(
+            ["a: 1\na: 2\n", "x: {b: 1, b: 2}", "\ufeffa: 1", "[" * 5000, "a: &x [*x]"]
+        ),
+    )
+)
+def test_yaml_documents_are_read_strictly_or_refused_in_one_line(text):
+    from heartlora.documents import parse_yaml
+    from heartlora.errors import HeartLoRAError
+
+    try:
+        parse_yaml(text, "f.yaml")
+    except HeartLoRAError as error:
+        assert str(error).startswith("f.yaml") and len(str(error).splitlines()) == 1
+
+
+@FUZZ
+@given(
+    text=st.one_of(
+        st.text(max_size=30),
+        st.sampled_from(
+            ["lora[method=full]", "lora[seed=3]", "lora[rank=2,rank=4]", "lora[rank=[1]", "lora[x]"]
+        ),
+    )
+)
+def test_method_strings_parse_or_are_refused_in_one_line(text):
+    from heartlora.errors import HeartLoRAError
+    from heartlora.training.suite import parse_method
+
+    try:
+        name, overrides = parse_method(text)
+    except HeartLoRAError as error:
+        assert len(str(error).splitlines()) == 1
+        return
+    assert name and not {"method", "seed", "task"} & set(overrides)

@@ -3,10 +3,13 @@
 import errno
 import io
 import json
+import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,7 +250,8 @@ def test_labels_are_checked_against_the_class_count_a_task_pins(toy, tmp_path, c
     _, checkpoint = toy
     root = make_learnable_task(tmp_path / "data")
     split = root / "toy" / "train800val200.txt"
-    split.write_text(split.read_text() + "images/train800/0000.png 4999\n")
+    shutil.copy(root / "toy" / "images" / "train800" / "0000.png", root / "toy" / "extra.png")
+    split.write_text(split.read_text() + "extra.png 4999\n")
     assert main(train_args(root, checkpoint, tmp_path / "a", "lora", epochs=1)) == 2
     err = _one_line_error(capsys)
     assert f"{split} line 49: label 4999 implies 5000 classes" in err and "num_classes" in err
@@ -524,3 +528,150 @@ def test_a_failed_peft_save_is_one_line_naming_the_folder(toy, tmp_path, monkeyp
     assert f"{out / 'adapter'}: cannot write the peft adapter" in err and "No space" in err
     assert not (out / "result.json").exists()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".adapter")) == []
+
+
+# --- round three (docs/reliability.md): every file checked whole, every value in range, one
+# error boundary, each adapter its own preprocessing ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("rank=100000000", "rank 100000000 exceeds the model's width 96"),
+        ("model_kwargs={foo: 1}", "cannot build this architecture with .*foo=1"),
+        ("model_kwargs={pretrained_cfg_overlay: {}}", "pretrained_cfg_overlay is set by the run"),
+        ("img_size=2", "img_size 2 is smaller than one patch"),
+        ("scale=0", "scale must be a finite non-zero number"),
+        ("lr=.nan", "lr must be .*got nan"),
+        ("epochs=100000000000000000000", "epochs must be below 2\\*\\*63"),
+    ],
+)
+def test_values_out_of_range_are_one_line_before_anything_is_written(
+    toy, tmp_path, capsys, item, message
+):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    assert main([*train_args(root, checkpoint, out, "heart-lora", epochs=1), "--set", item]) == 2
+    assert re.search(message, _one_line_error(capsys))
+    assert not out.exists()
+
+
+def test_an_unexpected_exception_is_one_line_with_a_saved_traceback_and_the_folder_untouched(
+    toy, tmp_path, capsys, monkeypatch
+):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+
+    def broken_step(*_args, **_kwargs):
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(train_module.Trainer, "_train_step", broken_step)
+    assert main(train_args(root, checkpoint, out, "lora", epochs=1)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "internal error: RuntimeError: something nobody foresaw" in err
+    saved = Path(re.search(r"traceback saved in (\S+),", err).group(1))
+    assert "Traceback" in saved.read_text() and "broken_step" in saved.read_text()
+    saved.unlink()
+    assert not out.exists()  # the failed start left nothing: the corrected rerun needs no flag
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    assert main(train_args(root, checkpoint, existing, "lora", epochs=1)) == 1
+    Path(re.search(r"saved in (\S+),", capsys.readouterr().err).group(1)).unlink()
+    assert sorted(p.name for p in existing.iterdir()) == [".heartlora-run.lock", "notes.txt"]
+
+
+def test_split_files_with_a_bom_or_a_repeated_image_are_one_line(toy, tmp_path, capsys):
+    _, checkpoint = toy
+    root = make_learnable_task(tmp_path / "data")
+    split = root / "toy" / "train800val200.txt"
+    text = split.read_text()
+    split.write_text("\ufeff" + text, encoding="utf-8")
+    assert main(train_args(root, checkpoint, tmp_path / "a", "lora", epochs=1)) == 2
+    assert "byte-order mark" in _one_line_error(capsys)
+    split.write_text(text + text.splitlines()[0] + "\n")
+    assert main(train_args(root, checkpoint, tmp_path / "b", "lora", epochs=1)) == 2
+    assert "is listed again (first at line 1" in _one_line_error(capsys)
+
+
+def test_a_huge_label_without_a_manifest_is_one_line_without_exhausting_memory(
+    toy, tmp_path, capsys
+):
+    _, checkpoint = toy
+    root = make_learnable_task(tmp_path / "data")
+    split = root / "toy" / "train800val200.txt"
+    shutil.copy(root / "toy" / "images" / "train800" / "0000.png", root / "toy" / "extra.png")
+    split.write_text(split.read_text() + "extra.png 1000000000000\n")
+    assert main(train_args(root, checkpoint, tmp_path / "a", "lora", epochs=1)) == 2
+    assert "implies 1000000000001 classes, but 999999999997 of them (3, 4, 5, ...)" in (
+        _one_line_error(capsys)
+    )
+
+
+def test_run_folder_mistakes_are_one_line(toy, finished, tmp_path, capsys):
+    root, checkpoint = toy
+    args = train_args(root, checkpoint, finished, "lora", epochs=1)
+    assert main([*args, "--resume", "--overwrite"]) == 2
+    assert "--resume and --overwrite contradict" in _one_line_error(capsys)
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    (copy / "config.yaml").unlink()
+    other = train_args(root, checkpoint, copy, "heart-lora", epochs=1)
+    assert main([*other, "--resume"]) == 2
+    assert "config.yaml is missing: --resume compares it" in _one_line_error(capsys)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert main(train_args(root, checkpoint, dangling, "lora", epochs=1)) == 2
+    assert "is a symbolic link to" in _one_line_error(capsys)
+    below_a_file = tmp_path / "file.txt"
+    below_a_file.write_text("x")
+    assert main(train_args(root, checkpoint, below_a_file / "run", "lora", epochs=1)) == 2
+    assert f"{below_a_file} is not a folder" in _one_line_error(capsys)
+
+
+def test_output_files_follow_the_umask(toy, tmp_path):
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    assert main(train_args(root, checkpoint, out, "lora", epochs=1)) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("result.json", "config.yaml", "metrics.csv", "adapter/heartlora_config.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_predict_preprocesses_each_adapter_as_it_was_trained(toy, finished, tmp_path, capsys):
+    root, checkpoint = toy
+    normalized = tmp_path / "normalized"
+    spread = "normalize=[[0.2,0.3,0.4],[0.1,0.2,0.3]]"
+    assert main([*train_args(root, checkpoint, normalized, "lora", epochs=1), "--set", spread]) == 0
+    images = [str(p) for p in sorted((root / "toy" / "images" / "test").glob("*.png"))[:12]]
+    capsys.readouterr()
+
+    def probabilities(*adapters: Path) -> dict[str, list[float]]:
+        argv = ["predict", "--json", *[f"--adapter={a / 'adapter'}" for a in adapters], *images]
+        assert main(argv) == 0
+        rows = json.loads(capsys.readouterr().out)["predictions"]
+        by_task: dict[str, list[float]] = {}
+        for row in rows:
+            by_task.setdefault(row["task"], []).append(row["probability"])
+        return by_task
+
+    mixed = probabilities(finished, normalized)  # both tasks are "toy": the second is toy#2
+    assert probabilities(normalized)["toy"] == pytest.approx(mixed["toy#2"], abs=1e-6)
+    assert probabilities(finished)["toy"] == pytest.approx(mixed["toy"], abs=1e-6)
+
+
+def test_suite_and_frontier_refuse_what_they_cannot_run_before_training(toy, tmp_path, capsys):
+    out = tmp_path / "suite"
+    base = ["--tasks", "sk-digits", "--data-root", str(tmp_path / "data"), "--epochs", "1"]
+    assert main(["suite", *base, "--methods", "lora[method=full]", "--output-dir", str(out)]) == 2
+    assert "method cannot be set in brackets" in _one_line_error(capsys)
+    assert main(["frontier", *base, "--methods", "lora,peft-lora", "--output-dir", str(out)]) == 2
+    assert "nothing to choose" in _one_line_error(capsys)
+    assert not (out / "runs").exists() and not (out / "val200").exists()
+
+
+def test_heads_refuses_a_zero_image_size(finished, capsys):
+    assert main(["heads", "--adapter", str(finished / "adapter"), "--img-size", "0"]) == 2
+    assert "argument --img-size: expected an integer in 1.." in _one_line_error(capsys)

@@ -276,8 +276,7 @@ def test_sigkill_in_the_first_epoch_can_resume(toy, tmp_path, monkeypatch, refer
     args = train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2)
     with monkeypatch.context() as patched:
         _on_training_forward(2, die)(patched)
-        with pytest.raises(Killed):
-            main(args)
+        assert main(args) == 1  # an unexpected exception: one line and a saved traceback
     assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["global_step"] == 0
     assert main(args + ["--resume"]) == 0
     _assert_same_run(reference_run, out)

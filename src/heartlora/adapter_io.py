@@ -14,7 +14,6 @@ that writes or parses the JSON: everything else reads the typed `AdapterMetadata
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,8 +24,9 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from heartlora.atomic import atomic_write_bytes, atomic_write_json
-from heartlora.backbone import classifier_state
+from heartlora.backbone import check_model_kwargs, classifier_state
 from heartlora.config import HeartLoRAConfig
+from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
     adapter_modules,
@@ -106,6 +106,11 @@ class RunInfo:
         values = {k: data.pop(k) for k in list(data) if k in known}
         info = _typed(cls, values, where, "extra")
         info.dataset, info.other = dataset, data
+        check_model_kwargs(info.model_kwargs, f"{where}: key extra.model_kwargs")
+        if info.img_size is not None and info.img_size < 1:
+            raise HeartLoRAError(
+                f"{where}: key extra.img_size is {info.img_size!r} (expected a positive integer)"
+            )
         return info
 
 
@@ -189,8 +194,14 @@ class AdapterMetadata:
                             f"{where}: key scores[{index}] holds {value!r} (expected numbers or null)"
                         )
         num_classes = data.get("num_classes")
-        if num_classes is not None:
-            _require(num_classes, int, where, "num_classes")
+        if num_classes is not None and _require(num_classes, int, where, "num_classes") < 1:
+            raise HeartLoRAError(
+                f"{where}: key num_classes is {num_classes!r} (expected a positive integer)"
+            )
+        if _require(data["embed_dim"], int, where, "embed_dim") < 1:
+            raise HeartLoRAError(
+                f"{where}: key embed_dim is {data['embed_dim']!r} (expected a positive integer)"
+            )
         return cls(
             base_model=_require(data["base_model"], str, where, "base_model"),
             config=config,
@@ -350,12 +361,7 @@ def read_adapter_metadata(directory: str | Path) -> AdapterMetadata:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise HeartLoRAError(f"{path}: no heartlora adapter here (expected {CONFIG_NAME})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise HeartLoRAError(f"{path}: not UTF-8 text (expected JSON)") from None
-    except json.JSONDecodeError as error:
-        raise HeartLoRAError(f"{path} line {error.lineno}: invalid JSON ({error.msg})") from None
+    data = read_json(path, f"the {FORMAT} JSON that save_adapter writes")
     return AdapterMetadata.from_json(data, str(path))
 
 
@@ -378,7 +384,10 @@ def load_adapter(
 
     Raises:
         HeartLoRAError: if the model already carries adapters (loading twice), the adapter was
-            saved for another architecture, layer layout or head count, or a tensor's shape differs.
+            saved for another architecture, layer layout or head count, or the weights file is
+            not exactly the tensors the adapter's config implies (one missing or extra, or a
+            shape, dtype or non-finite value the model cannot use). The file is read and checked
+            before any weight is copied.
     """
     directory = Path(directory)
     metadata = read_adapter_metadata(directory)
@@ -408,31 +417,77 @@ def load_adapter(
                 f"{directory}: adapter has {num_classes} classes, the model differs"
             )
         model.reset_classifier(num_classes)
+    tensors = _read_adapter_tensors(weights_path)
     inject(model, metadata.config)
     set_head_masks(model, [torch.tensor(mask, dtype=torch.bool) for mask in metadata.head_masks])
     if metadata.scores is not None:
         model.heartlora_scores = torch.tensor(
             [[math.nan if v is None else v for v in row] for row in metadata.scores]
         )
+    targets = _adapter_targets(model)
+    _check_complete(tensors, targets, weights_path)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            targets[key].copy_(value.to(targets[key].dtype))
+    return model
+
+
+def _read_adapter_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
     try:
-        tensors = load_file(str(weights_path))
+        return load_file(str(weights_path))
     except Exception as error:  # truncated or foreign files: safetensors raises its own errors
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise HeartLoRAError(
             f"{weights_path}: cannot read adapter weights ({reason}; expected a safetensors file "
             "written by save_adapter)"
         ) from None
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
+
+
+def _adapter_targets(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor an adapter file must hold for ``model`` (injected): each adapter's
+    ``lora_A`` and ``lora_B`` and the classifier's parameters, by their names in the model."""
+    targets: dict[str, torch.Tensor] = {}
+    for name, adapter in adapter_modules(model):
+        targets[f"{name}.lora_A"] = adapter.lora_A
+        targets[f"{name}.lora_B"] = adapter.lora_B
+    classifier = classifier_state(model).keys()
+    live = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    targets.update({key: live[key] for key in classifier})
+    return targets
+
+
+def _check_complete(
+    tensors: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], weights_path: Path
+) -> None:
+    """Refuse an adapter file that is not exactly the set of tensors its config implies: a
+    tensor missing, one with no place in an adapter (a backbone weight, a renamed key), a shape,
+    dtype or value (NaN, inf) the model cannot use."""
+    missing = [key for key in targets if key not in tensors]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise HeartLoRAError(
+            f"{weights_path}: tensor {missing[0]!r}{more} missing (expected all "
+            f"{len(targets)} tensors the adapter's config implies: every lora_A, lora_B and the "
+            "classifier)"
+        )
     for key, value in tensors.items():
-        target = params.get(key, buffers.get(key))
+        target = targets.get(key)
         if target is None:
-            raise HeartLoRAError(f"{weights_path}: tensor {key!r} has no place in this model")
+            raise HeartLoRAError(
+                f"{weights_path}: tensor {key!r} has no place in this adapter (expected only "
+                "lora_A, lora_B and classifier tensors)"
+            )
         if target.shape != value.shape:
             raise HeartLoRAError(
                 f"{weights_path}: {key} has shape {tuple(value.shape)}, the model expects "
                 f"{tuple(target.shape)}"
             )
-        with torch.no_grad():
-            target.copy_(value.to(target.dtype))
-    return model
+        if not value.is_floating_point():
+            raise HeartLoRAError(
+                f"{weights_path}: {key} has dtype {str(value.dtype).removeprefix('torch.')} "
+                "(expected a floating-point tensor)"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise HeartLoRAError(
+                f"{weights_path}: {key} holds NaN or infinite values (expected finite weights)"
+            )

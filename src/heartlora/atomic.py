@@ -35,6 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; a file made by open() would not
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
@@ -44,6 +45,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+_file_mode: int | None = None
+
+
+def _new_file_mode() -> int:
+    """0666 less the process's umask: the mode ``open(path, "w")`` gives a new file. The umask
+    is read once (reading it means setting it, which is not thread-safe)."""
+    global _file_mode
+    if _file_mode is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        _file_mode = 0o666 & ~umask
+    return _file_mode
 
 
 def _naming(error: OSError, path: Path) -> OSError:

@@ -169,18 +169,77 @@ def _resolve_checkpoint(checkpoint: str | Path, search_dir: Path | None) -> Path
     return path
 
 
+MODEL_KWARGS_SET_BY_RUN: tuple[str, ...] = (
+    "num_classes",
+    "img_size",
+    "drop_path_rate",
+    "pretrained",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "checkpoint_path",
+    "features_only",
+)
+"""`timm.create_model` arguments that heartlora sets itself (from a run's own keys, or to load
+the base weights); a run's or adapter's ``model_kwargs`` may not carry them."""
+
+
+def check_model_kwargs(model_kwargs: dict[str, Any], where: str) -> None:
+    """Raise `HeartLoRAError` naming ``where`` (e.g. ``"model_kwargs"``) when ``model_kwargs``
+    holds a key from `MODEL_KWARGS_SET_BY_RUN` or a key that is not a string."""
+    for key in model_kwargs:
+        if not isinstance(key, str):
+            raise HeartLoRAError(f"{where}: key {key!r} is not a name (expected argument names)")
+    reserved = [key for key in MODEL_KWARGS_SET_BY_RUN if key in model_kwargs]
+    if reserved:
+        raise HeartLoRAError(
+            f"{where}: {', '.join(reserved)} is set by the run itself (expected other "
+            "timm.create_model arguments; use the config keys num_classes, img_size, drop_path, "
+            "pretrained or checkpoint)"
+        )
+
+
 def create_architecture(name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained=False, **kwargs)`` with a one-line error for an
-    unknown name; never downloads. A packaged-weights name builds its timm architecture."""
+    unknown name or arguments the architecture refuses (`check_architecture`); never
+    downloads. A packaged-weights name builds its timm architecture."""
+    check_architecture(name, **kwargs)
+    if packaged_weights(name) is not None:
+        name = packaged_weights(name).architecture
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def check_architecture(name: str, **kwargs: Any) -> None:
+    """Build ``name`` with ``kwargs`` on the meta device (no memory, no weights) and raise
+    `HeartLoRAError` when timm refuses them or the input is smaller than one patch, so that
+    such a mistake is never reported as a weights problem.
+
+    Raises:
+        HeartLoRAError: an unknown model name, an argument the architecture does not take or
+            refuses (its message), or an ``img_size`` below the patch size.
+    """
     packaged = packaged_weights(name)
-    if packaged is not None:
-        name = packaged.architecture
-    if not timm.is_model(name):
+    architecture = packaged.architecture if packaged is not None else name
+    if not timm.is_model(architecture):
         raise HeartLoRAError(
-            f"unknown timm model {name!r} (expected a timm architecture name, e.g. "
+            f"unknown timm model {architecture!r} (expected a timm architecture name, e.g. "
             "vit_base_patch16_224)"
         )
-    return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(architecture, pretrained=False, **kwargs)
+    except Exception as error:  # timm's families raise TypeError, ValueError, AssertionError...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
+        raise HeartLoRAError(
+            f"{name}: timm cannot build this architecture with {given} ({reason})"
+        ) from None
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is not None and min(grid) < 1:
+        patch = getattr(model.patch_embed, "patch_size", "?")
+        raise HeartLoRAError(
+            f"{name}: img_size {kwargs.get('img_size')!r} is smaller than one patch {patch} "
+            "(expected an input side of at least the patch size)"
+        )
 
 
 RANDOM_WEIGHTS = "random"
@@ -310,8 +369,7 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
         hint = ": model_kwargs must not change its architecture"
         source = f"{name}: packaged weights from {packaged.distribution} {packaged.version}"
         return load_fitting_state(model, state, source, hint)
-    if not timm.is_model(name):
-        create_architecture(name)  # the one-line unknown-model error
+    check_architecture(name, **kwargs)  # architecture mistakes are not weights problems
     cfg = _pretrained_cfg(name)
     if cfg is None or not cfg.tag or not (cfg.file or cfg.hf_hub_id or cfg.url):
         raise HeartLoRAError(

@@ -2,8 +2,10 @@
 
 Each sub-command lives in its own module under `heartlora.commands` and exposes
 `add_arguments(parser)` and `run(args) -> int`. User errors (bad arguments, `HeartLoRAError`,
-`ValueError`, `OSError` such as a missing file or a full disk) become one line on stderr,
-``heartlora: error: ...``, and exit code 2; `--debug` shows the traceback. Ctrl-C exits with
+`ValueError`, `OSError` such as a missing file or a full disk, `MemoryError`) become one line on
+stderr, ``heartlora: error: ...``, and exit code 2; any other exception is a bug or a case nobody
+foresaw: one line naming it and a file holding its traceback, exit code 1. `--debug` shows the
+traceback instead. Ctrl-C exits with
 130 (SIGTERM, which a training run also handles, with 143); a closed stdout (``| head -1``)
 ends a command quietly with 141 (`heartlora.commands.console`).
 """
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -97,6 +102,49 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"heartlora: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        if not _out_of_memory(error):  # a bug, or a case nobody foresaw: one line, trace kept
+            saved = save_traceback(error, args.command)
+            print(
+                f"heartlora: internal error: {type(error).__name__}: {_one_line(error)} (not a "
+                f"problem with your input that heartlora knows; traceback saved in {saved}, "
+                "please report it)",
+                file=sys.stderr,
+            )
+            return UNEXPECTED_ERROR_EXIT
+        print(
+            "heartlora: error: out of memory (expected settings that fit this machine: lower "
+            "batch_size, img_size or rank)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+UNEXPECTED_ERROR_EXIT = 1
+"""The exit code of an unexpected exception (expected failures exit with 2)."""
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Host memory (`MemoryError`) or accelerator memory (`torch.OutOfMemoryError`) ran out."""
+    torch = sys.modules.get("torch")
+    return isinstance(error, MemoryError) or (
+        torch is not None and isinstance(error, torch.OutOfMemoryError)
+    )
+
+
+def save_traceback(error: BaseException, command: str | None) -> str:
+    """Write ``error``'s traceback to a new file in the temporary folder; returns its path (or a
+    note saying why it could not be written)."""
+    text = "".join(traceback.format_exception(error))
+    try:
+        handle, path = tempfile.mkstemp(prefix=f"heartlora-{command or 'cli'}-", suffix=".txt")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(f"heartlora {' '.join(sys.argv[1:])}\n{text}")
+    except OSError as problem:
+        return f"nowhere ({problem.strerror}; rerun with --debug to see it)"
+    return path
 
 
 def _one_line(error: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -121,6 +122,16 @@ class HeartLoRAConfig:
         self.targets = tuple(self.targets)
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
             raise HeartLoRAError(f"rank must be a positive integer, got {self.rank!r}")
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or not math.isfinite(self.scale)
+            or self.scale == 0
+        ):
+            raise HeartLoRAError(
+                f"scale must be a finite non-zero number, got {self.scale!r} (0 makes every "
+                "update s·B·A zero: nothing but the classifier would learn)"
+            )
         if not self.targets:
             raise HeartLoRAError(f"targets must name at least one of {', '.join(TARGETS)}")
         for target in self.targets:

@@ -126,12 +126,19 @@ def inject(model: nn.Module, config: HeartLoRAConfig) -> nn.Module:
         The same model, with ``model.heartlora_config`` set.
 
     Raises:
-        HeartLoRAError: if the model has no attention heads or already carries adapters.
+        HeartLoRAError: if the model has no attention heads, already carries adapters, or the
+            rank exceeds the embedding dimension (nothing is allocated then).
     """
     if has_adapters(model):
         raise HeartLoRAError("this model already carries heartlora adapters; inject once")
     layers = find_attention_layers(model)
     classifier_module(model)  # refuses several classifier heads before anything changes
+    width = min(int(layer.module.qkv.in_features) for layer in layers)
+    if config.rank > width:
+        raise HeartLoRAError(
+            f"rank {config.rank} exceeds the model's width {width} (expected a rank of at most "
+            "the embedding dimension: a larger one adds parameters, never expressiveness)"
+        )
     for layer in layers:
         if config.qkv_targets:
             layer.module.qkv = HeadLoRAQKV(

@@ -16,6 +16,33 @@ def output_dir(text: str) -> Path:
     return Path(text)
 
 
+MAX_COUNT = 2**31 - 1
+"""The largest value a count or size option takes (argparse's ``int`` has no bound)."""
+
+
+def positive_int(text: str) -> int:
+    """A count or size option: an integer in 1..`MAX_COUNT` (``0`` is refused, never read as
+    "not given")."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """A count or seed option that may be 0: an integer in 0..`MAX_COUNT`."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, lowest: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not lowest <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in {lowest}..{MAX_COUNT}, got {text}"
+        )
+    return value
+
+
 def add_base_override_arguments(
     parser: argparse.ArgumentParser, action: str, plural: bool = False
 ) -> None:
@@ -66,7 +93,9 @@ def add_grid_arguments(
         help=f"comma-separated methods; NAME[key=value,...] adds overrides ({methods_help})",
     )
     parser.add_argument(
-        "--epochs", type=int, help="epochs per run (default: the protocol's, 8 mini, 6 real)"
+        "--epochs",
+        type=positive_int,
+        help="epochs per run (default: the protocol's, 8 mini, 6 real)",
     )
     parser.add_argument(
         "--seeds", default=str(seeds), help="a count (3 → seeds 0,1,2) or a list (0,7)"
@@ -76,7 +105,7 @@ def add_grid_arguments(
     )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=positive_int,
         default=2,
         help="runs trained at once, one process and `threads` torch threads each "
         "(default 2, for 2 cores)",

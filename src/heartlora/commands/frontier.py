@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.commands.arguments import add_grid_arguments, listed
+from heartlora.commands.arguments import add_grid_arguments, listed, non_negative_int
 from heartlora.errors import HeartLoRAError
 from heartlora.training.frontier import (
     DEFAULT_SEEDS,
@@ -45,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "once on the config's splits (default val200)",
     )
     parser.add_argument(
-        "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap intervals (default 0)"
+        "--bootstrap-seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the bootstrap intervals (default 0)",
     )
 
 

@@ -22,7 +22,12 @@ from torch.utils.data import DataLoader
 
 from heartlora.adapter_io import DatasetInfo, RunInfo, load_adapter, read_adapter_metadata
 from heartlora.backbone import create_base_model
-from heartlora.commands.arguments import add_base_override_arguments, output_dir
+from heartlora.commands.arguments import (
+    add_base_override_arguments,
+    non_negative_int,
+    output_dir,
+    positive_int,
+)
 from heartlora.config import MODES, SCORERS, HeartLoRAConfig
 from heartlora.data.base import DATASET_KINDS
 from heartlora.data.factory import build_dataset
@@ -66,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default=None, help="training split (default per dataset kind)")
     parser.add_argument(
-        "--img-size", type=int, default=None, help="image side (default: adapter's)"
+        "--img-size", type=positive_int, default=None, help="image side (default: adapter's)"
     )
     parser.add_argument(
         "--scorer",
@@ -74,13 +79,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"re-score heads with one of {', '.join(SCORERS)} (default: the adapter's stored "
         "scores; redundancy for a base model)",
     )
-    parser.add_argument("--batches", type=int, default=1, help="training batches to look at")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
     parser.add_argument(
-        "--rank", type=int, default=8, help="rank of the fresh adapter (no --adapter)"
+        "--batches", type=positive_int, default=1, help="training batches to look at"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per batch")
+    parser.add_argument(
+        "--rank", type=positive_int, default=8, help="rank of the fresh adapter (no --adapter)"
     )
     parser.add_argument(
-        "--ne", type=int, default=0, help="heads to mark deactivated (no --adapter)"
+        "--ne", type=non_negative_int, default=0, help="heads to mark deactivated (no --adapter)"
     )
     parser.add_argument(
         "--mode", default="layer", help=f"selection mode for --ne: {', '.join(MODES)}"

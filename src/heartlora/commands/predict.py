@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from heartlora.adapter_io import AdapterMetadata, read_adapter_metadata
-from heartlora.commands.arguments import add_base_override_arguments
+from heartlora.commands.arguments import add_base_override_arguments, positive_int
 from heartlora.data.base import open_image
 from heartlora.data.transforms import build_transform
 from heartlora.devices import DEVICES, is_device_name, resolve_device
@@ -34,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of text"
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass"
+    )
     parser.add_argument(
         "--device",
         default="auto",
@@ -69,7 +72,7 @@ def _check_shared_backbone(
     for directory, meta in zip(directories[1:], metadata[1:]):
         extra = meta.run.to_json()
         keys = (
-            ["img_size"]
+            ["img_size", "model_kwargs"]
             + ([] if args.model else ["model"])
             + ([] if args.checkpoint else ["checkpoint"])
             + ([] if args.ignore_base_mismatch else ["weights"])
@@ -80,6 +83,22 @@ def _check_shared_backbone(
                     f"{directory}: {key} {extra.get(key)!r} differs from {directories[0]}'s "
                     f"{first.get(key)!r} (expected adapters of one shared backbone)"
                 )
+
+
+def _inputs_per_task(
+    images: list[Image.Image], names: list[str], metadata: list[AdapterMetadata], img_size: int
+) -> dict[str, torch.Tensor]:
+    """Each task's input batch, preprocessed as its own adapter was trained (its
+    ``normalize``); tasks that share a preprocessing share one tensor."""
+    by_normalize: dict[str, torch.Tensor] = {}
+    inputs = {}
+    for name, meta in zip(names, metadata):
+        key = json.dumps(meta.run.normalize)
+        if key not in by_normalize:
+            transform = build_transform(img_size, normalize=meta.run.normalize)
+            by_normalize[key] = torch.stack([transform(image) for image in images])
+        inputs[name] = by_normalize[key]
+    return inputs
 
 
 def _format_bytes(count: int) -> str:
@@ -112,16 +131,18 @@ def run(args: argparse.Namespace) -> int:
     for name, directory in zip(names, args.adapters):
         server.add_task(name, directory)
     server.to(device)
-    transform = build_transform(
-        adapter_img_size(args.adapters[0], server.model), normalize=metadata[0].run.normalize
+    images = [open_image(path, hint=None) for path in args.images]
+    inputs = _inputs_per_task(
+        images, names, metadata, adapter_img_size(args.adapters[0], server.model)
     )
-    images = [transform(open_image(path)) for path in args.images]
     predictions = []
     for start in range(0, len(images), args.batch_size):
-        batch = torch.stack(images[start : start + args.batch_size])
         paths = args.images[start : start + args.batch_size]
         with matmul_precision(dtype, device.type), forward_precision(dtype, device.type):
-            results = {name: server.predict(batch, name) for name in names}
+            results = {
+                name: server.predict(inputs[name][start : start + args.batch_size], name)
+                for name in names
+            }
         for index, path in enumerate(paths):
             for name, meta in zip(names, metadata):
                 label = int(results[name][0][index])

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -128,20 +129,65 @@ def require_image(path: Path, where: str) -> None:
         raise data_error(f"{where}: image {path} does not exist (expected an image file)")
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode the image at `path` as RGB.
+_EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr"}
+)
+"""Pixel modes that Pillow maps to 8-bit RGB without losing range: 1- and 8-bit channels
+(alpha dropped, CMYK and YCbCr converted by their colour model)."""
 
-    Returns:
-        The decoded image, mode ``"RGB"`` (grey, palette, CMYK and alpha images are converted).
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+"""16-bit grey (PNG and TIFF with 16 bits per sample): scaled to 8 bits, never clipped."""
+
+
+def to_rgb8(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` as 8-bit RGB, by its pixel mode and bit depth.
+
+    8-bit modes are converted by Pillow (alpha is dropped); 16-bit grey is scaled by 255/65535
+    and rounded (Pillow's own conversion clips every value above 255). 16-bit colour PNGs arrive
+    from Pillow already reduced to 8-bit ``RGB``/``RGBA``. Modes without a fixed range (``I``,
+    32-bit integers; ``F``, floats) or without a faithful conversion (``LAB``, ``HSV``, ...) are
+    refused: guessing their range would train on an image nobody looked at.
 
     Raises:
-        HeartLoRAError: the file is missing, not an image, corrupt or truncated; the message
-            names the path.
+        HeartLoRAError: a mode that cannot be mapped faithfully; the message names the path.
+    """
+    if image.mode in _EIGHT_BIT_MODES:
+        return image.convert("RGB")
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.uint32)
+        scaled = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(scaled).convert("RGB")
+    raise data_error(
+        f"image {path} has pixel mode {image.mode!r}, which has no faithful 8-bit RGB form "
+        "(expected 1-, 8- or 16-bit grey, palette, RGB(A), CMYK or YCbCr; convert it first)"
+    )
+
+
+SKIP_CORRUPT_HINT = "pass skip_corrupt=True to skip such images"
+
+
+def open_image(path: Path, hint: str | None = SKIP_CORRUPT_HINT) -> Image.Image:
+    """Open and fully decode the image at `path` as 8-bit RGB (`to_rgb8`).
+
+    Args:
+        path: the image file.
+        hint: what the caller's user can do about a corrupt image, appended to that message
+            (``None`` for none: `heartlora predict` has no ``skip_corrupt``).
+
+    Returns:
+        The decoded image, mode ``"RGB"`` (grey, palette, CMYK and alpha images are converted,
+        16-bit grey scaled).
+
+    Raises:
+        HeartLoRAError: the file is missing, not an image, corrupt or truncated, or its pixel
+            mode has no faithful 8-bit form; the message names the path.
     """
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return to_rgb8(image, path)
+    except HeartLoRAError:
+        raise
     except FileNotFoundError:
         raise data_error(f"image {path} does not exist (expected an image file)") from None
     # Decoders of broken files raise a wide, undocumented mix (OSError, SyntaxError, ValueError,
@@ -149,8 +195,8 @@ def open_image(path: Path) -> Image.Image:
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise data_error(
-            f"corrupt or truncated image {path}: {reason} (expected a readable image; "
-            "pass skip_corrupt=True to skip such images)"
+            f"corrupt or truncated image {path}: {reason} (expected a readable image"
+            + (f"; {hint})" if hint else ")")
         ) from None
 
 

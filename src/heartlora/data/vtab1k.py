@@ -22,6 +22,7 @@ classes without training images (VTAB-1k sun397 has 397 classes and only 1000 tr
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import re
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from heartlora.data.base import (
     require_dir,
     require_image,
 )
+from heartlora.documents import read_json
 
 VTAB1K_TASKS: dict[str, str] = {
     "cifar": "Natural",
@@ -158,7 +160,13 @@ def read_split_file(path: Path) -> list[SplitEntry]:
         raise data_error(
             f"{path} line {line}: not UTF-8 text (expected lines {_LINE_FORMAT})"
         ) from None
+    if text.startswith("\ufeff"):
+        raise data_error(
+            f"{path} line 1: starts with an invisible byte-order mark (U+FEFF); save the file as "
+            f"UTF-8 without BOM (expected lines {_LINE_FORMAT})"
+        )
     entries = []
+    first_line: dict[str, int] = {}
     # split("\n") (not splitlines) so that line numbers match what editors and `sed -n` show.
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
@@ -173,6 +181,12 @@ def read_split_file(path: Path) -> list[SplitEntry]:
             raise data_error(
                 f"{path} line {number}: negative label {label} (expected an integer >= 0)"
             )
+        if relative in first_line:
+            raise data_error(
+                f"{path} line {number}: image {quote(relative)} is listed again (first at line "
+                f"{first_line[relative]}; expected each image once)"
+            )
+        first_line[relative] = number
         entries.append(SplitEntry(relative, label, number))
     if not entries:
         raise data_error(f"split file {path} is empty (expected lines {_LINE_FORMAT})")
@@ -190,17 +204,7 @@ def read_manifest_classes(task_dir: Path) -> int | None:
     path = task_dir / MANIFEST_NAME
     if not is_file(path):
         return None
-    try:
-        document = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise data_error(f"{path}: not UTF-8 text (expected a json object)") from None
-    except json.JSONDecodeError as error:
-        raise data_error(
-            f"{path} line {error.lineno} column {error.colno}: invalid json: {error.msg} "
-            "(expected a json object)"
-        ) from None
-    except RecursionError:
-        raise data_error(f"{path}: json nested too deeply (expected a json object)") from None
+    document = read_json(path, "a json object")
     if not isinstance(document, dict):
         raise data_error(f"{path}: expected a json object with num_classes")
     if "num_classes" not in document:
@@ -301,15 +305,16 @@ class VTAB1kDataset(LabelledImageDataset):
         training = entries if training_file == self.split_file else read_split_file(training_file)
         labels = {entry.label for entry in training}
         self.num_classes = max(labels) + 1
-        absent = sorted(set(range(self.num_classes)) - labels)
-        if absent:
+        absent_count = self.num_classes - len(labels)  # labels are distinct and in range
+        if absent_count:
+            absent = list(itertools.islice((k for k in itertools.count() if k not in labels), 3))
             # Nothing pins the count, so the largest label defines it: a class without a single
             # training image is far more often a typo (4999 for 4) than a real class.
             top = max(training, key=lambda entry: entry.label)
-            shown = ", ".join(map(str, absent[:3])) + (", ..." if len(absent) > 3 else "")
+            shown = ", ".join(map(str, absent)) + (", ..." if absent_count > 3 else "")
             raise data_error(
                 f"{training_file} line {top.line}: label {top.label} implies {self.num_classes} "
-                f"classes, but {len(absent)} of them ({shown}) have no training image (expected "
+                f"classes, but {absent_count} of them ({shown}) have no training image (expected "
                 f"labels 0..K-1 that all occur; set num_classes, or num_classes in "
                 f"{MANIFEST_NAME}, to pin the count)"
             )

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import re
 from pathlib import Path
@@ -41,6 +40,7 @@ from heartlora.adapters import QKV_SLOT, HeadLoRAProj, HeadLoRAQKV, head_feature
 from heartlora.atomic import atomic_write_bytes, atomic_write_json
 from heartlora.backbone import classifier_parameters, classifier_path
 from heartlora.config import HeartLoRAConfig
+from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters, inject, merge
 
@@ -253,13 +253,8 @@ def read_peft_adapter(
     for path in (config_path, weights_path):
         if not path.is_file():
             raise HeartLoRAError(f"{path}: missing (expected a peft LoRA adapter directory)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise HeartLoRAError(
-            f"{config_path} line {error.lineno}: invalid JSON ({error.msg})"
-        ) from None
-    if config.get("peft_type") != "LORA":
+    config = read_json(config_path, "a peft LoraConfig JSON object")
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise HeartLoRAError(
             f"{config_path}: peft_type {config.get('peft_type')!r}, expected 'LORA'"
         )

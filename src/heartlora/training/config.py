@@ -21,7 +21,12 @@ from typing import Any
 
 import yaml
 
-from heartlora.backbone import pretrained_tag, weights_label
+from heartlora.backbone import (
+    MODEL_KWARGS_SET_BY_RUN,
+    check_model_kwargs,
+    pretrained_tag,
+    weights_label,
+)
 from heartlora.config import (
     LAYOUTS,
     MODES,
@@ -32,6 +37,7 @@ from heartlora.config import (
 )
 from heartlora.data.base import DATASET_KINDS
 from heartlora.devices import DEVICES, is_device_name
+from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.packaged_weights import packaged_weights
 from heartlora.precision import DTYPES
@@ -53,8 +59,21 @@ def _one_of(choices: Iterable[str]) -> str:
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-RUN_MODEL_KWARGS: tuple[str, ...] = ("num_classes", "img_size", "drop_path_rate", "pretrained")
-"""`timm.create_model` arguments every run sets from its own keys; not allowed in model_kwargs."""
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a config value may hold: what torch, numpy and the checkpoint store."""
+
+
+def _check_numbers_fit(config: TrainConfig) -> None:
+    """Every number is finite and every integer fits in 64 bits (checked before the ranges, so
+    that ``nan`` or ``1e400`` never passes a comparison by accident)."""
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HeartLoRAError(f"{item.name} must be a finite number, got {value!r}")
+        if isinstance(value, int) and abs(value) > MAX_INTEGER:
+            raise HeartLoRAError(f"{item.name} must be below 2**63 in magnitude, got {value}")
 
 
 @dataclass
@@ -94,7 +113,7 @@ class TrainConfig:
             "help": "More `timm.create_model` keyword arguments for the base architecture, e.g. "
             "`{num_heads: 12}` for a base pretrained with 12 heads, stored with the adapter so "
             "that `predict` and `export` rebuild the same model (the keys a run sets itself, "
-            f"{', '.join(RUN_MODEL_KWARGS)}, are refused)."
+            f"{', '.join(MODEL_KWARGS_SET_BY_RUN)}, are refused)."
         },
     )
     img_size: int = field(
@@ -383,12 +402,8 @@ class TrainConfig:
         """Check every value; raise `HeartLoRAError` naming the first bad key."""
         for item in fields(self):
             _check_type(item.name, getattr(self, item.name), item.type)
-        reserved = sorted(set(self.model_kwargs) & set(RUN_MODEL_KWARGS))
-        if reserved:
-            raise HeartLoRAError(
-                f"model_kwargs: {', '.join(reserved)} is set by the run itself; use the config "
-                "keys num_classes, img_size, drop_path or pretrained"
-            )
+        check_model_kwargs(self.model_kwargs, "model_kwargs")
+        _check_numbers_fit(self)
         if self.method not in METHODS:
             raise HeartLoRAError(_choice_error("method", self.method, METHODS))
         if self.data_kind not in DATASET_KINDS:
@@ -436,8 +451,6 @@ class TrainConfig:
         for key in ("drop_path", "label_smoothing"):  # probabilities: 1 would drop everything
             if not getattr(self, key) < 1:
                 raise HeartLoRAError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
-        if self.seed >= 2**63:  # torch and numpy seeds are 64-bit
-            raise HeartLoRAError(f"seed must be below 2**63, got {self.seed!r}")
         for target in self.targets:
             if target not in TARGETS:
                 raise HeartLoRAError(_choice_error("targets", target, TARGETS))
@@ -598,17 +611,7 @@ def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         via = f"{chain[-1]}: key base: " if chain else ""
         raise HeartLoRAError(f"{via}{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
-    except UnicodeDecodeError as error:
-        raise HeartLoRAError(f"{path}: not UTF-8 text at byte {error.start}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise HeartLoRAError(f"{path}{line}: {problem}") from None
-    except RecursionError:
-        raise HeartLoRAError(f"{path}: YAML nested too deeply") from None
+    data = parse_yaml(path.read_bytes(), str(path), "a mapping of config keys") or {}
     if not isinstance(data, dict):
         raise HeartLoRAError(
             f"{path}: expected a mapping of config keys, got {type(data).__name__}"

@@ -108,6 +108,7 @@ about 5 methods × 3 tasks × 3 seeds on test, within 100 minutes on 2 cores."""
 REAL_BASE_SELECTION_SEEDS = 2
 """Seeds of the real base's selection grid on val200 (its test phase takes ``--seeds``, 3)."""
 
+
 @dataclass(frozen=True)
 class FrontierDefaults:
     """What `heartlora frontier --base NAME` runs when its options do not say.
@@ -258,6 +259,11 @@ class Comparison:
     result: PairedComparison
 
 
+NOTHING_TO_CHOOSE = (
+    "nothing to choose: the grid needs a Heart-LoRA variant and a lora or peft-lora method"
+)
+
+
 def summarize_methods(results: list[RunResult]) -> list[MethodSummary]:
     """Per method: task-mean accuracy per seed (mean ± std over seeds), stored bytes (mean ±
     std over runs; the classifier's size differs by task) and whether it is on the Pareto
@@ -346,9 +352,7 @@ def choose_candidate(comparisons: list[Comparison]) -> str:
         if c.relation == "nearest bytes":
             worst[c.candidate] = min(worst.get(c.candidate, float("inf")), c.result.mean)
     if not worst:
-        raise HeartLoRAError(
-            "nothing to choose: the grid needs a Heart-LoRA variant and a lora or peft-lora method"
-        )
+        raise HeartLoRAError(NOTHING_TO_CHOOSE)
     return max(worst, key=lambda m: (worst[m], m))
 
 
@@ -522,8 +526,11 @@ def run_frontier(
     """
     if selection not in (None, "val200"):
         raise HeartLoRAError(f"selection must be 'val200' or None, got {selection!r}")
-    for method in methods:
-        parse_method(method)
+    grid = [GridMethod.parse(method, base) for method in methods]
+    if selection is not None and not (
+        any(m.is_candidate for m in grid) and any(m.is_baseline for m in grid)
+    ):
+        raise HeartLoRAError(f"{NOTHING_TO_CHOOSE} (got {', '.join(methods)})")
 
     def phase(
         grid: list[str],

@@ -13,13 +13,14 @@ import errno
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
 
 from heartlora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
 from heartlora.atomic import atomic_write_text, temporary_files
+from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig
 from heartlora.training.run_state import CHECKPOINT_NAME
@@ -46,26 +47,36 @@ def check_run_directory(
 ) -> None:
     """Raise `HeartLoRAError` unless a run may use ``output_dir``; changes nothing.
 
-    Refused: a path that is a file; ``--resume`` without a checkpoint or with other settings
-    than the saved config; without ``--overwrite``, a folder holding another run or a
+    Refused: ``--resume`` with ``--overwrite``; a path that is a file, a dangling link or
+    below a file; ``--resume`` without a checkpoint, without the saved config or with other
+    settings than it; without ``--overwrite``, a folder holding another run or a
     ``config.yaml`` that no run wrote (the user's own, which would be replaced).
     """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise HeartLoRAError(f"{output_dir} is not a folder (expected a run directory)")
+    if resume and overwrite:
+        raise HeartLoRAError(
+            "--resume and --overwrite contradict each other (expected one: --resume continues "
+            "the run in the folder, --overwrite replaces it)"
+        )
+    _check_creatable(output_dir)
     config_file = output_dir / CONFIG_FILE
     if resume:
         if not (output_dir / CHECKPOINT_NAME).is_file():
             raise HeartLoRAError(f"{output_dir}: nothing to resume (no {CHECKPOINT_NAME})")
-        if config_file.is_file():
-            previous = _read_saved_config(config_file)
-            differing = sorted(
-                k for k, v in config.to_dict().items() if k in previous and previous[k] != v
+        if not config_file.is_file():
+            raise HeartLoRAError(
+                f"{config_file} is missing: --resume compares it with the settings given, so "
+                "that another run is never continued under this one's name (expected the "
+                "config.yaml the run wrote; start again with --overwrite)"
             )
-            if differing:
-                raise HeartLoRAError(
-                    f"{config_file}: --resume with different settings ({', '.join(differing)}); "
-                    "resume with the same config"
-                )
+        previous = _read_saved_config(config_file)
+        differing = sorted(
+            k for k, v in config.to_dict().items() if k in previous and previous[k] != v
+        )
+        if differing:
+            raise HeartLoRAError(
+                f"{config_file}: --resume with different settings ({', '.join(differing)}); "
+                "resume with the same config"
+            )
         return
     if overwrite:
         return
@@ -83,6 +94,25 @@ def check_run_directory(
         )
 
 
+def _check_creatable(output_dir: Path) -> None:
+    """Refuse an ``output_dir`` that is not a folder and cannot become one: a file, a dangling
+    symbolic link, or a path below a file."""
+    if output_dir.is_symlink() and not output_dir.exists():
+        raise HeartLoRAError(
+            f"{output_dir} is a symbolic link to {os.readlink(output_dir)}, which does not exist "
+            "(expected a run directory)"
+        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise HeartLoRAError(f"{output_dir} is not a folder (expected a run directory)")
+    for parent in output_dir.absolute().parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise HeartLoRAError(
+                    f"{output_dir}: {parent} is not a folder (expected a path of folders)"
+                )
+            return
+
+
 def is_run_config(path: Path) -> bool:
     """True when ``path`` is a ``config.yaml`` a run wrote (it starts with `CONFIG_HEADER`)."""
     try:
@@ -93,10 +123,7 @@ def is_run_config(path: Path) -> bool:
 
 
 def _read_saved_config(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
-        data = None
+    data = parse_yaml(path.read_bytes(), str(path), "the YAML mapping the run wrote")
     if not isinstance(data, dict):
         raise HeartLoRAError(
             f"{path}: cannot read the saved config of the run (expected the YAML mapping the "
@@ -159,6 +186,29 @@ def clear_run_directory(output_dir: Path) -> None:
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
+
+
+def run_entries(output_dir: Path) -> set[str]:
+    """The names of `RUN_FILES` and ``config.yaml`` present in ``output_dir`` now."""
+    return {name for name in (*RUN_FILES, CONFIG_FILE) if (output_dir / name).exists()}
+
+
+def undo_failed_start(output_dir: Path, kept: set[str], folder_existed: bool) -> None:
+    """Remove what a run that failed before its first step wrote: the `RUN_FILES` and
+    ``config.yaml`` not in ``kept`` (those present before it started), and the folder itself,
+    with its lock file, when the run created it."""
+    for name in (*RUN_FILES, CONFIG_FILE):
+        target = output_dir / name
+        if name in kept:
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+    if not folder_existed:
+        (output_dir / LOCK_FILE).unlink(missing_ok=True)
+        with suppress(OSError):  # something else was put there meanwhile
+            output_dir.rmdir()
 
 
 def write_run_config(output_dir: Path, config: TrainConfig) -> None:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import difflib
 import json
-import multiprocessing
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from heartlora.atomic import atomic_write_text
 from heartlora.backbone import RANDOM_WEIGHTS
 from heartlora.bundled.protocols import DEFAULT_PROTOCOL, MINI, PROTOCOLS, SuiteProtocol
 from heartlora.bundled.tasks import MINI_VTAB_TASKS, materialize
+from heartlora.documents import parse_yaml, read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
 from heartlora.training.figures import new_figure, save_png
@@ -43,6 +43,7 @@ from heartlora.training.report import (
     results_csv,
     summarize,
 )
+from heartlora.training.workers import call_in_worker, worker_pool
 
 DEFAULT_METHODS = MINI.methods
 
@@ -95,10 +96,28 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
     overrides: dict[str, Any] = {}
     for item in filter(None, split_top_level(match.group(2) or "")):
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep:
             raise HeartLoRAError(f"method {text!r}: expected key=value inside the brackets")
-        overrides[key.strip()] = yaml.safe_load(value)
+        if key in _NOT_IN_BRACKETS:
+            raise HeartLoRAError(
+                f"method {text!r}: {key} cannot be set in brackets ({_NOT_IN_BRACKETS[key]})"
+            )
+        if key in overrides:
+            raise HeartLoRAError(f"method {text!r}: {key} is set twice inside the brackets")
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise HeartLoRAError(f"method {text!r}: cannot read the value of {key}") from None
     return match.group(1), overrides
+
+
+_NOT_IN_BRACKETS = {
+    "method": "the name before the brackets is the method",
+    "task": "the suite's --tasks choose the tasks",
+    "seed": "the suite's --seeds choose the seeds",
+}
+"""Keys a method's brackets may not set: each run's own name, task and seed say them."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -254,12 +273,7 @@ def read_groups_file(path: str | Path, known: Sequence[str] | None = None) -> di
     path = Path(path)
     if not path.is_file():
         raise HeartLoRAError(f"{path}: groups file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise HeartLoRAError(f"{path}{line}: invalid YAML (expected group: [task, ...])") from None
+    data = parse_yaml(path.read_bytes(), str(path), "a mapping of group: [task, ...]")
     if not isinstance(data, dict) or not data:
         raise HeartLoRAError(f"{path}: expected a mapping of group: [task, ...]")
     group_of: dict[str, str] = {}
@@ -302,12 +316,17 @@ def _finished(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     result = run_dir / "result.json"
     if not result.is_file() or _saved_config(run_dir) != config.to_dict():
         return None
-    return json.loads(result.read_text(encoding="utf-8"))
+    finished = read_json(result, "the result.json a finished run writes")
+    if not isinstance(finished, dict):
+        raise HeartLoRAError(f"{result}: expected the JSON object a finished run writes")
+    return finished
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
     saved = run_dir / "config.yaml"
-    return yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+    if not saved.is_file():
+        return None
+    return parse_yaml(saved.read_bytes(), str(saved), "the config.yaml a run writes")
 
 
 def _train_run(settings: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], str]:
@@ -386,10 +405,9 @@ def run_suite(
         for index, (*_, config) in enumerate(plan):
             record(index, *_train_run(config.to_dict(), run_dir(index)))
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with worker_pool(jobs) as pool:
             futures = {
-                pool.submit(_train_run, config.to_dict(), run_dir(index)): index
+                pool.submit(call_in_worker, _train_run, config.to_dict(), run_dir(index)): index
                 for index, (*_, config) in enumerate(plan)
             }
             try:

@@ -66,6 +66,8 @@ from heartlora.training.run_directory import (
     check_run_directory,
     clear_run_directory,
     lock_run_directory,
+    run_entries,
+    undo_failed_start,
     write_run_config,
 )
 from heartlora.training.run_state import (
@@ -797,21 +799,31 @@ def run_training(
     if is_main:
         check_run_directory(output_dir, config, resume, overwrite)
     trainer = Trainer(config, output_dir, log=log if is_main else _quiet)
-    with lock_run_directory(output_dir) if is_main else nullcontext():
-        if is_main:
-            check_run_directory(output_dir, config, resume, overwrite)  # now under the lock
-            if not resume:
-                if overwrite:
-                    clear_run_directory(output_dir)
-                write_run_config(output_dir, config)
-        barrier(trainer.world)
-        if resume:
-            trainer.load_resume_state()
-            log(
-                f"resumed at epoch {trainer.progress.epoch + 1}, step "
-                f"{trainer.progress.step_in_epoch}"
-            )
-        result = trainer.fit()
+    folder_existed = output_dir.exists()
+    kept: set[str] | None = None  # set once this call owns the folder and starts writing
+    try:
+        with lock_run_directory(output_dir) if is_main else nullcontext():
+            if is_main:
+                check_run_directory(output_dir, config, resume, overwrite)  # now under the lock
+                if not resume:
+                    kept = set() if overwrite else run_entries(output_dir)
+                    if overwrite:
+                        clear_run_directory(output_dir)
+                    write_run_config(output_dir, config)
+            barrier(trainer.world)
+            if resume:
+                trainer.load_resume_state()
+                log(
+                    f"resumed at epoch {trainer.progress.epoch + 1}, step "
+                    f"{trainer.progress.step_in_epoch}"
+                )
+            result = trainer.fit()
+    except Exception:
+        # A fresh run that failed before its first step leaves the folder as it was, so that
+        # the corrected command needs no --overwrite; a later failure keeps its checkpoint.
+        if kept is not None and trainer.progress.global_step == 0:
+            undo_failed_start(output_dir, kept, folder_existed)
+        raise
     leave_world(trainer.world)
     return result
 
