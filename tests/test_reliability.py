@@ -675,3 +675,16 @@ def test_suite_and_frontier_refuse_what_they_cannot_run_before_training(toy, tmp
 def test_heads_refuses_a_zero_image_size(finished, capsys):
     assert main(["heads", "--adapter", str(finished / "adapter"), "--img-size", "0"]) == 2
     assert "argument --img-size: expected an integer in 1.." in _one_line_error(capsys)
+
+
+def test_a_base_checkpoint_with_non_finite_weights_is_refused(toy, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    root, checkpoint = toy
+    state = load_file(str(checkpoint))
+    state["blocks.1.attn.qkv.weight"][0, 0] = float("inf")
+    broken = tmp_path / "broken.safetensors"
+    save_file(state, str(broken))
+    assert main(train_args(root, broken, tmp_path / "run", "lora", epochs=1)) == 2
+    assert "weight blocks.1.attn.qkv.weight holds NaN or infinite" in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()

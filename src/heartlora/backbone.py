@@ -133,7 +133,8 @@ def load_fitting_state(
     initialised.
 
     Raises:
-        HeartLoRAError: naming ``source``, the first offending key and the counts, then ``hint``.
+        HeartLoRAError: naming ``source``, the first offending key and the counts, then ``hint``;
+            or the first weight holding NaN or infinite values.
     """
     own = model.state_dict()
     classifier = set(classifier_state(model))
@@ -155,6 +156,14 @@ def load_fitting_state(
             f"{source}: does not fit model {type(model).__name__}: the file {kind} weights "
             f"(first: {key}; {len(missing)} missing, {len(unexpected)} unknown, "
             f"{len(misshapen)} mis-shaped){hint}"
+        )
+    unusable = next(
+        (k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())),
+        None,
+    )
+    if unusable is not None:
+        raise HeartLoRAError(
+            f"{source}: weight {unusable} holds NaN or infinite values (expected finite weights)"
         )
     model.load_state_dict(state, strict=False)
     return model
