@@ -547,3 +547,25 @@ def test_method_strings_parse_or_are_refused_in_one_line(text):
         assert len(str(error).splitlines()) == 1
         return
     assert name and not {"method", "seed", "task"} & set(overrides)
+
+
+def test_16_bit_colour_png_keeps_its_range(tmp_path):
+    import struct
+    import zlib
+
+    import numpy as np
+
+    from heartlora.data.base import open_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    values = np.array([[[0, 0, 0], [2570, 32896, 65535], [65535, 32896, 256]]], dtype=">u2")
+    header = struct.pack(">IIBBBBB", 3, 1, 16, 2, 0, 0, 0)  # 16 bits per sample, RGB
+    pixels = zlib.compress(b"\x00" + values[0].tobytes())
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+    assert np.asarray(open_image(path)).tolist() == [[[0, 0, 0], [10, 128, 255], [255, 128, 1]]]
