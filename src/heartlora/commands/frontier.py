@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from heartlora.commands.arguments import add_grid_arguments, listed, non_negative_int
-from heartlora.errors import HeartLoRAError
 from heartlora.training.frontier import (
     DEFAULT_SEEDS,
     DEFAULT_TASKS,
@@ -67,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
         suite_protocol,
     )
 
-    if args.jobs < 1:
-        raise HeartLoRAError(f"--jobs must be at least 1, got {args.jobs}")
     protocol = suite_protocol(args.base)
     defaults = FRONTIER_DEFAULTS[protocol.name]
     epochs = args.epochs or defaults.epochs

@@ -33,6 +33,7 @@ from heartlora.data.base import DATASET_KINDS
 from heartlora.data.factory import build_dataset
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import inject
+from heartlora.packaged_weights import packaged_weights
 from heartlora.responsiveness import responsiveness
 from heartlora.selection import select_heads
 from heartlora.tools.analysis import (
@@ -102,10 +103,6 @@ def _check(args: argparse.Namespace) -> None:
     if args.dataset_kind is not None and args.dataset_kind not in DATASET_KINDS:
         raise HeartLoRAError(
             f"unknown dataset kind {args.dataset_kind!r}: expected one of {', '.join(DATASET_KINDS)}"
-        )
-    if args.batches < 1 or args.batch_size < 1:
-        raise HeartLoRAError(
-            f"--batches and --batch-size must be >= 1, got {args.batches}, {args.batch_size}"
         )
     if not args.adapters and (args.model is None or args.data_root is None):
         raise HeartLoRAError(
@@ -193,7 +190,8 @@ def _base_model_report(args: argparse.Namespace) -> HeadReport:
     img_size = args.img_size or _image_size(model)
     if not img_size:
         raise HeartLoRAError(f"{args.model}: cannot tell its input size (expected --img-size N)")
-    spec = _dataset_spec(args, RunInfo())
+    packaged = packaged_weights(args.model) if not args.checkpoint else None
+    spec = _dataset_spec(args, RunInfo(normalize=packaged.normalize if packaged else None))
     num_classes, batches = _batches(spec, img_size, args)
     if scorer in ("grad-norm", "head-gate", "weight-taylor"):
         if hasattr(model, "reset_classifier"):

@@ -111,8 +111,6 @@ def _format_bytes(count: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Classify every image with every task; returns the exit code."""
-    if args.batch_size < 1:
-        raise HeartLoRAError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not is_device_name(args.device):
         raise HeartLoRAError(f"--device: expected one of {', '.join(DEVICES)}, got {args.device!r}")
     device = resolve_device(args.device)

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from heartlora.commands.arguments import add_grid_arguments, listed
-from heartlora.errors import HeartLoRAError
 from heartlora.training.suite import GROUPS_FILE
 
 
@@ -53,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
         for name, spec in MINI_VTAB_TASKS.items():
             print(f"{name:<20} {spec.group:<12} {spec.num_classes:>3} classes  {spec.description}")
         return 0
-    if args.jobs < 1:
-        raise HeartLoRAError(f"--jobs must be at least 1, got {args.jobs}")
     protocol = suite_protocol(args.base)
     overrides = list(args.set) + ([f"epochs={args.epochs}"] if args.epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)

@@ -395,7 +395,7 @@ class TrainConfig:
                     pass  # reported by validate()
         packaged = packaged_weights(self.model) if isinstance(self.model, str) else None
         if self.normalize is None and packaged is not None and not self.checkpoint:
-            self.normalize = [list(packaged.mean), list(packaged.std)]
+            self.normalize = packaged.normalize
         self.validate()
 
     def validate(self) -> None:
