@@ -219,7 +219,7 @@ def responsiveness(
     model: nn.Module,
     batches: Iterable,
     loss_fn: LossFn | None = None,
-    scorer: str = "taylor",
+    scorer: str | None = None,
     max_batches: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
@@ -229,7 +229,8 @@ def responsiveness(
         model: an injected model (any timm ViT/Swin for ``redundancy``).
         batches: iterable of ``(images, labels)`` (a DataLoader works).
         loss_fn: ``loss_fn(logits, labels) -> scalar``; needed by ``taylor`` and ``grad-norm``.
-        scorer: one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``,
+        scorer: default: the model's `HeartLoRAConfig.scorer` (``taylor`` for a model without
+            adapters); else one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``,
             ``sensitivity``, ``update-norm``, ``head-gate``, ``weight-taylor``, or a control:
             ``random``, ``inverse`` (the negated ``taylor`` scores).
         max_batches: score on at most this many batches.
@@ -244,6 +245,9 @@ def responsiveness(
             untrained adapters for ``taylor``, ``inverse``, ``sensitivity`` and ``update-norm``,
             or no batches (``random`` and ``update-norm`` read none).
     """
+    if scorer is None:
+        config = getattr(model, "heartlora_config", None)
+        scorer = config.scorer if config is not None else "taylor"
     if scorer not in SCORERS:
         raise HeartLoRAError(f"unknown scorer {scorer!r}: expected one of {', '.join(SCORERS)}")
     layers = find_attention_layers(model)

@@ -10,9 +10,10 @@ for ``proj``), and keeps two exponential moving averages of it,
 
 A head's score is the mean of Ī·Ū over the elements of its blocks (all targeted projections).
 Updating costs a few element-wise operations on tensors the size of the adapters, on their
-device, and never reads a value on the host. This is the ``sensitivity`` scorer: the trainer
-updates it after every warm-up step; `heartlora.responsiveness.responsiveness` updates it once
-per given batch (adapters unchanged between batches).
+device, and never reads a value on the host. This is the ``sensitivity`` scorer:
+`heartlora.calibration.Calibration` updates it after every warm-up step;
+`heartlora.responsiveness.responsiveness` updates it once per given batch (adapters unchanged
+between batches).
 """
 
 from __future__ import annotations

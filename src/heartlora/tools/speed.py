@@ -48,7 +48,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,11 @@ from torch import nn
 
 from heartlora.adapter_io import save_adapter
 from heartlora.backbone import create_architecture
+from heartlora.calibration import Calibration
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import heads_per_layer, merge
 from heartlora.precision import DTYPES, forward_precision, matmul_precision
-from heartlora.responsiveness import responsiveness
-from heartlora.selection import deactivate_heads
 from heartlora.training.config import TrainConfig
 from heartlora.training.methods import directory_bytes, get_method
 
@@ -227,11 +226,24 @@ def _make_variant(name: str, config: SpeedConfig) -> _Variant:
     if method.selects_heads:  # half the heads, chosen at random: the cost, not the choice
         generator = torch.Generator().manual_seed(config.seed)
         scores = torch.rand(len(heads), max(heads), generator=generator)
-        deactivate_heads(model, scores, run_config.adapter_config())
+        _calibration(model, config).select(scores)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-4)
     # the bound's input needs a gradient so its backward runs through the frozen backbone
     return _Variant(name, model, optimizer, input_requires_grad=name == "bound")
+
+
+def _calibration(model: nn.Module, config: SpeedConfig) -> Calibration:
+    """The `Calibration` of a heartlora variant for a run of ``run_epochs`` epochs of
+    ``epoch_images``, scoring with ``taylor`` on ``calib_batches`` batches."""
+    steps = config.run_epochs * math.ceil(config.epoch_images / config.batch_size)
+    adapter_config = replace(
+        model.heartlora_config,
+        scorer="taylor",
+        calib_batches=config.calib_batches,
+        calib_warmup_steps=0,
+    )
+    return Calibration(model, steps, adapter_config, seed=config.seed)
 
 
 def _compiled(variant: _Variant, config: SpeedConfig) -> _Variant:
@@ -516,15 +528,14 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
     timed_variants = {**variants, **compiled}
     calib_batches = [(images, labels)] * config.calib_batches
     calibration_times: list[tuple[float, float]] = []
+    # scoring only: the variant keeps every head, so its steps stay comparable
+    scoring = _calibration(variants["lora_all_heads"].model, config)
 
     def calibrate() -> None:
         with _autocast(config):
-            responsiveness(
-                variants["lora_all_heads"].model,
+            scoring.score(
                 calib_batches,
-                loss_fn=lambda logits, target: F.cross_entropy(logits.float(), target),
-                scorer="taylor",
-                max_batches=config.calib_batches,
+                lambda logits, target: F.cross_entropy(logits.float(), target),
             )
 
     rounds = config.warmup + config.steps

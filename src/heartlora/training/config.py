@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from heartlora.backbone import pretrained_tag, weights_label
+from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, calib_warmup_for
 from heartlora.config import (
     LAYOUTS,
     MODES,
@@ -36,12 +37,6 @@ from heartlora.errors import HeartLoRAError
 from heartlora.packaged_weights import packaged_weights
 from heartlora.precision import DTYPES
 from heartlora.training.methods import METHODS
-
-CALIB_WARMUP_DEFAULT = 20
-"""Head-scoring warm-up steps when `TrainConfig.calib_warmup_steps` is null, for a long run."""
-
-CALIB_WARMUP_SHARE = 8
-"""A null `TrainConfig.calib_warmup_steps` takes at most 1/8 of a run's optimizer steps."""
 
 MAX_IMG_SIZE = 4096  # larger sides ask timm for position embeddings that cannot be allocated
 MAX_THREADS = 1024  # torch.set_num_threads accepts any positive count, and crashes on huge ones
@@ -455,24 +450,14 @@ class TrainConfig:
         return weights_label(self.model, self.checkpoint, self.pretrained)
 
     def calib_warmup_for(self, total_steps: int) -> int:
-        """The head-scoring warm-up of a run of ``total_steps`` optimizer steps.
-
-        A value set by hand is kept and must be smaller than ``total_steps``; null gives
-        `CALIB_WARMUP_DEFAULT` steps, at most 1/`CALIB_WARMUP_SHARE` of the run, at least 1
-        (0 for a one-step run).
+        """The head-scoring warm-up of a run of ``total_steps`` optimizer steps
+        (`heartlora.calibration.calib_warmup_for`): a value set by hand is kept and must be
+        smaller than ``total_steps``; null fits it to the run's length.
 
         Raises:
             HeartLoRAError: a set value that leaves no step to train the selected heads.
         """
-        if self.calib_warmup_steps is not None:
-            if self.calib_warmup_steps >= total_steps:
-                raise HeartLoRAError(
-                    f"calib_warmup_steps={self.calib_warmup_steps} must be smaller than the run's "
-                    f"{total_steps} steps (null adapts it to the run's length)"
-                )
-            return self.calib_warmup_steps
-        share = max(1, total_steps // CALIB_WARMUP_SHARE)
-        return max(0, min(CALIB_WARMUP_DEFAULT, share, total_steps - 1))
+        return calib_warmup_for(self.calib_warmup_steps, total_steps)
 
     @property
     def uses_heartlora(self) -> bool:

@@ -33,22 +33,18 @@ from heartlora.backbone import (
     create_base_model,
     pretrained_tag,
 )
+from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, Calibration
 from heartlora.data.factory import build_dataset
 from heartlora.devices import resolve_device
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
     active_heads_per_layer,
-    head_masks,
     heads_per_layer,
-    set_head_masks,
     trainable_parameters,
 )
 from heartlora.packaged_weights import PACKAGE_PREFIX
 from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
-from heartlora.responsiveness import responsiveness
-from heartlora.selection import deactivate_heads
-from heartlora.sensitivity import HeadSensitivity
-from heartlora.training.config import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, TrainConfig
+from heartlora.training.config import TrainConfig
 from heartlora.training.distributed import (
     World,
     all_gather_objects,
@@ -168,26 +164,26 @@ class Trainer:
         # an epoch's last batch is smaller: a compiled model takes the batch size as dynamic
         self._batch_sizes_vary = len(self.train_set) % config.batch_size != 0
         self.total_steps = self.steps_per_epoch * config.epochs
-        # the head-scoring warm-up, fitted to the run's length when the config leaves it null
-        self.calib_warmup_steps = (
-            config.calib_warmup_for(self.total_steps) if config.selects_heads else 0
-        )
         model = create_run_model(config, self.num_classes, log=log)
         self.model = prepare_model(model, config).to(self.device)
-        if config.selects_heads:
-            self.model.heartlora_config.calib_warmup_steps = self.calib_warmup_steps
-            if config.calib_warmup_steps is None and self.calib_warmup_steps < CALIB_WARMUP_DEFAULT:
+        # the paper's phase (warm-up → score → select), for the methods that select heads
+        self.calibration = (
+            Calibration(
+                self.model,
+                self.total_steps,
+                fit_warmup=config.calib_warmup_steps is None,
+                seed=config.seed,
+            )
+            if config.selects_heads
+            else None
+        )
+        if self.calibration is not None and config.calib_warmup_steps is None:
+            if self.calibration.warmup_steps < CALIB_WARMUP_DEFAULT:
                 log(
-                    f"note: heads are scored after {self.calib_warmup_steps} of the run's "
+                    f"note: heads are scored after {self.calibration.warmup_steps} of the run's "
                     f"{self.total_steps} steps (calib_warmup_steps null: {CALIB_WARMUP_DEFAULT}, "
                     f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
                 )
-        # the `sensitivity` scorer accumulates over every warm-up step
-        self.sensitivity = (
-            HeadSensitivity(self.model)
-            if config.selects_heads and config.scorer == "sensitivity"
-            else None
-        )
         self.optimizer = self._optimizer()
         self.train_feed = BatchFeed(
             self.train_set,
@@ -312,9 +308,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "rng_ranks": rng_ranks,
-            "head_masks": head_masks(self.model) if progress.calibrated else None,
-            "scores": getattr(self.model, "heartlora_scores", None),
-            "sensitivity": self.sensitivity.state_dict() if self.sensitivity is not None else None,
+            **self._calibration_state(),
         }
         write_checkpoint(self.output_dir / CHECKPOINT_NAME, state)
         self._saved_epoch = progress.epoch
@@ -324,18 +318,11 @@ class Trainer:
         path = self.output_dir / CHECKPOINT_NAME
         state = read_checkpoint(path)
         progress = RunProgress.from_state(state["progress"], str(path))
+        if self.calibration is not None:
+            self.calibration.load_state_dict(state, str(path))
+        elif state["head_masks"] is not None:
+            raise HeartLoRAError(f"{path}: checkpoint does not fit this run's model (head_masks)")
         if state["head_masks"] is not None:
-            masks = state["head_masks"]
-            heads = heads_per_layer(self.model)
-            if len(masks) != len(heads) or any(
-                not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.numel() != h
-                for m, h in zip(masks, heads)
-            ):
-                raise HeartLoRAError(
-                    f"{path}: checkpoint does not fit this run's model (head_masks)"
-                )
-            set_head_masks(self.model, masks)
-            self.model.heartlora_scores = state["scores"]
             self.optimizer = self._optimizer()
             self._compile_if_asked()
         params = dict(self.model.named_parameters())
@@ -348,15 +335,6 @@ class Trainer:
                 raise HeartLoRAError(f"{path}: checkpoint does not fit this run's model ({name})")
             with torch.no_grad():
                 params[name].copy_(value)
-        saved_sensitivity = state.get("sensitivity")
-        if self.sensitivity is not None and saved_sensitivity is not None:
-            if not isinstance(saved_sensitivity, dict):
-                raise HeartLoRAError(
-                    f"{path}: checkpoint does not fit this run's model (sensitivity)"
-                )
-            self.sensitivity.load_state_dict(saved_sensitivity, str(path))
-        if progress.calibrated:
-            self.sensitivity = None
         rng_ranks = state.get("rng_ranks")
         if rng_ranks is not None and not (
             isinstance(rng_ranks, list) and all(isinstance(r, dict) for r in rng_ranks)
@@ -376,33 +354,33 @@ class Trainer:
         self._write_metrics()
 
     # ------------------------------------------------------------- training
+    def _calibration_state(self) -> dict[str, Any]:
+        """The checkpoint's ``head_masks``, ``scores`` and ``sensitivity`` (`Calibration`)."""
+        if self.calibration is not None:
+            return self.calibration.state_dict()
+        scores = getattr(self.model, "heartlora_scores", None)
+        return {"head_masks": None, "scores": scores, "sensitivity": None}
+
     def _calibrate(self) -> None:
-        """Score heads on training batches and deactivate the least responsive (Heart-LoRA)."""
+        """Score heads on training batches and deactivate the least responsive (Heart-LoRA),
+        then train what is left through a new optimizer (and compilation)."""
         config = self.config
         started = time.perf_counter()
         order = epoch_order(len(self.train_set), config.seed + 7919, 0, config.batch_size)
         # at most one epoch of batches: a small training set scores on what it has
         order = order[: config.calib_batches]
-        if self.sensitivity is not None and self.sensitivity.steps:
-            scores, source = self.sensitivity.scores(), f"{self.sensitivity.steps} warm-up steps"
-        else:
-            batches = iterate_batches(self.train_set, order, 0, self.device)
-            scores = responsiveness(
-                self.model,
-                batches,
-                F.cross_entropy,
-                scorer=config.scorer,
-                max_batches=config.calib_batches,
-                seed=config.seed,
-            )
-            source = f"{len(order)} batches"
-        self.sensitivity = None
-        keep = deactivate_heads(self.model, scores)
+        batches = iterate_batches(self.train_set, order, 0, self.device)
+        result = self.calibration.calibrate(batches, F.cross_entropy)
+        source = (
+            f"{result.accumulated_steps} warm-up steps"
+            if result.accumulated_steps
+            else f"{len(order)} batches"
+        )
         self.optimizer = self._optimizer()
         self._compile_if_asked()
         self.progress.calibrated = True
         self.progress.calibration_seconds = time.perf_counter() - started
-        active = [int(row.sum()) for row in keep]
+        active = [int(row.sum()) for row in result.keep]
         self.log(
             f"calibrated with scorer {config.scorer} on {source} in "
             f"{self.progress.calibration_seconds:.1f}s; active heads per layer {active}"
@@ -469,8 +447,8 @@ class Trainer:
         )
         stopping = self._settle()  # the previous step diverged or asked to stop?
         self._boundary = None  # from here until the step is counted, weights are changing
-        if self.sensitivity is not None:  # the warm-up only: calibration drops it
-            self.sensitivity.update()
+        if self.calibration is not None:
+            self.calibration.after_backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._pending = numbers
@@ -646,11 +624,7 @@ class Trainer:
         batches = self.train_feed(local, seed=config.seed * 100_003 + progress.epoch)
         try:
             for batch in pending:
-                if (
-                    config.selects_heads
-                    and not progress.calibrated
-                    and progress.global_step >= self.calib_warmup_steps
-                ):
+                if self.calibration is not None and self.calibration.due(progress.global_step):
                     if self._settle():  # the warm-up's last step, before heads are scored
                         raise RunInterrupted(stop.signum or signal.SIGINT)
                     self._check_finite_weights()
