@@ -7,7 +7,7 @@ The usual flow: ``inject`` adapters → a `Calibration` of the run (warm-up, the
 
 import heartlora.bundled  # noqa: F401  (registers the bundled base ViT with timm)
 from heartlora.adapter_io import load_adapter, read_adapter_config, save_adapter
-from heartlora.adapters import HeadLoRAProj, HeadLoRAQKV
+from heartlora.adapters import HeadLoRAAdapter, HeadLoRAProj, HeadLoRAQKV
 from heartlora.calibration import Calibration, CalibrationResult
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
@@ -30,6 +30,7 @@ from heartlora.sensitivity import HeadSensitivity
 __all__ = [
     "Calibration",
     "CalibrationResult",
+    "HeadLoRAAdapter",
     "HeadLoRAProj",
     "HeadLoRAQKV",
     "HeadSensitivity",

@@ -45,18 +45,10 @@ from itertools import islice
 import torch
 from torch import nn
 
-from heartlora.adapters import HeadLoRAQKV
 from heartlora.attention_maps import layer_head_similarity
 from heartlora.config import SCORERS
 from heartlora.errors import HeartLoRAError
-from heartlora.head_blocks import (
-    head_parameter,
-    head_parameters,
-    pad_rows,
-    per_layer_scores,
-    scatter_per_head,
-    split_heads,
-)
+from heartlora.head_blocks import head_parameters, pad_rows, per_layer_scores
 from heartlora.inject import AttentionLayer, find_attention_layers
 from heartlora.pretrained_heads import head_gate_scores, weight_taylor_scores
 from heartlora.sensitivity import HeadSensitivity
@@ -91,15 +83,15 @@ def _gradient_scores(
         for index, layer in enumerate(layers):
             per_head = torch.zeros(layer.num_heads, dtype=torch.float64)
             for adapter in layer.adapters:
-                param = head_parameter(adapter)
+                param = adapter.head_parameter
                 if param.grad is None:
                     continue
-                grad_blocks = split_heads(adapter, param.grad)
+                grad_blocks = adapter.split_heads(param.grad)
                 if scorer == "taylor":
-                    values = (split_heads(adapter, param.detach()) * grad_blocks).sum(1)
+                    values = (adapter.split_heads(param.detach()) * grad_blocks).sum(1)
                 else:
                     values = grad_blocks.double().pow(2).sum(1)
-                per_head += scatter_per_head(adapter, values)
+                per_head += adapter.scatter_per_head(values)
             totals[index] += per_head.abs() if scorer == "taylor" else per_head.sqrt()
         batches_seen += 1
     model.zero_grad(set_to_none=True)
@@ -118,20 +110,8 @@ def _output_norm_scores(
 
     def make_hook(index: int, adapter: nn.Module):
         def hook(_module: nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
-            x = inputs[0]
-            if isinstance(adapter, HeadLoRAQKV):
-                update = adapter.lora_update(x).unflatten(
-                    -1, (len(adapter.targets), adapter.active_heads, adapter.head_dim)
-                )
-                norms = update.norm(dim=-1).sum(dim=-2)  # (..., n) summed over projections
-            else:
-                if adapter.active_heads < adapter.num_heads:
-                    x = x.index_select(-1, adapter._cols)
-                heads_x = x.unflatten(-1, (adapter.active_heads, adapter.head_dim))
-                a = adapter.lora_A.unflatten(1, (adapter.active_heads, adapter.head_dim))
-                z = torch.einsum("...nd,rnd->...nr", heads_x, a)
-                norms = (z @ adapter.lora_B.T).norm(dim=-1) * adapter.scale
-            totals[index] += scatter_per_head(adapter, norms.flatten(0, -2).sum(0))
+            norms = adapter.head_output_norms(inputs[0])  # (..., n)
+            totals[index] += adapter.scatter_per_head(norms.flatten(0, -2).sum(0))
             if adapter is layers[index].adapters[0]:
                 tokens[index] += norms.flatten(0, -2).shape[0]
 
@@ -178,28 +158,10 @@ def _sensitivity_scores(model: nn.Module, batches: Iterable, loss_fn: LossFn) ->
     return tracker.layer_scores()
 
 
-@torch.no_grad()
-def _update_norms(adapter: nn.Module) -> torch.Tensor:
-    """‖s·ΔW_h‖_F of each active head h, summed over the projections that hold it."""
-    a, b = adapter.lora_A.double(), adapter.lora_B.double()
-    if not isinstance(adapter, HeadLoRAQKV):  # proj: head h owns columns of A
-        blocks = a.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1)
-        # ‖B A_h‖²_F = Σ (G A_h) ∘ A_h with G = BᵀB (r × r)
-        norms = ((b.T @ b @ blocks) * blocks).sum((1, 2)).clamp_min(0).sqrt()
-        return norms * abs(adapter.scale)
-    norms = torch.zeros(adapter.active_heads, dtype=torch.float64, device=a.device)
-    for position, a_index in enumerate(adapter._a_index):
-        a_p = a[a_index * adapter.rank : (a_index + 1) * adapter.rank]
-        blocks = b[position].unflatten(0, (adapter.active_heads, adapter.head_dim))
-        # ‖B_h A‖²_F = Σ (B_h G) ∘ B_h with G = A Aᵀ (r × r)
-        norms += ((blocks @ (a_p @ a_p.T)) * blocks).sum((1, 2)).clamp_min(0).sqrt()
-    return norms * abs(adapter.scale)
-
-
 def _update_norm_scores(layers: list[AttentionLayer]) -> list[torch.Tensor]:
     return per_layer_scores(
         layers,
-        _update_norms,
+        lambda adapter: adapter.update_norms(),
         "the update-norm scorer needs trained adapters (all updates are zero): train a "
         "warm-up first, or use scorer 'grad-norm'",
     )

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
-from heartlora.head_blocks import head_parameters, pad_rows, per_layer_scores, split_heads
+from heartlora.head_blocks import head_parameters, pad_rows, per_layer_scores
 from heartlora.inject import find_attention_layers
 
 BETA_SMOOTHED = 0.85
@@ -116,7 +116,7 @@ class HeadSensitivity:
         }
         return per_layer_scores(
             self.layers,
-            lambda adapter: split_heads(adapter, products[id(adapter)]).mean(1),
+            lambda adapter: adapter.split_heads(products[id(adapter)]).mean(1),
             "scorer 'sensitivity' saw only zero sensitivities (all B blocks were zero): it "
             "needs warm-up steps (calib_warmup_steps > 0)",
         )
