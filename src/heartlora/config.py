@@ -27,7 +27,25 @@ SCORERS: tuple[str, ...] = (
     "random",
     "inverse",
 )
-"""Responsiveness scorers (`heartlora.responsiveness`, docs/frontier.md)."""
+"""Responsiveness scorers (`heartlora.responsiveness`, docs/frontier.md); ``inverse`` is the
+deprecated spelling of ``taylor`` with ``invert_scores`` (`resolve_inverse`)."""
+
+INVERSE_SCORER = "inverse"
+"""The deprecated scorer name of the inverse control of `INVERSE_OF`."""
+
+INVERSE_OF = "taylor"
+"""The scorer that ``scorer: inverse`` inverts."""
+
+
+def resolve_inverse(scorer: str, invert_scores: bool) -> tuple[str, bool]:
+    """The one spelling of the inverse control: ``(scorer, invert_scores)`` with
+    ``scorer="inverse"`` (the negated ``taylor`` scores, its older name) written as
+    ``("taylor", not invert_scores)``, so that negating twice stays ``taylor`` as it was; any
+    other pair as it is."""
+    if scorer == INVERSE_SCORER:
+        return INVERSE_OF, not invert_scores
+    return scorer, invert_scores
+
 
 LAYOUTS: tuple[str, ...] = ("per-projection", "shared")
 """Where the A matrices of the q/k/v updates live (docs/frontier.md, the default grid): ``per-projection``: one A
@@ -86,8 +104,9 @@ class HeartLoRAConfig:
         normalize_layers: divide each layer's scores by their absolute sum before ranking across
             layers (modes ``global`` and ``budget``), so every layer weighs the same.
         invert_scores: negate the scorer's scores before selection, so that the *most*
-            responsive heads are deactivated: the ``inverse`` control of any scorer
-            (``scorer="inverse"`` is the ``taylor`` scorer inverted).
+            responsive heads are deactivated: the ``inverse`` control of any scorer. The older
+            spelling ``scorer="inverse"`` is read as ``scorer="taylor", invert_scores=True``
+            (`resolve_inverse`).
         calib_warmup_steps: plain-LoRA optimizer steps before the heads are scored (the
             ``taylor`` and ``output-norm`` scorers need trained B blocks; the steps count toward
             the schedule). Formerly ``warmup_steps``.
@@ -145,6 +164,7 @@ class HeartLoRAConfig:
                 raise HeartLoRAError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.ne, int) or isinstance(self.ne, bool) or self.ne < 0:
             raise HeartLoRAError(f"ne must be a non-negative integer, got {self.ne!r}")
+        self.scorer, self.invert_scores = resolve_inverse(self.scorer, self.invert_scores)
         if not 0.0 <= float(self.percent) < 1.0:
             raise HeartLoRAError(f"percent must be in [0, 1), got {self.percent!r}")
         if self.calib_warmup_steps < 0 or self.calib_batches <= 0:

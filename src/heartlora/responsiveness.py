@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from heartlora.attention_maps import layer_head_similarity
-from heartlora.config import SCORERS
+from heartlora.config import INVERSE_OF, INVERSE_SCORER, SCORERS
 from heartlora.errors import HeartLoRAError
 from heartlora.head_blocks import head_parameters, pad_rows, per_layer_scores
 from heartlora.inject import AttentionLayer, find_attention_layers
@@ -54,9 +54,6 @@ from heartlora.pretrained_heads import head_gate_scores, weight_taylor_scores
 from heartlora.sensitivity import HeadSensitivity
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-INVERSE_OF = "taylor"
-"""The scorer whose negated scores the ``inverse`` control uses."""
 
 
 def _require_adapters(layers: list[AttentionLayer], scorer: str) -> None:
@@ -218,7 +215,7 @@ def responsiveness(
     if scorer == "update-norm":
         _require_adapters(layers, scorer)
         return pad_rows(_update_norm_scores(layers)).float()
-    if scorer == "inverse":
+    if scorer == INVERSE_SCORER:  # the older spelling of taylor with invert_scores
         return -responsiveness(model, batches, loss_fn, INVERSE_OF, max_batches)
     if max_batches is not None:
         batches = islice(batches, max_batches)

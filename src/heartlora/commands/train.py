@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from heartlora.commands.arguments import add_config_arguments, output_dir
 from heartlora.commands.console import say
 from heartlora.training.config import build_config
+from heartlora.training.distributed import World
 from heartlora.training.methods import METHODS
 
 # flag → config key, type, help
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_training(
         config, args.output_dir, resume=args.resume, overwrite=args.overwrite, log=say
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not World.from_launcher().is_main:
         return 0
     best = result["best_accuracy"]
     say(

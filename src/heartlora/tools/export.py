@@ -306,17 +306,7 @@ def import_peft_adapter(
         )
     rank = max(parts["A"].shape[0] for parts in lora.values())
     scale = _peft_scaling(peft_config, qkv_modules[0], lora[qkv_modules[0]]["A"].shape[0])
-    targets = []
-    for projection in ("q", "k", "v"):
-        slot = QKV_SLOT[projection]
-        for module in qkv_modules:
-            layer = places[module][0]
-            width = layer.qkv.out_features // 3
-            if bool(lora[module]["B"][slot * width : (slot + 1) * width].any()):
-                targets.append(projection)
-                break
-    if "proj" in {places[m][1] for m in lora}:
-        targets.append("proj")
+    targets = _peft_targets(lora, places)
     if not targets:
         raise HeartLoRAError(f"{peft_dir}: every lora_B is zero; nothing to import")
     config = dataclasses.replace(
@@ -327,26 +317,51 @@ def import_peft_adapter(
     with torch.no_grad():
         for module, parts in lora.items():
             layer, part = places[module]
-            adapter = getattr(layer.module, part)
-            lora_a, lora_b = parts["A"].to(adapter.lora_A.dtype), parts["B"]
-            if (
-                lora_a.shape[1] != adapter.base.in_features
-                or lora_b.shape[0] != adapter.base.out_features
-            ):
-                raise HeartLoRAError(
-                    f"{peft_dir}: {module} LoRA is {tuple(lora_b.shape)}·{tuple(lora_a.shape)}, "
-                    f"the model's linear is {tuple(adapter.base.weight.shape)}"
-                )
-            factor = _peft_scaling(peft_config, module, lora_a.shape[0]) / scale
-            padded_a = lora_a.new_zeros(rank, lora_a.shape[1])
-            padded_a[: lora_a.shape[0]] = lora_a
-            padded_b = lora_b.new_zeros(lora_b.shape[0], rank)
-            padded_b[:, : lora_b.shape[1]] = lora_b * factor if factor != 1.0 else lora_b
-            adapter.load_peft_lora(padded_a, padded_b)
+            factor = _peft_scaling(peft_config, module, parts["A"].shape[0]) / scale
+            _load_peft_module(getattr(layer.module, part), parts, rank, factor, module, peft_dir)
         for name, adapter in adapter_modules(model):
             if name not in lora:  # peft left this module alone (e.g. layers_to_transform)
                 adapter.lora_B.zero_()
     return model
+
+
+def _peft_targets(lora: dict[str, dict[str, torch.Tensor]], places: dict[str, tuple]) -> list[str]:
+    """The heartlora targets a peft LoRA covers: each of q, k, v whose rows of ``lora_B`` are
+    non-zero in some layer, and ``proj`` when peft adapted it."""
+    targets = []
+    for projection in ("q", "k", "v"):
+        slot = QKV_SLOT[projection]
+        for module in (m for m in lora if places[m][1] == "qkv"):
+            width = places[module][0].qkv.out_features // 3
+            if bool(lora[module]["B"][slot * width : (slot + 1) * width].any()):
+                targets.append(projection)
+                break
+    if "proj" in {places[m][1] for m in lora}:
+        targets.append("proj")
+    return targets
+
+
+def _load_peft_module(
+    adapter: nn.Module,
+    parts: dict[str, torch.Tensor],
+    rank: int,
+    factor: float,
+    module: str,
+    peft_dir: str | Path,
+) -> None:
+    """One peft module's ``lora_A``/``lora_B`` into ``adapter``: zero-padded to ``rank``, B
+    multiplied by ``factor`` (its scaling over the adapter's)."""
+    lora_a, lora_b = parts["A"].to(adapter.lora_A.dtype), parts["B"]
+    if lora_a.shape[1] != adapter.base.in_features or lora_b.shape[0] != adapter.base.out_features:
+        raise HeartLoRAError(
+            f"{peft_dir}: {module} LoRA is {tuple(lora_b.shape)}·{tuple(lora_a.shape)}, "
+            f"the model's linear is {tuple(adapter.base.weight.shape)}"
+        )
+    padded_a = lora_a.new_zeros(rank, lora_a.shape[1])
+    padded_a[: lora_a.shape[0]] = lora_a
+    padded_b = lora_b.new_zeros(lora_b.shape[0], rank)
+    padded_b[:, : lora_b.shape[1]] = lora_b * factor if factor != 1.0 else lora_b
+    adapter.load_peft_lora(padded_a, padded_b)
 
 
 def _load_classifier(

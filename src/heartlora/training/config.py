@@ -270,8 +270,8 @@ class TrainConfig:
         default=False,
         metadata={
             "help": "Negate the scorer's scores before selection, so the most responsive heads "
-            "are deactivated: the `inverse` control of any scorer (`scorer: inverse` is "
-            "`taylor` inverted)."
+            "are deactivated: the `inverse` control of any scorer (`scorer: inverse`, its "
+            "older spelling for `taylor`, is read as `scorer: taylor` with this set)."
         },
     )
     calib_warmup_steps: int | None = field(

@@ -25,20 +25,12 @@ from torch import nn
 
 from heartlora.adapter_io import RunInfo, save_adapter
 from heartlora.atomic import atomic_write_bytes
-from heartlora.backbone import classifier_parameters, classifier_path
+from heartlora.backbone import classifier_path
 from heartlora.errors import HeartLoRAError
-from heartlora.inject import inject
+from heartlora.inject import inject, mark_trainable
 
 if TYPE_CHECKING:  # the config imports this registry; annotations only
     from heartlora.training.config import TrainConfig
-
-
-def freeze_all_but_classifier(model: nn.Module) -> nn.Module:
-    """Freeze the backbone; only the classifier trains (a linear probe)."""
-    model.requires_grad_(False)
-    for param in classifier_parameters(model):
-        param.requires_grad_(True)
-    return model
 
 
 def wrap_with_peft_lora(model: nn.Module, rank: int, scale: float) -> nn.Module:
@@ -80,7 +72,8 @@ def _build_full(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 
 def _build_linear(model: nn.Module, config: TrainConfig) -> nn.Module:
-    return freeze_all_but_classifier(model)
+    mark_trainable(model)  # no adapters: only the classifier trains (a linear probe)
+    return model
 
 
 def _build_heartlora(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -239,6 +232,7 @@ def save_trained(model: nn.Module, config: TrainConfig, directory: Path, run_inf
     return directory_bytes(directory)
 
 
-def trainable(model: nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters the optimizer updates."""
+def parameters_to_train(model: nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates (those that require a gradient; their count is
+    `heartlora.inject.trainable_parameters`)."""
     return [p for p in model.parameters() if p.requires_grad]

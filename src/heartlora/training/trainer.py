@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import signal
 import sys
 import time
@@ -27,12 +26,7 @@ from torch.utils.data import Dataset
 
 from heartlora.adapter_io import DatasetInfo, RunInfo
 from heartlora.atomic import atomic_write_json, atomic_write_text
-from heartlora.backbone import (
-    PRETRAINED_PREFIX,
-    RANDOM_WEIGHTS,
-    create_base_model,
-    pretrained_tag,
-)
+from heartlora.backbone import create_fine_tuning_model
 from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, Calibration
 from heartlora.data.factory import build_dataset
 from heartlora.devices import resolve_device
@@ -42,7 +36,6 @@ from heartlora.inject import (
     heads_per_layer,
     trainable_parameters,
 )
-from heartlora.packaged_weights import PACKAGE_PREFIX
 from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
 from heartlora.training.config import TrainConfig
 from heartlora.training.distributed import (
@@ -57,7 +50,7 @@ from heartlora.training.distributed import (
     shard,
 )
 from heartlora.training.feed import BatchFeed, CachedImages, epoch_order, iterate_batches
-from heartlora.training.methods import prepare_model, save_trained, trainable
+from heartlora.training.methods import parameters_to_train, prepare_model, save_trained
 from heartlora.training.run_directory import (
     check_run_directory,
     clear_run_directory,
@@ -120,27 +113,18 @@ class StepNumbers:
 
 
 def create_run_model(config: TrainConfig, num_classes: int, log=print) -> nn.Module:
-    """The base model of a run: ``config.model`` with ``num_classes`` outputs, the run's
-    drop-path and image size, and the weights `TrainConfig.base_weights` names: the checkpoint,
-    else timm's pretrained weights when ``config.pretrained`` (null: a tagged name or the
-    bundled base), else a random initialisation, which ``log`` reports in one warning line."""
-    kwargs: dict[str, Any] = {
-        **config.model_kwargs,
-        "num_classes": num_classes,
-        "drop_path_rate": config.drop_path,
-    }
-    if "swin" not in config.model:
-        kwargs["img_size"] = config.img_size
-    weights = config.base_weights()
-    if weights == RANDOM_WEIGHTS:
-        tag = pretrained_tag(config.model)
-        fix = f"`pretrained: true` (timm's {tag} weights) or " if tag else ""
-        log(
-            f"warning: {config.model} starts from random weights (no `checkpoint`, `pretrained` "
-            f"off); set {fix}`checkpoint: FILE` to fine-tune pretrained weights"
-        )
-    pretrained = weights.startswith((PRETRAINED_PREFIX, PACKAGE_PREFIX))
-    return create_base_model(config.model, config.checkpoint, pretrained=pretrained, **kwargs)
+    """The base model of a run of ``config`` with ``num_classes`` outputs
+    (`heartlora.backbone.create_fine_tuning_model`, which holds the policy)."""
+    return create_fine_tuning_model(
+        config.model,
+        num_classes,
+        checkpoint=config.checkpoint,
+        pretrained=config.pretrained,
+        img_size=config.img_size,
+        drop_path_rate=config.drop_path,
+        model_kwargs=config.model_kwargs,
+        log=log,
+    )
 
 
 class Trainer:
@@ -252,7 +236,7 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            trainable(self.model),
+            parameters_to_train(self.model),
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
             fused=self.device.type == "cuda",  # one kernel for every parameter's update
@@ -425,7 +409,7 @@ class Trainer:
                 logits.float(), labels, reduction="sum", label_smoothing=config.label_smoothing
             )
         (loss_sum / global_count).backward()
-        params = trainable(self.model)
+        params = parameters_to_train(self.model)
         all_reduce_gradients(params, self.world)
         grads = [p.grad for p in params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss_sum.new_zeros(())
@@ -496,7 +480,7 @@ class Trainer:
     def _check_finite_weights(self) -> None:
         """Raise `TrainingDiverged` when a trainable weight is NaN or infinite (checked once,
         before heads are scored: scores of a diverged warm-up would be meaningless)."""
-        finite = [torch.isfinite(p).all() for p in trainable(self.model)]
+        finite = [torch.isfinite(p).all() for p in parameters_to_train(self.model)]
         if finite and not bool(torch.stack(finite).all()):  # one host read
             lr = self._step_lr(max(self.progress.global_step - 1, 0))
             raise self._diverged("weights became NaN or infinite during the warm-up", lr)
@@ -767,7 +751,7 @@ def run_training(
     if not str(output_dir).strip():
         raise HeartLoRAError(f"output_dir {str(output_dir)!r}: expected a folder path")
     output_dir = Path(output_dir)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = World.from_launcher().is_main
     if is_main:
         check_run_directory(output_dir, config, resume, overwrite)
     trainer = Trainer(config, output_dir, log=log if is_main else _quiet)
