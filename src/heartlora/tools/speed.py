@@ -63,8 +63,7 @@ from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import heads_per_layer, merge
 from heartlora.precision import DTYPES, forward_precision, matmul_precision
-from heartlora.training.config import TrainConfig
-from heartlora.training.methods import directory_bytes, get_method
+from heartlora.training.methods import Method, directory_bytes, get_method
 
 TRAIN_VARIANTS: tuple[str, ...] = ("bound", "peft_lora", "lora_all_heads", "heart_lora", "full")
 """The training variants, in the order of the report."""
@@ -212,9 +211,14 @@ def _build_model(config: SpeedConfig) -> nn.Module:
     return model.to(config.device).train()
 
 
-def _run_config(config: SpeedConfig, method: str, ne: int = 0) -> TrainConfig:
-    return TrainConfig(
-        model=config.model, method=method, rank=config.rank, scale=config.scale, ne=ne
+def _adapter_config(config: SpeedConfig, method: Method, ne: int) -> HeartLoRAConfig:
+    """The variant's adapter: rank and scale of ``config``, ``ne`` heads off for the methods
+    that select heads, in their own mode."""
+    return HeartLoRAConfig(
+        rank=config.rank,
+        scale=config.scale,
+        ne=ne if method.selects_heads else 0,
+        mode=method.selection_mode or "global",
     )
 
 
@@ -224,8 +228,7 @@ def _make_variant(name: str, config: SpeedConfig) -> _Variant:
     method = get_method(VARIANT_METHODS[name])
     model = _build_model(config)
     heads = heads_per_layer(model)
-    run_config = _run_config(config, method.name, ne=min(heads) // 2)
-    model = method.build(model, run_config)
+    model = method.build(model, _adapter_config(config, method, ne=min(heads) // 2))
     if method.selects_heads:  # half the heads, chosen at random: the cost, not the choice
         generator = torch.Generator().manual_seed(config.seed)
         scores = torch.rand(len(heads), max(heads), generator=generator)

@@ -149,7 +149,7 @@ class Trainer:
         self._batch_sizes_vary = len(self.train_set) % config.batch_size != 0
         self.total_steps = self.steps_per_epoch * config.epochs
         model = create_run_model(config, self.num_classes, log=log)
-        self.model = prepare_model(model, config).to(self.device)
+        self.model = prepare_model(model, config.method, config.adapter_config()).to(self.device)
         # the paper's phase (warm-up → score → select), for the methods that select heads
         self.calibration = (
             Calibration(
@@ -720,7 +720,7 @@ class Trainer:
                 ),
             )
             result["adapter_bytes"] = save_trained(
-                self.model, config, self.output_dir / "adapter", run_info
+                self.model, config.method, self.output_dir / "adapter", run_info
             )
             atomic_write_json(self.output_dir / "result.json", result)
             if self.writer is not None:
