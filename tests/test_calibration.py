@@ -30,9 +30,9 @@ def test_the_warm_up_length_is_the_config_s_or_fitted_to_the_run():
     with pytest.raises(hl.HeartLoRAError, match="must be smaller than the run's 16 steps"):
         calib_warmup_for(16, 16)
     model = _model(calib_warmup_steps=5)
-    assert hl.Calibration(model, 100).warmup_steps == 5
+    assert hl.Calibration(model, 100).calib_warmup_steps == 5
     fitted = hl.Calibration(model, 16, fit_warmup=True)
-    assert fitted.warmup_steps == 2
+    assert fitted.calib_warmup_steps == 2
     assert model.heartlora_config.calib_warmup_steps == 2  # the adapter records what ran
     assert [fitted.due(step) for step in range(4)] == [False, False, True, True]
 

@@ -115,17 +115,17 @@ class Calibration:
         self.model = model
         self.config = config
         self.seed = seed
-        self.warmup_steps = calib_warmup_for(
+        self.calib_warmup_steps = calib_warmup_for(
             None if fit_warmup else config.calib_warmup_steps, total_steps
         )
-        config.calib_warmup_steps = self.warmup_steps
+        config.calib_warmup_steps = self.calib_warmup_steps
         # the `sensitivity` scorer accumulates over every warm-up step
         self.sensitivity = HeadSensitivity(model) if config.scorer == "sensitivity" else None
         self.done = False
 
     def due(self, step: int) -> bool:
         """True when the heads are to be scored before optimizer step ``step`` (0-based)."""
-        return not self.done and step >= self.warmup_steps
+        return not self.done and step >= self.calib_warmup_steps
 
     def after_backward(self) -> None:
         """The per-step hook: call after each warm-up backward, before the optimizer step."""

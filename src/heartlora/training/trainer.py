@@ -162,9 +162,9 @@ class Trainer:
             else None
         )
         if self.calibration is not None and config.calib_warmup_steps is None:
-            if self.calibration.warmup_steps < CALIB_WARMUP_DEFAULT:
+            if self.calibration.calib_warmup_steps < CALIB_WARMUP_DEFAULT:
                 log(
-                    f"note: heads are scored after {self.calibration.warmup_steps} of the run's "
+                    f"note: heads are scored after {self.calibration.calib_warmup_steps} of the run's "
                     f"{self.total_steps} steps (calib_warmup_steps null: {CALIB_WARMUP_DEFAULT}, "
                     f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
                 )
