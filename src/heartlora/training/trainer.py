@@ -161,13 +161,17 @@ class Trainer:
             if config.selects_heads
             else None
         )
-        if self.calibration is not None and config.calib_warmup_steps is None:
-            if self.calibration.calib_warmup_steps < CALIB_WARMUP_DEFAULT:
-                log(
-                    f"note: heads are scored after {self.calibration.calib_warmup_steps} of the run's "
-                    f"{self.total_steps} steps (calib_warmup_steps null: {CALIB_WARMUP_DEFAULT}, "
-                    f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
-                )
+        fitted = self.calibration.calib_warmup_steps if self.calibration is not None else None
+        if (
+            fitted is not None
+            and config.calib_warmup_steps is None
+            and fitted < CALIB_WARMUP_DEFAULT
+        ):
+            log(
+                f"note: heads are scored after {fitted} of the run's "
+                f"{self.total_steps} steps (calib_warmup_steps null: {CALIB_WARMUP_DEFAULT}, "
+                f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
+            )
         self.optimizer = self._optimizer()
         self.train_feed = BatchFeed(
             self.train_set,
