@@ -3,7 +3,7 @@ import torch
 from tiny_models import images, randomize_adapters, tiny_swin, tiny_vit
 
 import heartlora as hl
-from heartlora.adapters import HeadLoRAQKV
+from heartlora.adapters import HeadLoRAAdapter, HeadLoRAQKV
 
 
 @pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v", "proj"), ("k",), ("proj",)])
@@ -155,3 +155,39 @@ def test_active_heads_is_a_plain_int_kept_by_set_head_mask():
         assert type(adapter.active_heads) is int and adapter.active_heads == 4
         adapter.set_head_mask(torch.tensor([True, False, False, True]))
         assert type(adapter.active_heads) is int and adapter.active_heads == 2
+
+
+@pytest.mark.parametrize("layout", ["per-projection", "shared"])
+def test_every_adapter_answers_for_its_heads_through_the_shared_base(layout):
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, targets=("q", "v", "proj"), layout=layout))
+    randomize_adapters(model)
+    mask = torch.tensor([True, False, True, True])
+    hl.set_head_masks(model, [mask] * 2)
+    x = torch.randn(2, 5, model.blocks[0].attn.qkv.base.in_features)
+    for adapter in model.blocks[0].attn.qkv, model.blocks[0].attn.proj:
+        assert isinstance(adapter, HeadLoRAAdapter) and adapter.active_heads == 3
+        blocks = adapter.split_heads(adapter.head_parameter)
+        assert blocks.shape[0] == 3
+        full = adapter.scatter_per_head(torch.tensor([1.0, 2.0, 3.0]))
+        assert full.tolist() == [1.0, 0.0, 2.0, 3.0]
+        # the peft form computes the same update, inactive heads as zeros
+        lora_a, lora_b, scaling = adapter.peft_lora()
+        torch.testing.assert_close(scaling * lora_b @ lora_a, adapter.delta_weight())
+        assert adapter.update_norms().shape == (3,) and (adapter.update_norms() > 0).all()
+        inputs = x if adapter.projection == "qkv" else torch.randn(2, 5, adapter.base.in_features)
+        assert adapter.head_output_norms(inputs).shape == (2, 5, 3)
+
+
+def test_update_norms_are_the_frobenius_norms_of_each_head_s_rows_of_delta_w():
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, scale=0.5, targets=("q", "v")))
+    randomize_adapters(model)
+    adapter = model.blocks[0].attn.qkv
+    delta = adapter.delta_weight().double()
+    width, hd = adapter.num_heads * adapter.head_dim, adapter.head_dim
+    expected = [
+        sum(delta[slot * width + h * hd : slot * width + (h + 1) * hd].norm() for slot in (0, 2))
+        for h in range(adapter.num_heads)
+    ]
+    torch.testing.assert_close(adapter.update_norms(), torch.stack(expected))

@@ -19,6 +19,7 @@ from heartlora.backbone import (
     create_base_model,
     default_pretrained,
     pretrained_tag,
+    takes_img_size,
     weights_label,
 )
 from heartlora.cli import main
@@ -129,6 +130,12 @@ def test_a_run_model_from_random_weights_says_so_once(capsys):
         build_config(None, ["model=vit_mini_patch4_28", "img_size=28"]), 3, lines.append
     )
     assert lines == []
+
+
+def test_only_families_that_resample_take_the_run_s_image_size():
+    assert takes_img_size("vit_small_patch16_224") and not takes_img_size(
+        "swin_tiny_patch4_window7_224"
+    )
 
 
 @pytest.fixture(scope="module")

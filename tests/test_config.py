@@ -85,3 +85,15 @@ def test_an_adapter_directory_saved_before_the_rename_still_loads(tmp_path):
     assert fresh.heartlora_config == model.heartlora_config
     x = images()
     assert torch.equal(fresh(x), model(x))
+
+
+def test_the_inverse_control_has_one_spelling_in_the_adapter_config():
+    inverse = hl.HeartLoRAConfig(scorer="inverse")
+    assert (inverse.scorer, inverse.invert_scores) == ("taylor", True)
+    twice = hl.HeartLoRAConfig(scorer="inverse", invert_scores=True)  # negated twice: taylor
+    assert (twice.scorer, twice.invert_scores) == ("taylor", False)
+    with pytest.warns(FutureWarning, match="warmup_steps"):  # the old file's other key
+        old = hl.HeartLoRAConfig.from_dict({**OLD_ADAPTER_CONFIG, "scorer": "inverse"})
+    assert (old.scorer, old.invert_scores) == ("taylor", True)
+    other = hl.HeartLoRAConfig(scorer="head-gate", invert_scores=True)
+    assert (other.scorer, other.invert_scores) == ("head-gate", True)

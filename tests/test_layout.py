@@ -3,8 +3,9 @@ core ← data ← bundled ← training ← tools ← commands (docs/architecture
 
 Every module under src/heartlora is parsed with `ast`, so imports inside functions count too.
 The facade ``heartlora/__init__.py`` only re-exports, and stays outside the graph. Imports under
-``if TYPE_CHECKING:`` never run: the cycle check leaves them out, the layering check does not
-(a core module may not even name a training type).
+``if TYPE_CHECKING:`` never run, but they count for both checks: a cycle that only annotations
+close is still two modules that need each other (a core module may not even name a training
+type).
 """
 
 from __future__ import annotations
@@ -166,6 +167,11 @@ def test_the_graph_holds_every_module_but_the_facade(graph):
 def test_no_import_cycles(runtime_graph):
     cycle = find_cycle(runtime_graph)
     assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_no_import_cycles_even_through_type_checking_imports(graph):
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle (annotations included): " + " → ".join(cycle)
 
 
 def test_imports_flow_one_way_between_layers(graph):

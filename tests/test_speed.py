@@ -7,7 +7,7 @@ from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
 from heartlora.tools.speed import (
     INFERENCE_VARIANTS,
-    TARGETS,
+    RATIO_LIMITS,
     TRAIN_VARIANTS,
     SpeedConfig,
     format_report,
@@ -76,8 +76,8 @@ def test_ratios_calibration_and_adapter_bytes(tiny_result):
         "heart_lora_adapter_bytes_vs_peft_lora",
     ):
         assert _positive(ratios[key]), key
-    assert set(TARGETS) <= set(ratios)
-    assert set(tiny_result["targets"]) == set(TARGETS)
+    assert set(RATIO_LIMITS) <= set(ratios)
+    assert set(tiny_result["targets"]) == set(RATIO_LIMITS)
     for target in tiny_result["targets"].values():
         assert isinstance(target["met"], bool)
     assert all(_positive(v) for v in tiny_result["cpu_ratios"].values())

@@ -163,3 +163,53 @@ def test_calib_warmup_fits_short_runs_unless_set_by_hand():
 def test_probabilities_and_seeds_have_their_ranges(item, message):
     with pytest.raises(HeartLoRAError, match=message):
         build_config(None, [item])
+
+
+def test_adapter_keys_take_default_help_and_choices_from_heartlora_config():
+    from heartlora.config import HeartLoRAConfig
+    from heartlora.training.config import ADAPTER_KEYS
+
+    core = {item.name: item for item in fields(HeartLoRAConfig)}
+    run = {item.name: item for item in fields(TrainConfig)}
+    assert all(item.metadata["help"].endswith(".") for item in core.values())
+    for name, key in ADAPTER_KEYS.items():
+        assert run[key].metadata.get("choices") == core[name].metadata.get("choices"), key
+        if key not in ("selection_mode", "calib_warmup_steps"):  # null: decided by the run
+            default = getattr(TrainConfig(), key)
+            assert default == (list if name == "targets" else type(default))(core[name].default)
+            assert run[key].metadata["help"].startswith(core[name].metadata["help"][:-1]), key
+    with pytest.raises(HeartLoRAError, match="scorer: unknown value 'taylr'.*did you mean"):
+        build_config(None, ["scorer=taylr"])
+    with pytest.raises(HeartLoRAError, match="targets: unknown value 'o'"):
+        build_config(None, ["targets=[q, o]"])
+
+
+def test_every_config_key_is_a_train_flag_with_the_key_s_help():
+    import argparse
+
+    from heartlora.commands.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {action.dest: action for action in parser._actions}
+    for item in fields(TrainConfig):
+        action = flags[f"flag_{item.name}"]
+        assert action.option_strings[0] == f"--{item.name.replace('_', '-')}"
+        assert action.help.replace("%%", "%") == item.metadata["help"]
+    args = parser.parse_args(
+        ["--output-dir", "out", "--compile", "--model", "test_vit", "--rank", "4"]
+        + ["--targets", "q,k", "--model-kwargs", "{num_heads: 2}", "--no-augment"]
+    )
+    given = {k[5:]: v for k, v in vars(args).items() if k.startswith("flag_") and v is not None}
+    assert given == {
+        "compile": True,
+        "model": "test_vit",
+        "rank": 4,
+        "targets": "q,k",
+        "model_kwargs": {"num_heads": 2},
+        "augment": False,
+    }
+    config = build_config(None, [], given)
+    assert (
+        config.compile and config.targets == ["q", "k"] and config.model_kwargs == {"num_heads": 2}
+    )

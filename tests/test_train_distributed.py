@@ -144,3 +144,14 @@ def test_two_ranks_killed_mid_run_then_resumed_give_the_same_result(tmp_path):
     assert "resumed at epoch 3, step 0" in output
     a, b = _adapter(reference), _adapter(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_launcher_s_rank_is_read_in_one_place(monkeypatch):
+    from heartlora.training.distributed import World
+
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert World.from_launcher() == World(2, 4) and not World.from_launcher().is_main
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert World.from_launcher() == World() and World.from_launcher().is_main

@@ -1,12 +1,14 @@
 """heartlora: head-level low-rank adaptation (Heart-LoRA) for timm Vision Transformers.
 
-The usual flow: ``inject`` adapters → ``responsiveness`` on training batches →
-``deactivate_heads`` → train → ``merge`` or ``save_adapter``.
+The usual flow: ``inject`` adapters → a `Calibration` of the run (warm-up, then
+``responsiveness`` on training batches and ``deactivate_heads``) → train → ``merge`` or
+``save_adapter``.
 """
 
 import heartlora.bundled  # noqa: F401  (registers the bundled base ViT with timm)
 from heartlora.adapter_io import load_adapter, read_adapter_config, save_adapter
-from heartlora.adapters import HeadLoRAProj, HeadLoRAQKV
+from heartlora.adapters import HeadLoRAAdapter, HeadLoRAProj, HeadLoRAQKV
+from heartlora.calibration import Calibration, CalibrationResult
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
@@ -26,6 +28,9 @@ from heartlora.selection import deactivate_heads, select_heads
 from heartlora.sensitivity import HeadSensitivity
 
 __all__ = [
+    "Calibration",
+    "CalibrationResult",
+    "HeadLoRAAdapter",
     "HeadLoRAProj",
     "HeadLoRAQKV",
     "HeadSensitivity",

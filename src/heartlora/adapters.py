@@ -155,7 +155,107 @@ def _pad_rows(blocks: torch.Tensor, rows: torch.Tensor | None, width: int) -> to
     return blocks.new_zeros(blocks.shape[0], width, blocks.shape[2]).index_copy_(1, rows, blocks)
 
 
-class HeadLoRAQKV(nn.Module):
+class HeadLoRAAdapter(nn.Module):
+    """What every heartlora adapter answers for its own heads; `HeadLoRAQKV` and
+    `HeadLoRAProj` are the two kinds.
+
+    Head h of an adapter owns a *block* of its `head_parameter`: features h·head_dim …
+    (h+1)·head_dim − 1 of dimension 1 among the active heads (rows of every projection's B for
+    q/k/v, columns of A for ``proj``). The scorers, the head masks and the exports read heads
+    only through the operations here, never through the parameters' layout.
+
+    Attributes:
+        projection: the name of the linear the adapter wraps (``"qkv"`` or ``"proj"``).
+        num_heads, head_dim, rank, scale: H, features per head, r and s.
+        head_mask: (H,) bool buffer, True for an active head.
+    """
+
+    projection: str = ""
+
+    def __init__(self, base: nn.Linear, num_heads: int, head_dim: int, rank: int, scale: float):
+        super().__init__()
+        self.base = base
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.rank = rank
+        self.scale = float(scale)
+        self.register_buffer("head_mask", torch.ones(num_heads, dtype=torch.bool))
+        self._active_count = num_heads
+
+    @property
+    def active_heads(self) -> int:
+        """How many heads still have their blocks (a Python int kept by `set_head_mask`:
+        reading it never waits for the device)."""
+        return self._active_count
+
+    @property
+    def head_parameter(self) -> nn.Parameter:
+        """The parameter whose dimension-1 blocks are the heads: B for qkv, A for proj."""
+        raise NotImplementedError
+
+    def split_heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`head_parameter`'s shape (or its gradient's) → (active heads n, block size)."""
+        return tensor.unflatten(1, (self.active_heads, self.head_dim)).transpose(0, 1).flatten(1)
+
+    def scatter_per_head(self, active_values: torch.Tensor) -> torch.Tensor:
+        """Values of the active heads → a float64 (H,) CPU tensor, zeros for inactive heads."""
+        full = torch.zeros(self.num_heads, dtype=torch.float64)
+        full[self.head_mask.cpu()] = active_values.detach().double().cpu()
+        return full
+
+    def set_head_mask(self, mask: torch.Tensor) -> None:
+        """Keep only the heads where ``mask`` is True; the others' blocks are removed.
+
+        A head that stays active keeps its trained block; a head that becomes active again gets
+        a fresh block (`_init_new_heads`). The parameter is replaced: build the optimizer after
+        calling this.
+        """
+        mask = _check_head_mask(mask, self.num_heads, f"{self.projection} adapter")
+        old = self.head_mask.cpu()
+        param = self.head_parameter
+        blocks = param.detach().unflatten(1, (int(old.sum()), self.head_dim))
+        new_blocks = blocks.new_zeros(blocks.shape[0], int(mask.sum()), *blocks.shape[2:])
+        new_blocks[:, old[mask]] = blocks[:, mask[old]]  # the heads that stay keep their block
+        self._init_new_heads(new_blocks, ~old[mask])
+        self._replace_head_parameter(
+            nn.Parameter(new_blocks.flatten(1, 2), requires_grad=param.requires_grad)
+        )
+        self.head_mask.copy_(mask.to(self.head_mask.device))
+        self._active_count = int(mask.sum())
+        self._update_head_indices()
+
+    def _init_new_heads(self, blocks: torch.Tensor, new: torch.Tensor) -> None:
+        """Initialise the blocks of heads that become active again (default: zero)."""
+
+    def _replace_head_parameter(self, param: nn.Parameter) -> None:
+        raise NotImplementedError
+
+    def _update_head_indices(self) -> None:
+        """Refresh the index buffers the forward reads after the active heads changed."""
+
+    def update_norms(self) -> torch.Tensor:
+        """‖s·ΔW_h‖_F of each active head h, float64 (n,), summed over the projections that
+        hold it (the ``update-norm`` scorer)."""
+        raise NotImplementedError
+
+    def head_output_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., n): the norm of each active head's update of the output for input ``x``,
+        summed over the projections that hold it (the ``output-norm`` scorer)."""
+        raise NotImplementedError
+
+    def peft_lora(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The adapter as one peft LoRA: ``(lora_A, lora_B, scaling)`` with
+        ``scaling · lora_B @ lora_A`` equal to `delta_weight`, inactive heads as zeros."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def load_peft_lora(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> None:
+        """Copy a peft LoRA of rank r (A (r, in_features), B (out_features, r), scale folded
+        into B) into an adapter whose every head is active."""
+        raise NotImplementedError
+
+
+class HeadLoRAQKV(HeadLoRAAdapter):
     """A fused qkv linear plus per-head low-rank updates of some of q, k and v.
 
     Args:
@@ -186,16 +286,11 @@ class HeadLoRAQKV(nn.Module):
         targets: tuple[str, ...],
         shared_a: bool = False,
     ) -> None:
-        super().__init__()
         if base.out_features % (3 * num_heads):
             raise HeartLoRAError(
                 f"qkv linear has {base.out_features} outputs, not a multiple of 3 × {num_heads} heads"
             )
-        self.base = base
-        self.num_heads = num_heads
-        self.head_dim = base.out_features // (3 * num_heads)
-        self.rank = rank
-        self.scale = float(scale)
+        super().__init__(base, num_heads, base.out_features // (3 * num_heads), rank, scale)
         self.targets = tuple(t for t in ("q", "k", "v") if t in targets)
         self.shared_a = bool(shared_a)
         self._slots = tuple(QKV_SLOT[t] for t in self.targets)
@@ -207,10 +302,8 @@ class HeadLoRAQKV(nn.Module):
         self.lora_B = nn.Parameter(
             torch.zeros(len(self.targets), num_heads * self.head_dim, rank, **factory)
         )
-        self.register_buffer("head_mask", torch.ones(num_heads, dtype=torch.bool))
         self.register_buffer("_rows", self._active_rows(), persistent=False)
         self.register_buffer("_slot_rows", self._active_slot_rows(), persistent=False)
-        self._active_count = num_heads
 
     def _active_slot_rows(self) -> torch.Tensor:
         """Indices, within one projection's H·head_dim rows, of the rows active heads write."""
@@ -224,11 +317,12 @@ class HeadLoRAQKV(nn.Module):
         rows = slots[:, None] * width + per_head[None, :]
         return rows.flatten().to(self.base.weight.device)
 
+    projection = "qkv"
+
     @property
-    def active_heads(self) -> int:
-        """How many heads still have B blocks (a Python int kept by `set_head_mask`: reading
-        it never waits for the device)."""
-        return self._active_count
+    def head_parameter(self) -> nn.Parameter:
+        """B: head h owns its rows of every projection's B."""
+        return self.lora_B
 
     @property
     def in_features(self) -> int:
@@ -247,23 +341,10 @@ class HeadLoRAQKV(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
-    def set_head_mask(self, mask: torch.Tensor) -> None:
-        """Keep only the heads where ``mask`` is True; the others' B blocks are removed.
+    def _replace_head_parameter(self, param: nn.Parameter) -> None:
+        self.lora_B = param
 
-        A head that stays active keeps its trained block; a head that becomes active again starts
-        from zero. The parameter is replaced: build the optimizer after calling this.
-        """
-        mask = _check_head_mask(mask, self.num_heads, "qkv adapter")
-        old = self.head_mask.cpu()
-        blocks = self.lora_B.detach().unflatten(1, (int(old.sum()), self.head_dim))
-        new_blocks = blocks.new_zeros(blocks.shape[0], int(mask.sum()), self.head_dim, self.rank)
-        keep_old = mask[old]  # among old active heads, which stay
-        keep_new = old[mask]  # among new active heads, which existed
-        new_blocks[:, keep_new] = blocks[:, keep_old]
-        requires_grad = self.lora_B.requires_grad
-        self.lora_B = nn.Parameter(new_blocks.flatten(1, 2), requires_grad=requires_grad)
-        self.head_mask.copy_(mask.to(self.head_mask.device))
-        self._active_count = int(mask.sum())
+    def _update_head_indices(self) -> None:
         self._rows = self._active_rows()
         self._slot_rows = self._active_slot_rows()
 
@@ -285,6 +366,45 @@ class HeadLoRAQKV(nn.Module):
         z = torch.einsum("md,prd->pmr", x.reshape(-1, x.shape[-1]), a)
         update = torch.bmm(z, self.lora_B.to(x.dtype).transpose(1, 2))
         return update.transpose(0, 1).reshape(*lead, -1) * self.scale
+
+    def head_output_norms(self, x: torch.Tensor) -> torch.Tensor:
+        update = self.lora_update(x).unflatten(
+            -1, (len(self.targets), self.active_heads, self.head_dim)
+        )
+        return update.norm(dim=-1).sum(dim=-2)
+
+    @torch.no_grad()
+    def update_norms(self) -> torch.Tensor:
+        a, b = self.lora_A.double(), self.lora_B.double()
+        norms = torch.zeros(self.active_heads, dtype=torch.float64, device=a.device)
+        for position, a_index in enumerate(self._a_index):
+            a_p = a[a_index * self.rank : (a_index + 1) * self.rank]
+            blocks = b[position].unflatten(0, (self.active_heads, self.head_dim))
+            # ‖B_h A‖²_F = Σ (B_h G) ∘ B_h with G = A Aᵀ (r × r)
+            norms += ((blocks @ (a_p @ a_p.T)) * blocks).sum((1, 2)).clamp_min(0).sqrt()
+        return norms * abs(self.scale)
+
+    def peft_lora(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(lora_A (P·r, d), lora_B (3·H·hd, P·r), s)``, or ``(lora_A (r, d), lora_B
+        (3·H·hd, r), s)`` for the shared-A layout (peft's own layout)."""
+        rank = self.rank
+        lora_b = self.lora_B.new_zeros(self.base.out_features, self.lora_A.shape[0])
+        heads = head_feature_indices(self.head_mask, self.head_dim)
+        width = self.num_heads * self.head_dim
+        for index, projection in enumerate(self.targets):
+            rows = QKV_SLOT[projection] * width + heads
+            column = 0 if self.shared_a else index * rank
+            lora_b[rows, column : column + rank] = self.lora_B[index].detach()
+        return self.lora_A.detach().clone(), lora_b, self.scale
+
+    @torch.no_grad()
+    def load_peft_lora(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> None:
+        """Every projection's A is ``lora_a``; its B the projection's rows of ``lora_b``."""
+        self.lora_A.copy_(lora_a.repeat(self.lora_A.shape[0] // self.rank, 1))
+        width = self.num_heads * self.head_dim
+        for index, projection in enumerate(self.targets):
+            slot = QKV_SLOT[projection]
+            self.lora_B[index].copy_(lora_b[slot * width : (slot + 1) * width])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = _compute_dtype(x)
@@ -310,7 +430,7 @@ class HeadLoRAQKV(nn.Module):
         )
 
 
-class HeadLoRAProj(nn.Module):
+class HeadLoRAProj(HeadLoRAAdapter):
     """The attention output projection plus a low-rank update whose A reads active heads only.
 
     Δ(x) = s · B · (A · x[active columns]); A: (r, n_active·head_dim), B: (d_out, r), B zero-init.
@@ -323,46 +443,35 @@ class HeadLoRAProj(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, num_heads: int, rank: int, scale: float) -> None:
-        super().__init__()
         if base.in_features % num_heads:
             raise HeartLoRAError(
                 f"proj linear has {base.in_features} inputs, not a multiple of {num_heads} heads"
             )
-        self.base = base
-        self.num_heads = num_heads
-        self.head_dim = base.in_features // num_heads
-        self.rank = rank
-        self.scale = float(scale)
+        super().__init__(base, num_heads, base.in_features // num_heads, rank, scale)
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
-        self.register_buffer("head_mask", torch.ones(num_heads, dtype=torch.bool))
         self.register_buffer("_cols", self._active_cols(), persistent=False)
-        self._active_count = num_heads
 
     def _active_cols(self) -> torch.Tensor:
         return head_feature_indices(self.head_mask, self.head_dim).to(self.base.weight.device)
 
-    @property
-    def active_heads(self) -> int:
-        """How many heads' columns of A remain (a Python int: never waits for the device)."""
-        return self._active_count
+    projection = "proj"
 
-    def set_head_mask(self, mask: torch.Tensor) -> None:
-        """Keep only the heads where ``mask`` is True (their A columns); see `HeadLoRAQKV`."""
-        mask = _check_head_mask(mask, self.num_heads, "proj adapter")
-        old = self.head_mask.cpu()
-        blocks = self.lora_A.detach().unflatten(1, (int(old.sum()), self.head_dim))
-        new_blocks = blocks.new_zeros(self.rank, int(mask.sum()), self.head_dim)
-        new_blocks[:, old[mask]] = blocks[:, mask[old]]
-        fresh = ~old[mask]
-        if bool(fresh.any()):
-            nn.init.kaiming_uniform_(new_blocks[:, fresh], a=math.sqrt(5))
-        requires_grad = self.lora_A.requires_grad
-        self.lora_A = nn.Parameter(new_blocks.flatten(1), requires_grad=requires_grad)
-        self.head_mask.copy_(mask.to(self.head_mask.device))
-        self._active_count = int(mask.sum())
+    @property
+    def head_parameter(self) -> nn.Parameter:
+        """A: head h owns the columns of A that read its features."""
+        return self.lora_A
+
+    def _init_new_heads(self, blocks: torch.Tensor, new: torch.Tensor) -> None:
+        if bool(new.any()):
+            nn.init.kaiming_uniform_(blocks[:, new], a=math.sqrt(5))
+
+    def _replace_head_parameter(self, param: nn.Parameter) -> None:
+        self.lora_A = param
+
+    def _update_head_indices(self) -> None:
         self._cols = self._active_cols()
 
     def delta_weight(self) -> torch.Tensor:
@@ -376,6 +485,33 @@ class HeadLoRAProj(nn.Module):
         if self.active_heads < self.num_heads:
             x = x.index_select(-1, self._cols)
         return F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.scale
+
+    def head_output_norms(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active_heads < self.num_heads:
+            x = x.index_select(-1, self._cols)
+        heads_x = x.unflatten(-1, (self.active_heads, self.head_dim))
+        a = self.lora_A.unflatten(1, (self.active_heads, self.head_dim))
+        z = torch.einsum("...nd,rnd->...nr", heads_x, a)
+        return (z @ self.lora_B.T).norm(dim=-1) * self.scale
+
+    @torch.no_grad()
+    def update_norms(self) -> torch.Tensor:
+        a, b = self.lora_A.double(), self.lora_B.double()
+        blocks = a.unflatten(1, (self.active_heads, self.head_dim)).transpose(0, 1)
+        # ‖B A_h‖²_F = Σ (G A_h) ∘ A_h with G = BᵀB (r × r)
+        norms = ((b.T @ b @ blocks) * blocks).sum((1, 2)).clamp_min(0).sqrt()
+        return norms * abs(self.scale)
+
+    def peft_lora(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """A widened to all heads' columns (zeros for inactive heads), B as it is."""
+        lora_a = self.lora_A.new_zeros(self.rank, self.base.in_features)
+        lora_a[:, head_feature_indices(self.head_mask, self.head_dim)] = self.lora_A.detach()
+        return lora_a, self.lora_B.detach().clone(), self.scale
+
+    @torch.no_grad()
+    def load_peft_lora(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> None:
+        self.lora_A.copy_(lora_a)
+        self.lora_B.copy_(lora_b)
 
     def _full_width_A(self) -> torch.Tensor:
         """A as (r, H·head_dim): the parameter itself, or zero columns for deactivated heads."""
@@ -398,3 +534,4 @@ class HeadLoRAProj(nn.Module):
 
 
 ADAPTER_TYPES = (HeadLoRAQKV, HeadLoRAProj)
+"""Every kind of heartlora adapter (all subclasses of `HeadLoRAAdapter`)."""

@@ -6,7 +6,8 @@ benchmark and adapter files alike:
 * which module is the classifier (`classifier_path`, `classifier_module`,
   `classifier_parameters`, `classifier_state`): timm's ``get_classifier()`` located in the
   module tree (``head`` for a ViT, ``head.fc`` for Swin);
-* how a base model gets its weights (`create_base_model`): a local ``checkpoint`` file loaded
+* how a base model gets its weights (`create_base_model`; for a fine-tuning run, with its
+  classes, image size and drop-path rate, `create_fine_tuning_model`): a local ``checkpoint`` file loaded
   through timm's own readers and the family's ``checkpoint_filter_fn``, with the fit checked key
   by key (`load_base_weights`); or timm's pretrained weights for the name's tag, taken from the
   Hugging Face (or torch hub) cache when they are there and downloaded by timm's hub code when
@@ -25,6 +26,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,7 +36,12 @@ import torch
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
-from heartlora.packaged_weights import packaged_state_dict, packaged_weights, resample_positions
+from heartlora.packaged_weights import (
+    PACKAGE_PREFIX,
+    packaged_state_dict,
+    packaged_weights,
+    resample_positions,
+)
 
 
 def classifier_module(model: nn.Module) -> nn.Module | None:
@@ -355,6 +362,50 @@ def create_base_model(
     if not pretrained:
         return create_architecture(name, **kwargs)
     return create_pretrained_model(name, **kwargs)
+
+
+def takes_img_size(name: str) -> bool:
+    """Whether timm builds the family of ``name`` for any ``img_size`` (a ViT resamples its
+    position embeddings); Swin keeps the size its windows were made for."""
+    return "swin" not in name
+
+
+def create_fine_tuning_model(
+    name: str,
+    num_classes: int,
+    checkpoint: str | None = None,
+    pretrained: bool | None = None,
+    img_size: int | None = None,
+    drop_path_rate: float = 0.0,
+    model_kwargs: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> nn.Module:
+    """The base model of a fine-tuning run: ``name`` with ``num_classes`` outputs, the run's
+    drop-path rate and image size (for the families that `takes_img_size`), and the weights
+    `weights_label` names: the checkpoint, else timm's pretrained weights (``pretrained`` null:
+    a tagged name or the bundled base), else a random initialisation, which ``log`` reports in
+    one warning line.
+
+    Raises:
+        HeartLoRAError: as `create_base_model`.
+    """
+    kwargs: dict[str, Any] = {
+        **(model_kwargs or {}),
+        "num_classes": num_classes,
+        "drop_path_rate": drop_path_rate,
+    }
+    if img_size is not None and takes_img_size(name):
+        kwargs["img_size"] = img_size
+    weights = weights_label(name, checkpoint, pretrained)
+    if weights == RANDOM_WEIGHTS:
+        tag = pretrained_tag(name)
+        fix = f"`pretrained: true` (timm's {tag} weights) or " if tag else ""
+        log(
+            f"warning: {name} starts from random weights (no `checkpoint`, `pretrained` "
+            f"off); set {fix}`checkpoint: FILE` to fine-tune pretrained weights"
+        )
+    from_weights = weights.startswith((PRETRAINED_PREFIX, PACKAGE_PREFIX))
+    return create_base_model(name, checkpoint, pretrained=from_weights, **kwargs)
 
 
 def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:

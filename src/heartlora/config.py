@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from heartlora.errors import HeartLoRAError
@@ -28,7 +28,25 @@ SCORERS: tuple[str, ...] = (
     "random",
     "inverse",
 )
-"""Responsiveness scorers (`heartlora.responsiveness`, docs/frontier.md)."""
+"""Responsiveness scorers (`heartlora.responsiveness`, docs/frontier.md); ``inverse`` is the
+deprecated spelling of ``taylor`` with ``invert_scores`` (`resolve_inverse`)."""
+
+INVERSE_SCORER = "inverse"
+"""The deprecated scorer name of the inverse control of `INVERSE_OF`."""
+
+INVERSE_OF = "taylor"
+"""The scorer that ``scorer: inverse`` inverts."""
+
+
+def resolve_inverse(scorer: str, invert_scores: bool) -> tuple[str, bool]:
+    """The one spelling of the inverse control: ``(scorer, invert_scores)`` with
+    ``scorer="inverse"`` (the negated ``taylor`` scores, its older name) written as
+    ``("taylor", not invert_scores)``, so that negating twice stays ``taylor`` as it was; any
+    other pair as it is."""
+    if scorer == INVERSE_SCORER:
+        return INVERSE_OF, not invert_scores
+    return scorer, invert_scores
+
 
 LAYOUTS: tuple[str, ...] = ("per-projection", "shared")
 """Where the A matrices of the q/k/v updates live (docs/frontier.md, the default grid): ``per-projection``: one A
@@ -69,33 +87,26 @@ def rename_deprecated_keys(data: Mapping[str, Any], where: str) -> dict[str, Any
     return renamed
 
 
+def one_of(choices: Iterable[str]) -> str:
+    """``("a", "b", "c")`` → ``"`a`, `b` or `c`"`` for help texts."""
+    quoted = [f"`{choice}`" for choice in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _setting(default: Any, help: str, **metadata: Any) -> Any:
+    """A `HeartLoRAConfig` field: its default, its one-sentence ``help`` (docs and CLI flags
+    read it, as peft's `LoraConfig`) and further ``metadata``: ``choices`` (the allowed values)
+    or ``minimum`` (of an integer)."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
 @dataclass
 class HeartLoRAConfig:
     """Configuration of a head-level LoRA adapter and of its head selection.
 
-    Args:
-        rank: r, the rank of every low-rank update (> 0).
-        scale: s in ΔW = s·B·A.
-        targets: which projections get an update; any of ``"q", "k", "v", "proj"``.
-        ne: heads to deactivate per layer (modes ``global``, ``layer`` and ``budget``).
-        mode: ``global`` (Heart-LoRA: one ranking of head indices from scores accumulated over
-            layers), ``layer`` (Heart-LoRA†: rank within each layer), ``percent`` (deactivate
-            ``round(percent · H_l)`` heads of layer l, for models whose layers differ in head count),
-            ``budget`` (deactivate the ``L · ne`` lowest (layer, head) pairs of the network).
-        percent: share of heads to deactivate per layer in ``percent`` mode, in [0, 1).
-        scorer: responsiveness scorer, one of `SCORERS` (`heartlora.responsiveness`).
-        normalize_layers: divide each layer's scores by their absolute sum before ranking across
-            layers (modes ``global`` and ``budget``), so every layer weighs the same.
-        invert_scores: negate the scorer's scores before selection, so that the *most*
-            responsive heads are deactivated: the ``inverse`` control of any scorer
-            (``scorer="inverse"`` is the ``taylor`` scorer inverted).
-        calib_warmup_steps: plain-LoRA optimizer steps before the heads are scored (the
-            ``taylor`` and ``output-norm`` scorers need trained B blocks; the steps count toward
-            the schedule). Formerly ``warmup_steps``.
-        calib_batches: training batches the scorer averages over.
-        layout: ``per-projection``: one A (r × d) per targeted q/k/v projection; ``shared``: one
-            A (r × d) shared by all targeted q/k/v projections of the fused qkv (peft's LoRA on
-            qkv), B split per head in both. ``proj`` always has its own A.
+    Each field's ``metadata["help"]`` says what it means (`TrainConfig` and ``heartlora
+    train``'s flags show the same text); ``metadata["choices"]`` lists the allowed values of a
+    field that has them.
 
     Raises:
         HeartLoRAError: on a non-positive rank, an unknown target, mode, scorer or layout, a
@@ -103,18 +114,70 @@ class HeartLoRAConfig:
             ``percent`` outside [0, 1).
     """
 
-    rank: int = 8
-    scale: float = 1.0
-    targets: tuple[str, ...] = ("q", "v")
-    ne: int = 0
-    mode: str = "global"
-    percent: float = 0.0
-    scorer: str = "taylor"
-    normalize_layers: bool = False
-    invert_scores: bool = False
-    calib_warmup_steps: int = 20
-    calib_batches: int = 4
-    layout: str = "per-projection"
+    rank: int = _setting(8, "Rank r of every low-rank update.", minimum=1)
+    scale: float = _setting(
+        1.0,
+        "The scale s in ΔW = s·B·A; the paper picks s ∈ {0.01, 0.1, 1, 10, 100} per task.",
+    )
+    targets: tuple[str, ...] = _setting(
+        ("q", "v"),
+        f"Projections that get an update, any of {', '.join(f'`{t}`' for t in TARGETS)}.",
+        choices=TARGETS,
+    )
+    ne: int = _setting(
+        0,
+        "Heads to deactivate per layer after scoring (modes `global`, `layer`, `budget`); 0 "
+        "keeps every head.",
+        minimum=0,
+    )
+    mode: str = _setting(
+        "global",
+        "Head ranking: `global` (Heart-LoRA: one ranking of head indices from scores summed "
+        "over layers), `layer` (Heart-LoRA†: within each layer), `percent` (a share of each "
+        "layer's heads) or `budget` (the lowest (layer, head) pairs of the network).",
+        choices=MODES,
+    )
+    percent: float = _setting(
+        0.0,
+        "Share of each layer's heads to deactivate in mode `percent`, in [0, 1) (models whose "
+        "layers differ in head count, such as Swin).",
+    )
+    scorer: str = _setting(
+        "taylor",
+        f"Head responsiveness scorer: {one_of(SCORERS)} (docs/frontier.md).",
+        choices=SCORERS,
+    )
+    normalize_layers: bool = _setting(
+        False,
+        "Divide each layer's head scores by their absolute sum before heads are ranked across "
+        "layers (modes `global` and `budget`), so that every layer weighs the same in the "
+        "global ranking; no effect on per-layer modes.",
+    )
+    invert_scores: bool = _setting(
+        False,
+        "Negate the scorer's scores before selection, so the most responsive heads are "
+        "deactivated: the `inverse` control of any scorer (`scorer: inverse`, its older "
+        "spelling for `taylor`, is read as `scorer: taylor` with this set).",
+    )
+    calib_warmup_steps: int = _setting(
+        20,
+        "Optimizer steps of plain LoRA on all heads before the heads are scored (`taylor` and "
+        "`output-norm` need trained B blocks; the steps count toward the schedule); formerly "
+        "`warmup_steps`.",
+        minimum=0,
+    )
+    calib_batches: int = _setting(
+        4,
+        "Training batches of the run's batch size that the scorer averages over (never test data).",
+        minimum=1,
+    )
+    layout: str = _setting(
+        "per-projection",
+        "`per-projection`: one A (r × d) per targeted q/k/v projection; `shared`: one A shared "
+        "by all targeted q/k/v of the fused qkv (as peft's LoRA on qkv); B is split per head "
+        "in both.",
+        choices=LAYOUTS,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -156,6 +219,7 @@ class HeartLoRAConfig:
                 raise HeartLoRAError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.ne, int) or isinstance(self.ne, bool) or self.ne < 0:
             raise HeartLoRAError(f"ne must be a non-negative integer, got {self.ne!r}")
+        self.scorer, self.invert_scores = resolve_inverse(self.scorer, self.invert_scores)
         if not 0.0 <= float(self.percent) < 1.0:
             raise HeartLoRAError(f"percent must be in [0, 1), got {self.percent!r}")
         if self.calib_warmup_steps < 0 or self.calib_batches <= 0:

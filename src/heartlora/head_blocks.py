@@ -2,9 +2,10 @@
 
 For a q/k/v adapter (`HeadLoRAQKV`) head h owns rows h·hd … (h+1)·hd − 1 of every projection's
 B (shape (P, n_active·hd, r)); for a ``proj`` adapter (`HeadLoRAProj`) it owns those columns of
-A (shape (r, n_active·hd)). Both keep a head's features contiguous in dimension 1, so one
-reshape splits either into per-head blocks. The scorers (`heartlora.responsiveness`,
-`heartlora.sensitivity`) reduce these blocks to one number per head.
+A (shape (r, n_active·hd)). Each adapter answers for its own blocks
+(`heartlora.adapters.HeadLoRAAdapter`: `head_parameter`, `split_heads`, `scatter_per_head`);
+this module gathers them over a model's layers for the scorers (`heartlora.responsiveness`,
+`heartlora.sensitivity`), which reduce the blocks to one number per head.
 """
 
 from __future__ import annotations
@@ -14,31 +15,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from heartlora.adapters import HeadLoRAQKV
+from heartlora.adapters import HeadLoRAAdapter
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import AttentionLayer
 
 
-def head_parameter(adapter: nn.Module) -> nn.Parameter:
-    """The parameter whose per-head blocks define the head: B for qkv, A for proj."""
-    return adapter.lora_B if isinstance(adapter, HeadLoRAQKV) else adapter.lora_A
-
-
 def head_parameters(layers: list[AttentionLayer]) -> list[nn.Parameter]:
-    """`head_parameter` of every adapter of ``layers``, layer by layer."""
-    return [head_parameter(adapter) for layer in layers for adapter in layer.adapters]
-
-
-def split_heads(adapter: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-    """`head_parameter`'s shape (or its gradient's) → (active heads n, block size)."""
-    return tensor.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1).flatten(1)
-
-
-def scatter_per_head(adapter: nn.Module, active_values: torch.Tensor) -> torch.Tensor:
-    """Values of the active heads → a float64 (H,) CPU tensor, zeros for inactive heads."""
-    full = torch.zeros(adapter.num_heads, dtype=torch.float64)
-    full[adapter.head_mask.cpu()] = active_values.detach().double().cpu()
-    return full
+    """`HeadLoRAAdapter.head_parameter` of every adapter of ``layers``, layer by layer."""
+    return [adapter.head_parameter for layer in layers for adapter in layer.adapters]
 
 
 def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -53,7 +37,7 @@ def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
 
 def per_layer_scores(
     layers: list[AttentionLayer],
-    adapter_values: Callable[[nn.Module], torch.Tensor],
+    adapter_values: Callable[[HeadLoRAAdapter], torch.Tensor],
     untrained: str,
 ) -> list[torch.Tensor]:
     """One float64 (heads,) CPU row per layer: the sum over the layer's adapters of
@@ -67,7 +51,7 @@ def per_layer_scores(
     for layer in layers:
         row = torch.zeros(layer.num_heads, dtype=torch.float64)
         for adapter in layer.adapters:
-            row += scatter_per_head(adapter, adapter_values(adapter))
+            row += adapter.scatter_per_head(adapter_values(adapter))
         rows.append(row)
     if all(not bool(row.any()) for row in rows):
         raise HeartLoRAError(untrained)

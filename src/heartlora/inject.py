@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from heartlora.adapters import ADAPTER_TYPES, HeadLoRAProj, HeadLoRAQKV
+from heartlora.adapters import HeadLoRAAdapter, HeadLoRAProj, HeadLoRAQKV
 from heartlora.backbone import classifier_module, classifier_parameters
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
@@ -41,9 +41,9 @@ class AttentionLayer:
         return self.module.proj
 
     @property
-    def adapters(self) -> list[nn.Module]:
+    def adapters(self) -> list[HeadLoRAAdapter]:
         """The heartlora adapters injected into this layer (empty before `inject`)."""
-        return [m for m in (self.module.qkv, self.module.proj) if isinstance(m, ADAPTER_TYPES)]
+        return [m for m in (self.module.qkv, self.module.proj) if isinstance(m, HeadLoRAAdapter)]
 
 
 def find_attention_layers(model: nn.Module) -> list[AttentionLayer]:
@@ -60,7 +60,7 @@ def find_attention_layers(model: nn.Module) -> list[AttentionLayer]:
         if not isinstance(num_heads, int) or isinstance(num_heads, bool):
             continue
         qkv = getattr(module, "qkv", None)
-        if isinstance(qkv, (nn.Linear, HeadLoRAQKV)):
+        if isinstance(qkv, (nn.Linear, HeadLoRAAdapter)):
             problem = _qkv_layout_problem(module, qkv.out_features, num_heads)
             if problem is not None:
                 raise HeartLoRAError(
@@ -106,7 +106,7 @@ def _qkv_layout_problem(module: nn.Module, out_features: int, num_heads: int) ->
 def adapter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(name, adapter)`` for every heartlora adapter in the model."""
     for name, module in model.named_modules():
-        if isinstance(module, ADAPTER_TYPES):
+        if isinstance(module, HeadLoRAAdapter):
             yield name, module
 
 

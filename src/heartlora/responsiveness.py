@@ -45,26 +45,15 @@ from itertools import islice
 import torch
 from torch import nn
 
-from heartlora.adapters import HeadLoRAQKV
 from heartlora.attention_maps import layer_head_similarity
-from heartlora.config import SCORERS
+from heartlora.config import INVERSE_OF, INVERSE_SCORER, SCORERS
 from heartlora.errors import HeartLoRAError
-from heartlora.head_blocks import (
-    head_parameter,
-    head_parameters,
-    pad_rows,
-    per_layer_scores,
-    scatter_per_head,
-    split_heads,
-)
+from heartlora.head_blocks import head_parameters, pad_rows, per_layer_scores
 from heartlora.inject import AttentionLayer, find_attention_layers
 from heartlora.pretrained_heads import head_gate_scores, weight_taylor_scores
 from heartlora.sensitivity import HeadSensitivity
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-INVERSE_OF = "taylor"
-"""The scorer whose negated scores the ``inverse`` control uses."""
 
 
 def _require_adapters(layers: list[AttentionLayer], scorer: str) -> None:
@@ -91,15 +80,15 @@ def _gradient_scores(
         for index, layer in enumerate(layers):
             per_head = torch.zeros(layer.num_heads, dtype=torch.float64)
             for adapter in layer.adapters:
-                param = head_parameter(adapter)
+                param = adapter.head_parameter
                 if param.grad is None:
                     continue
-                grad_blocks = split_heads(adapter, param.grad)
+                grad_blocks = adapter.split_heads(param.grad)
                 if scorer == "taylor":
-                    values = (split_heads(adapter, param.detach()) * grad_blocks).sum(1)
+                    values = (adapter.split_heads(param.detach()) * grad_blocks).sum(1)
                 else:
                     values = grad_blocks.double().pow(2).sum(1)
-                per_head += scatter_per_head(adapter, values)
+                per_head += adapter.scatter_per_head(values)
             totals[index] += per_head.abs() if scorer == "taylor" else per_head.sqrt()
         batches_seen += 1
     model.zero_grad(set_to_none=True)
@@ -118,20 +107,8 @@ def _output_norm_scores(
 
     def make_hook(index: int, adapter: nn.Module):
         def hook(_module: nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
-            x = inputs[0]
-            if isinstance(adapter, HeadLoRAQKV):
-                update = adapter.lora_update(x).unflatten(
-                    -1, (len(adapter.targets), adapter.active_heads, adapter.head_dim)
-                )
-                norms = update.norm(dim=-1).sum(dim=-2)  # (..., n) summed over projections
-            else:
-                if adapter.active_heads < adapter.num_heads:
-                    x = x.index_select(-1, adapter._cols)
-                heads_x = x.unflatten(-1, (adapter.active_heads, adapter.head_dim))
-                a = adapter.lora_A.unflatten(1, (adapter.active_heads, adapter.head_dim))
-                z = torch.einsum("...nd,rnd->...nr", heads_x, a)
-                norms = (z @ adapter.lora_B.T).norm(dim=-1) * adapter.scale
-            totals[index] += scatter_per_head(adapter, norms.flatten(0, -2).sum(0))
+            norms = adapter.head_output_norms(inputs[0])  # (..., n)
+            totals[index] += adapter.scatter_per_head(norms.flatten(0, -2).sum(0))
             if adapter is layers[index].adapters[0]:
                 tokens[index] += norms.flatten(0, -2).shape[0]
 
@@ -178,28 +155,10 @@ def _sensitivity_scores(model: nn.Module, batches: Iterable, loss_fn: LossFn) ->
     return tracker.layer_scores()
 
 
-@torch.no_grad()
-def _update_norms(adapter: nn.Module) -> torch.Tensor:
-    """‖s·ΔW_h‖_F of each active head h, summed over the projections that hold it."""
-    a, b = adapter.lora_A.double(), adapter.lora_B.double()
-    if not isinstance(adapter, HeadLoRAQKV):  # proj: head h owns columns of A
-        blocks = a.unflatten(1, (adapter.active_heads, adapter.head_dim)).transpose(0, 1)
-        # ‖B A_h‖²_F = Σ (G A_h) ∘ A_h with G = BᵀB (r × r)
-        norms = ((b.T @ b @ blocks) * blocks).sum((1, 2)).clamp_min(0).sqrt()
-        return norms * abs(adapter.scale)
-    norms = torch.zeros(adapter.active_heads, dtype=torch.float64, device=a.device)
-    for position, a_index in enumerate(adapter._a_index):
-        a_p = a[a_index * adapter.rank : (a_index + 1) * adapter.rank]
-        blocks = b[position].unflatten(0, (adapter.active_heads, adapter.head_dim))
-        # ‖B_h A‖²_F = Σ (B_h G) ∘ B_h with G = A Aᵀ (r × r)
-        norms += ((blocks @ (a_p @ a_p.T)) * blocks).sum((1, 2)).clamp_min(0).sqrt()
-    return norms * abs(adapter.scale)
-
-
 def _update_norm_scores(layers: list[AttentionLayer]) -> list[torch.Tensor]:
     return per_layer_scores(
         layers,
-        _update_norms,
+        lambda adapter: adapter.update_norms(),
         "the update-norm scorer needs trained adapters (all updates are zero): train a "
         "warm-up first, or use scorer 'grad-norm'",
     )
@@ -219,7 +178,7 @@ def responsiveness(
     model: nn.Module,
     batches: Iterable,
     loss_fn: LossFn | None = None,
-    scorer: str = "taylor",
+    scorer: str | None = None,
     max_batches: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
@@ -229,7 +188,8 @@ def responsiveness(
         model: an injected model (any timm ViT/Swin for ``redundancy``).
         batches: iterable of ``(images, labels)`` (a DataLoader works).
         loss_fn: ``loss_fn(logits, labels) -> scalar``; needed by ``taylor`` and ``grad-norm``.
-        scorer: one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``,
+        scorer: default: the model's `HeartLoRAConfig.scorer` (``taylor`` for a model without
+            adapters); else one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``,
             ``sensitivity``, ``update-norm``, ``head-gate``, ``weight-taylor``, or a control:
             ``random``, ``inverse`` (the negated ``taylor`` scores).
         max_batches: score on at most this many batches.
@@ -244,6 +204,9 @@ def responsiveness(
             untrained adapters for ``taylor``, ``inverse``, ``sensitivity`` and ``update-norm``,
             or no batches (``random`` and ``update-norm`` read none).
     """
+    if scorer is None:
+        config = getattr(model, "heartlora_config", None)
+        scorer = config.scorer if config is not None else "taylor"
     if scorer not in SCORERS:
         raise HeartLoRAError(f"unknown scorer {scorer!r}: expected one of {', '.join(SCORERS)}")
     layers = find_attention_layers(model)
@@ -252,7 +215,7 @@ def responsiveness(
     if scorer == "update-norm":
         _require_adapters(layers, scorer)
         return pad_rows(_update_norm_scores(layers)).float()
-    if scorer == "inverse":
+    if scorer == INVERSE_SCORER:  # the older spelling of taylor with invert_scores
         return -responsiveness(model, batches, loss_fn, INVERSE_OF, max_batches)
     if max_batches is not None:
         batches = islice(batches, max_batches)

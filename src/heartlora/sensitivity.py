@@ -10,9 +10,10 @@ for ``proj``), and keeps two exponential moving averages of it,
 
 A head's score is the mean of Ī·Ū over the elements of its blocks (all targeted projections).
 Updating costs a few element-wise operations on tensors the size of the adapters, on their
-device, and never reads a value on the host. This is the ``sensitivity`` scorer: the trainer
-updates it after every warm-up step; `heartlora.responsiveness.responsiveness` updates it once
-per given batch (adapters unchanged between batches).
+device, and never reads a value on the host. This is the ``sensitivity`` scorer:
+`heartlora.calibration.Calibration` updates it after every warm-up step;
+`heartlora.responsiveness.responsiveness` updates it once per given batch (adapters unchanged
+between batches).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
-from heartlora.head_blocks import head_parameters, pad_rows, per_layer_scores, split_heads
+from heartlora.head_blocks import head_parameters, pad_rows, per_layer_scores
 from heartlora.inject import find_attention_layers
 
 BETA_SMOOTHED = 0.85
@@ -115,7 +116,7 @@ class HeadSensitivity:
         }
         return per_layer_scores(
             self.layers,
-            lambda adapter: split_heads(adapter, products[id(adapter)]).mean(1),
+            lambda adapter: adapter.split_heads(products[id(adapter)]).mean(1),
             "scorer 'sensitivity' saw only zero sensitivities (all B blocks were zero): it "
             "needs warm-up steps (calib_warmup_steps > 0)",
         )

@@ -147,13 +147,7 @@ def pretrain(
     config.validate()
     say = log or (lambda _line: None)
     start = time.perf_counter()
-    train_images, train_labels = load_fashion_mnist("train", config.data_dir)
-    test_images, test_labels = load_fashion_mnist("test", config.data_dir)
-    if train_images.shape[-2:] != (28, 28) or test_images.shape[-2:] != (28, 28):
-        raise HeartLoRAError(
-            f"expected 28×28 images, got {tuple(train_images.shape[-2:])} (train) and "
-            f"{tuple(test_images.shape[-2:])} (test)"
-        )
+    (train_images, train_labels), (test_images, test_labels) = _fashion_mnist_splits(config)
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -177,6 +171,48 @@ def pretrain(
         f"seed {config.seed}, {torch.get_num_threads()} threads"
     )
 
+    history = _train_epochs(
+        model,
+        optimizer,
+        schedule,
+        ((train_images, train_labels), (test_images, test_labels)),
+        config,
+        generator,
+        say,
+    )
+
+    result = PretrainResult(
+        test_accuracy=history[-1]["test_accuracy"],
+        train_accuracy=history[-1]["train_accuracy"],
+        train_loss=history[-1]["loss"],
+        seconds=0.0,
+        num_params=num_params,
+        num_threads=torch.get_num_threads(),
+        history=history,
+        config=asdict(config),
+    )
+    if output is not None:
+        _save_model(model, result, Path(output), config)
+    result.seconds = time.perf_counter() - start
+    say(
+        f"test accuracy {100 * result.test_accuracy:.2f}% after {config.epochs} epochs, "
+        f"{result.seconds / 60:.1f} min"
+        + (f"; wrote {result.output} (sha256 {result.sha256})" if result.output else "")
+    )
+    return result
+
+
+def _train_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    data: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+    config: PretrainConfig,
+    generator: torch.Generator,
+    say: Callable[[str], None],
+) -> list[dict[str, float]]:
+    """Train ``config.epochs`` epochs, evaluating after each; returns one record per epoch."""
+    (train_images, train_labels), (test_images, test_labels) = data
     history: list[dict[str, float]] = []
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
@@ -197,33 +233,37 @@ def pretrain(
             f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  train acc {100 * train_accuracy:.2f}%  "
             f"test acc {100 * test_accuracy:.2f}%  {record['seconds']:.1f} s"
         )
+    return history
 
-    result = PretrainResult(
-        test_accuracy=history[-1]["test_accuracy"],
-        train_accuracy=history[-1]["train_accuracy"],
-        train_loss=history[-1]["loss"],
-        seconds=0.0,
-        num_params=num_params,
-        num_threads=torch.get_num_threads(),
-        history=history,
-        config=asdict(config),
-    )
-    if output is not None:
-        metadata = {
-            "architecture": BASE_MODEL_NAME,
-            "test_accuracy": f"{result.test_accuracy:.4f}",
-            "epochs": str(config.epochs),
-            "seed": str(config.seed),
-        }
-        result.output = Path(output)
-        result.sha256 = save_state_dict(model.state_dict(), result.output, metadata)
-    result.seconds = time.perf_counter() - start
-    say(
-        f"test accuracy {100 * result.test_accuracy:.2f}% after {config.epochs} epochs, "
-        f"{result.seconds / 60:.1f} min"
-        + (f"; wrote {result.output} (sha256 {result.sha256})" if result.output else "")
-    )
-    return result
+
+def _fashion_mnist_splits(config: PretrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """``((train_images, train_labels), (test_images, test_labels))`` of Fashion-MNIST.
+
+    Raises:
+        HeartLoRAError: when the images are not 28 × 28.
+    """
+    train = load_fashion_mnist("train", config.data_dir)
+    test = load_fashion_mnist("test", config.data_dir)
+    if train[0].shape[-2:] != (28, 28) or test[0].shape[-2:] != (28, 28):
+        raise HeartLoRAError(
+            f"expected 28×28 images, got {tuple(train[0].shape[-2:])} (train) and "
+            f"{tuple(test[0].shape[-2:])} (test)"
+        )
+    return train, test
+
+
+def _save_model(
+    model: nn.Module, result: PretrainResult, output: Path, config: PretrainConfig
+) -> None:
+    """Write the model's state dict to ``output`` with its metadata; record file and sha256."""
+    metadata = {
+        "architecture": BASE_MODEL_NAME,
+        "test_accuracy": f"{result.test_accuracy:.4f}",
+        "epochs": str(config.epochs),
+        "seed": str(config.seed),
+    }
+    result.output = output
+    result.sha256 = save_state_dict(model.state_dict(), result.output, metadata)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:

@@ -3,33 +3,51 @@
 from __future__ import annotations
 
 import argparse
-import os
+from dataclasses import fields
+from typing import Any
+
+import yaml
 
 from heartlora.commands.arguments import add_config_arguments, output_dir
 from heartlora.commands.console import say
-from heartlora.training.config import build_config
-from heartlora.training.methods import METHODS
+from heartlora.training.config import TrainConfig, build_config, key_groups
+from heartlora.training.distributed import World
 
-# flag → config key, type, help
-FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--model", "model", str, "timm model name"),
-    ("--checkpoint", "checkpoint", str, "base weights file (.safetensors, .pth, .npz)"),
-    ("--data-root", "data_root", str, "folder holding the task folders"),
-    ("--data-kind", "data_kind", str, "vtab1k, fgvc or imagefolder"),
-    ("--task", "task", str, "task (VTAB-1k) or dataset (FGVC) name"),
-    ("--method", "method", str, f"one of {', '.join(METHODS)}"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-size", "batch_size", int, "global batch size"),
-    ("--img-size", "img_size", int, "input resolution"),
-    ("--rank", "rank", int, "LoRA rank r"),
-    ("--scale", "scale", float, "LoRA scale s"),
-    ("--ne", "ne", int, "heads to deactivate per layer (heart-lora methods)"),
-    ("--scorer", "scorer", str, "responsiveness scorer"),
-    ("--seed", "seed", int, "random seed"),
-    ("--device", "device", str, "auto, cpu or cuda"),
-    ("--dtype", "dtype", str, "fp32, tf32 or bf16 (TF32 matmuls / autocast on CUDA)"),
-    ("--num-workers", "num_workers", int, "data-loading worker processes"),
-)
+
+def _yaml_value(text: str) -> Any:
+    """A flag value read as ``--set`` reads one (YAML rules: numbers, lists, mappings, null)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"cannot parse {text!r} as a YAML value") from None
+
+
+def _flag_options(annotation: str) -> dict[str, Any]:
+    """`argparse` options for a `TrainConfig` field of this annotation: a string, number or
+    comma-separated ``targets`` as typed, a bool as ``--key``/``--no-key``, anything else as
+    YAML."""
+    kind = annotation.split("|")[0].strip()
+    if kind == "bool":
+        return {"action": argparse.BooleanOptionalAction}
+    simple = {"str": str, "int": int, "float": float, "list[str]": str}
+    return {"type": simple.get(kind, _yaml_value), "metavar": kind.split("[")[0].upper()}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--key-name`` flag per `TrainConfig` key, grouped by section, with the key's own
+    help text (``metadata["help"]``); a flag left out leaves the key to the config file."""
+    items = {item.name: item for item in fields(TrainConfig)}
+    for group, keys in key_groups().items():
+        section = parser.add_argument_group(f"config keys: {group}")
+        for key in keys:
+            item = items[key]
+            section.add_argument(
+                f"--{key.replace('_', '-')}",
+                dest=f"flag_{key}",
+                default=None,
+                help=item.metadata["help"].replace("%", "%%"),
+                **_flag_options(item.type),
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, type=output_dir, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
-    for flag, key, kind, help_text in FLAGS:
-        parser.add_argument(flag, dest=f"flag_{key}", type=kind, help=help_text)
+    add_config_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_training(
         config, args.output_dir, resume=args.resume, overwrite=args.overwrite, log=say
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not World.from_launcher().is_main:
         return 0
     best = result["best_accuracy"]
     say(

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from heartlora.adapter_io import architecture_name
-from heartlora.adapters import QKV_SLOT, HeadLoRAProj, HeadLoRAQKV, head_feature_indices
+from heartlora.adapters import QKV_SLOT
 from heartlora.atomic import atomic_write_bytes, atomic_write_json
 from heartlora.backbone import classifier_parameters, classifier_path
 from heartlora.config import HeartLoRAConfig
@@ -83,30 +83,6 @@ def _classifier_prefix(model: nn.Module) -> str | None:
     return classifier_path(model) if classifier_parameters(model) else None
 
 
-def qkv_to_peft(adapter: HeadLoRAQKV) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One qkv adapter as a single LoRA: ``(lora_A (P·r, d), lora_B (3·H·hd, P·r), scaling s)``,
-    or ``(lora_A (r, d), lora_B (3·H·hd, r), s)`` for the shared-A layout (peft's own layout).
-
-    ``scaling · lora_B @ lora_A`` equals ``adapter.delta_weight()``.
-    """
-    rank = adapter.rank
-    lora_b = adapter.lora_B.new_zeros(adapter.base.out_features, adapter.lora_A.shape[0])
-    heads = head_feature_indices(adapter.head_mask, adapter.head_dim)
-    width = adapter.num_heads * adapter.head_dim
-    for index, projection in enumerate(adapter.targets):
-        rows = QKV_SLOT[projection] * width + heads
-        column = 0 if adapter.shared_a else index * rank
-        lora_b[rows, column : column + rank] = adapter.lora_B[index].detach()
-    return adapter.lora_A.detach().clone(), lora_b, adapter.scale
-
-
-def proj_to_peft(adapter: HeadLoRAProj) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The proj adapter as a plain LoRA: A widened to all heads' columns (zeros for inactive)."""
-    lora_a = adapter.lora_A.new_zeros(adapter.rank, adapter.base.in_features)
-    lora_a[:, head_feature_indices(adapter.head_mask, adapter.head_dim)] = adapter.lora_A.detach()
-    return lora_a, adapter.lora_B.detach().clone(), adapter.scale
-
-
 def peft_adapter_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The peft LoRA tensors and ``adapter_config.json`` content for an injected model.
 
@@ -125,13 +101,12 @@ def peft_adapter_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
     for name, adapter in adapters:
-        convert = qkv_to_peft if isinstance(adapter, HeadLoRAQKV) else proj_to_peft
-        lora_a, lora_b, scaling = convert(adapter)
+        lora_a, lora_b, scaling = adapter.peft_lora()
         tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = lora_a
         tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = lora_b
         ranks[name] = lora_a.shape[0]
         alphas[name] = scaling * lora_a.shape[0]
-    default_name = next((n for n, a in adapters if isinstance(a, HeadLoRAQKV)), adapters[0][0])
+    default_name = next((n for n, a in adapters if a.projection == "qkv"), adapters[0][0])
     rank, alpha = ranks[default_name], alphas[default_name]
     classifier = _classifier_prefix(model)
     if classifier is not None:
@@ -326,17 +301,7 @@ def import_peft_adapter(
         )
     rank = max(parts["A"].shape[0] for parts in lora.values())
     scale = _peft_scaling(peft_config, qkv_modules[0], lora[qkv_modules[0]]["A"].shape[0])
-    targets = []
-    for projection in ("q", "k", "v"):
-        slot = QKV_SLOT[projection]
-        for module in qkv_modules:
-            layer = places[module][0]
-            width = layer.qkv.out_features // 3
-            if bool(lora[module]["B"][slot * width : (slot + 1) * width].any()):
-                targets.append(projection)
-                break
-    if "proj" in {places[m][1] for m in lora}:
-        targets.append("proj")
+    targets = _peft_targets(lora, places)
     if not targets:
         raise HeartLoRAError(f"{peft_dir}: every lora_B is zero; nothing to import")
     config = dataclasses.replace(
@@ -347,34 +312,51 @@ def import_peft_adapter(
     with torch.no_grad():
         for module, parts in lora.items():
             layer, part = places[module]
-            adapter = getattr(layer.module, part)
-            lora_a, lora_b = parts["A"].to(adapter.lora_A.dtype), parts["B"]
-            if (
-                lora_a.shape[1] != adapter.base.in_features
-                or lora_b.shape[0] != adapter.base.out_features
-            ):
-                raise HeartLoRAError(
-                    f"{peft_dir}: {module} LoRA is {tuple(lora_b.shape)}·{tuple(lora_a.shape)}, "
-                    f"the model's linear is {tuple(adapter.base.weight.shape)}"
-                )
-            factor = _peft_scaling(peft_config, module, lora_a.shape[0]) / scale
-            padded_a = lora_a.new_zeros(rank, lora_a.shape[1])
-            padded_a[: lora_a.shape[0]] = lora_a
-            padded_b = lora_b.new_zeros(lora_b.shape[0], rank)
-            padded_b[:, : lora_b.shape[1]] = lora_b * factor if factor != 1.0 else lora_b
-            if isinstance(adapter, HeadLoRAQKV):
-                adapter.lora_A.copy_(padded_a.repeat(adapter.lora_A.shape[0] // rank, 1))
-                width = adapter.num_heads * adapter.head_dim
-                for index, projection in enumerate(adapter.targets):
-                    slot = QKV_SLOT[projection]
-                    adapter.lora_B[index].copy_(padded_b[slot * width : (slot + 1) * width])
-            else:
-                adapter.lora_A.copy_(padded_a)
-                adapter.lora_B.copy_(padded_b)
+            factor = _peft_scaling(peft_config, module, parts["A"].shape[0]) / scale
+            _load_peft_module(getattr(layer.module, part), parts, rank, factor, module, peft_dir)
         for name, adapter in adapter_modules(model):
             if name not in lora:  # peft left this module alone (e.g. layers_to_transform)
                 adapter.lora_B.zero_()
     return model
+
+
+def _peft_targets(lora: dict[str, dict[str, torch.Tensor]], places: dict[str, tuple]) -> list[str]:
+    """The heartlora targets a peft LoRA covers: each of q, k, v whose rows of ``lora_B`` are
+    non-zero in some layer, and ``proj`` when peft adapted it."""
+    targets = []
+    for projection in ("q", "k", "v"):
+        slot = QKV_SLOT[projection]
+        for module in (m for m in lora if places[m][1] == "qkv"):
+            width = places[module][0].qkv.out_features // 3
+            if bool(lora[module]["B"][slot * width : (slot + 1) * width].any()):
+                targets.append(projection)
+                break
+    if "proj" in {places[m][1] for m in lora}:
+        targets.append("proj")
+    return targets
+
+
+def _load_peft_module(
+    adapter: nn.Module,
+    parts: dict[str, torch.Tensor],
+    rank: int,
+    factor: float,
+    module: str,
+    peft_dir: str | Path,
+) -> None:
+    """One peft module's ``lora_A``/``lora_B`` into ``adapter``: zero-padded to ``rank``, B
+    multiplied by ``factor`` (its scaling over the adapter's)."""
+    lora_a, lora_b = parts["A"].to(adapter.lora_A.dtype), parts["B"]
+    if lora_a.shape[1] != adapter.base.in_features or lora_b.shape[0] != adapter.base.out_features:
+        raise HeartLoRAError(
+            f"{peft_dir}: {module} LoRA is {tuple(lora_b.shape)}·{tuple(lora_a.shape)}, "
+            f"the model's linear is {tuple(adapter.base.weight.shape)}"
+        )
+    padded_a = lora_a.new_zeros(rank, lora_a.shape[1])
+    padded_a[: lora_a.shape[0]] = lora_a
+    padded_b = lora_b.new_zeros(lora_b.shape[0], rank)
+    padded_b[:, : lora_b.shape[1]] = lora_b * factor if factor != 1.0 else lora_b
+    adapter.load_peft_lora(padded_a, padded_b)
 
 
 def _load_classifier(

@@ -48,7 +48,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +58,12 @@ from torch import nn
 
 from heartlora.adapter_io import save_adapter
 from heartlora.backbone import create_architecture
+from heartlora.calibration import Calibration
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import heads_per_layer, merge
 from heartlora.precision import DTYPES, forward_precision, matmul_precision
-from heartlora.responsiveness import responsiveness
-from heartlora.selection import deactivate_heads
-from heartlora.training.config import TrainConfig
-from heartlora.training.methods import directory_bytes, get_method
+from heartlora.training.methods import Method, directory_bytes, get_method
 
 TRAIN_VARIANTS: tuple[str, ...] = ("bound", "peft_lora", "lora_all_heads", "heart_lora", "full")
 """The training variants, in the order of the report."""
@@ -83,14 +81,17 @@ LABELS: dict[str, str] = {
 
 INFERENCE_VARIANTS: tuple[str, ...] = ("base", "merged", "unmerged")
 
-TARGETS: dict[str, float] = {
+RATIO_LIMITS: dict[str, float] = {
     "heart_lora_vs_bound": 1.03,
     "heart_lora_vs_peft_lora": 1.00,
     "merged_vs_base": 1.01,
     "heart_lora_memory_vs_peft_lora": 1.00,
     "calibration_vs_run": 0.01,
 }
-"""The issue's targets: each ratio must be at most this."""
+"""The speed goals: each ratio must be at most this (the result's ``targets``)."""
+
+TARGETS = RATIO_LIMITS
+"""Deprecated name of `RATIO_LIMITS`."""
 
 
 @dataclass
@@ -210,9 +211,14 @@ def _build_model(config: SpeedConfig) -> nn.Module:
     return model.to(config.device).train()
 
 
-def _run_config(config: SpeedConfig, method: str, ne: int = 0) -> TrainConfig:
-    return TrainConfig(
-        model=config.model, method=method, rank=config.rank, scale=config.scale, ne=ne
+def _adapter_config(config: SpeedConfig, method: Method, ne: int) -> HeartLoRAConfig:
+    """The variant's adapter: rank and scale of ``config``, ``ne`` heads off for the methods
+    that select heads, in their own mode."""
+    return HeartLoRAConfig(
+        rank=config.rank,
+        scale=config.scale,
+        ne=ne if method.selects_heads else 0,
+        mode=method.selection_mode or "global",
     )
 
 
@@ -222,16 +228,28 @@ def _make_variant(name: str, config: SpeedConfig) -> _Variant:
     method = get_method(VARIANT_METHODS[name])
     model = _build_model(config)
     heads = heads_per_layer(model)
-    run_config = _run_config(config, method.name, ne=min(heads) // 2)
-    model = method.build(model, run_config)
+    model = method.build(model, _adapter_config(config, method, ne=min(heads) // 2))
     if method.selects_heads:  # half the heads, chosen at random: the cost, not the choice
         generator = torch.Generator().manual_seed(config.seed)
         scores = torch.rand(len(heads), max(heads), generator=generator)
-        deactivate_heads(model, scores, run_config.adapter_config())
+        _calibration(model, config).select(scores)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-4)
     # the bound's input needs a gradient so its backward runs through the frozen backbone
     return _Variant(name, model, optimizer, input_requires_grad=name == "bound")
+
+
+def _calibration(model: nn.Module, config: SpeedConfig) -> Calibration:
+    """The `Calibration` of a heartlora variant for a run of ``run_epochs`` epochs of
+    ``epoch_images``, scoring with ``taylor`` on ``calib_batches`` batches."""
+    steps = config.run_epochs * math.ceil(config.epoch_images / config.batch_size)
+    adapter_config = replace(
+        model.heartlora_config,
+        scorer="taylor",
+        calib_batches=config.calib_batches,
+        calib_warmup_steps=0,
+    )
+    return Calibration(model, steps, adapter_config, seed=config.seed)
 
 
 def _compiled(variant: _Variant, config: SpeedConfig) -> _Variant:
@@ -494,37 +512,93 @@ def run_speed_benchmark(
 
 
 def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """The benchmark's phases in order: build, time training, memory, inference, storage."""
     started = time.perf_counter()
-
     generator = torch.Generator().manual_seed(config.seed)
     images = torch.rand(config.batch_size, 3, config.img_size, config.img_size, generator=generator)
     labels = torch.randint(0, config.num_classes, (config.batch_size,), generator=generator)
-    images, labels = images.to(config.device), labels.to(config.device)
+    batch = (images.to(config.device), labels.to(config.device))
 
+    variants, compiled = _build_variants(config, batch, log)
+    calibration_times = _time_training(config, variants, compiled, batch, log)
+    log("measuring peak memory of one step per variant")
+    memory = {name: _measure_memory(variant, *batch, config) for name, variant in variants.items()}
+    log("timing inference: base, merged and unmerged Heart-LoRA")
+    inference_times = _time_inference(config, variants["heart_lora"].model, batch[0])
+    log("saving adapters")
+    adapter_bytes = _adapter_sizes(variants)
+
+    train = _train_rows(variants, compiled, memory)
+    inference = {
+        name: {"label": LABELS[name], **_summary(*zip(*times))}
+        for name, times in inference_times.items()
+    }
+    calibration = _calibration_row(config, calibration_times, train["heart_lora"])
+    ratios = _ratios(train, inference, calibration, memory, adapter_bytes)
+    timed = {**variants, **compiled}
+    return {
+        "config": asdict(config),
+        "environment": _environment(config),
+        "memory_method": _memory_method(config),
+        "train": train,
+        "inference": inference,
+        "calibration": calibration,
+        "adapter_bytes": adapter_bytes,
+        "ratios": ratios,
+        "cpu_ratios": _time_ratios(
+            train, inference, calibration, "cpu_median_ms", "cpu_epoch_ms", "cpu_run_ms"
+        ),
+        "paired_ratios": _paired_ratios(timed, inference_times),
+        "targets": {
+            name: {"limit": limit, "value": ratios[name], "met": ratios[name] <= limit}
+            for name, limit in RATIO_LIMITS.items()
+        },
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _build_variants(
+    config: SpeedConfig, batch: Batch, log: Callable[[str], None]
+) -> tuple[dict[str, _Variant], dict[str, _Variant]]:
+    """Every training variant, and with ``compile`` its compiled twin (compiled by one untimed
+    step, whose time is its ``compile_seconds``)."""
     log(f"building {len(TRAIN_VARIANTS)} variants of {config.model}")
     variants = {name: _make_variant(name, config) for name in TRAIN_VARIANTS}
     compiled: dict[str, _Variant] = {}
     if config.compile:
         for name in TRAIN_VARIANTS:
             log(f"compiling {name} ({config.compile_backend})")
-            compiled[f"compiled_{name}"] = _compiled(variants[name], config)
-            compile_time = _timed(
-                lambda v=compiled[f"compiled_{name}"]: _train_step(v, images, labels, config),
-                config.device,
-            )
-            compiled[f"compiled_{name}"].compile_seconds = compile_time[0]
+            twin = compiled[f"compiled_{name}"] = _compiled(variants[name], config)
+            twin.compile_seconds = _timed(
+                lambda v=twin: _train_step(v, *batch, config), config.device
+            )[0]
+    return variants, compiled
+
+
+def _time_training(
+    config: SpeedConfig,
+    variants: dict[str, _Variant],
+    compiled: dict[str, _Variant],
+    batch: Batch,
+    log: Callable[[str], None],
+) -> list[tuple[float, float]]:
+    """Time one step of every variant per round, in rotated order (into each variant's
+    ``times``), and calibration in the first ``calib_rounds`` timed rounds; returns the
+    calibration times."""
     timed_variants = {**variants, **compiled}
-    calib_batches = [(images, labels)] * config.calib_batches
+    calib_batches = [batch] * config.calib_batches
     calibration_times: list[tuple[float, float]] = []
+    # scoring only: the variant keeps every head, so its steps stay comparable
+    scoring = _calibration(variants["lora_all_heads"].model, config)
 
     def calibrate() -> None:
         with _autocast(config):
-            responsiveness(
-                variants["lora_all_heads"].model,
+            scoring.score(
                 calib_batches,
-                loss_fn=lambda logits, target: F.cross_entropy(logits.float(), target),
-                scorer="taylor",
-                max_batches=config.calib_batches,
+                lambda logits, target: F.cross_entropy(logits.float(), target),
             )
 
     rounds = config.warmup + config.steps
@@ -532,9 +606,7 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
         timed = round_index >= config.warmup
         for name in _rotated(tuple(timed_variants), round_index):
             variant = timed_variants[name]
-            wall, cpu = _timed(
-                lambda v=variant: _train_step(v, images, labels, config), config.device
-            )
+            wall, cpu = _timed(lambda v=variant: _train_step(v, *batch, config), config.device)
             if timed:
                 variant.times.append(wall)
                 variant.cpu_times.append(cpu)
@@ -548,21 +620,21 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
             steps = (f"{n} {variants[n].times[-1] * 1000:.0f} ms" for n in TRAIN_VARIANTS)
             summary = "timed: " + ", ".join(steps)
         log(f"round {round_index + 1}/{rounds} ({summary})")
+    return calibration_times
 
-    log("measuring peak memory of one step per variant")
-    memory = {
-        name: _measure_memory(variant, images, labels, config) for name, variant in variants.items()
-    }
 
-    log("timing inference: base, merged and unmerged Heart-LoRA")
-    heart = variants["heart_lora"].model
+def _time_inference(
+    config: SpeedConfig, heart: nn.Module, images: torch.Tensor
+) -> dict[str, list[tuple[float, float]]]:
+    """Wall and CPU seconds of the base, merged and unmerged Heart-LoRA forward per timed round,
+    in rotated order (``heart`` is back in training mode afterwards)."""
     inference_models = {
         "base": _build_model(config).eval(),
         "merged": merge(copy.deepcopy(heart)).eval(),
         "unmerged": heart.eval(),
     }
     inference_times: dict[str, list[tuple[float, float]]] = {n: [] for n in INFERENCE_VARIANTS}
-    for round_index in range(rounds):
+    for round_index in range(config.warmup + config.steps):
         for name in _rotated(INFERENCE_VARIANTS, round_index):
             model = inference_models[name]
 
@@ -574,10 +646,13 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
             if round_index >= config.warmup:
                 inference_times[name].append(measured)
     heart.train()
+    return inference_times
 
-    log("saving adapters")
-    adapter_bytes = _adapter_sizes(variants)
 
+def _train_rows(
+    variants: dict[str, _Variant], compiled: dict[str, _Variant], memory: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The result's ``train`` rows: eager variants with their memory, then compiled ones."""
     train = {
         name: {
             "label": LABELS[name],
@@ -598,24 +673,39 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
             "trainable_parameters": train[name.removeprefix("compiled_")]["trainable_parameters"],
             **_summary(variant.times, variant.cpu_times),
         }
-    inference = {
-        name: {"label": LABELS[name], **_summary(*zip(*times))}
-        for name, times in inference_times.items()
-    }
+    return train
+
+
+def _calibration_row(
+    config: SpeedConfig, times: list[tuple[float, float]], heart_lora: dict[str, Any]
+) -> dict[str, Any]:
+    """The result's ``calibration``: its times beside one epoch and the whole run of
+    Heart-LoRA steps."""
     steps_per_epoch = math.ceil(config.epoch_images / config.batch_size)
-    calibration = {
+    run_steps = config.run_epochs * steps_per_epoch
+    return {
         "scorer": "taylor",
         "calib_batches": config.calib_batches,
         "images": config.calib_batches * config.batch_size,
-        **_summary(*zip(*calibration_times)),
+        **_summary(*zip(*times)),
         "epoch_images": config.epoch_images,
         "steps_per_epoch": steps_per_epoch,
-        "epoch_ms": steps_per_epoch * train["heart_lora"]["median_ms"],
-        "cpu_epoch_ms": steps_per_epoch * train["heart_lora"]["cpu_median_ms"],
+        "epoch_ms": steps_per_epoch * heart_lora["median_ms"],
+        "cpu_epoch_ms": steps_per_epoch * heart_lora["cpu_median_ms"],
         "run_epochs": config.run_epochs,
-        "run_ms": config.run_epochs * steps_per_epoch * train["heart_lora"]["median_ms"],
-        "cpu_run_ms": config.run_epochs * steps_per_epoch * train["heart_lora"]["cpu_median_ms"],
+        "run_ms": run_steps * heart_lora["median_ms"],
+        "cpu_run_ms": run_steps * heart_lora["cpu_median_ms"],
     }
+
+
+def _ratios(
+    train: dict[str, Any],
+    inference: dict[str, Any],
+    calibration: dict[str, Any],
+    memory: dict[str, Any],
+    adapter_bytes: dict[str, Any],
+) -> dict[str, float]:
+    """The result's ``ratios``: of median wall times, of peak memory and of adapter bytes."""
 
     def memory_ratio(a: str, b: str) -> float:
         return memory[a]["peak_bytes"] / memory[b]["peak_bytes"]
@@ -623,7 +713,7 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
     def bytes_ratio(a: str, b: str) -> float:
         return adapter_bytes[a]["total_bytes"] / adapter_bytes[b]["total_bytes"]
 
-    ratios = {
+    return {
         **_time_ratios(train, inference, calibration, "median_ms", "epoch_ms", "run_ms"),
         "heart_lora_memory_vs_peft_lora": memory_ratio("heart_lora", "peft_lora"),
         "heart_lora_memory_vs_bound": memory_ratio("heart_lora", "bound"),
@@ -632,60 +722,46 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
         "heart_lora_adapter_bytes_vs_peft_lora": bytes_ratio("heart_lora", "peft_lora"),
         "lora_all_heads_adapter_bytes_vs_peft_lora": bytes_ratio("lora_all_heads", "peft_lora"),
     }
-    cpu_ratios = _time_ratios(
-        train, inference, calibration, "cpu_median_ms", "cpu_epoch_ms", "cpu_run_ms"
-    )
+
+
+def _paired_ratios(
+    timed: dict[str, _Variant], inference_times: dict[str, list[tuple[float, float]]]
+) -> dict[str, float]:
+    """The result's ``paired_ratios``: medians of per-round wall-time ratios."""
 
     def times(name: str) -> list[float]:
-        return timed_variants[name].times
+        return timed[name].times
 
     inference_wall = {name: [wall for wall, _ in pairs] for name, pairs in inference_times.items()}
-    paired_ratios = {
+    paired = {
         "heart_lora_vs_bound": _paired(times("heart_lora"), times("bound")),
         "heart_lora_vs_peft_lora": _paired(times("heart_lora"), times("peft_lora")),
         "lora_all_heads_vs_bound": _paired(times("lora_all_heads"), times("bound")),
         "lora_all_heads_vs_peft_lora": _paired(times("lora_all_heads"), times("peft_lora")),
         "merged_vs_base": _paired(inference_wall["merged"], inference_wall["base"]),
     }
-    if compiled:
-        paired_ratios.update(
-            {
-                "compiled_heart_lora_vs_compiled_bound": _paired(
-                    times("compiled_heart_lora"), times("compiled_bound")
-                ),
-                "compiled_heart_lora_vs_heart_lora": _paired(
-                    times("compiled_heart_lora"), times("heart_lora")
-                ),
-            }
+    if "compiled_heart_lora" in timed:
+        paired["compiled_heart_lora_vs_compiled_bound"] = _paired(
+            times("compiled_heart_lora"), times("compiled_bound")
         )
-    targets = {
-        name: {"limit": limit, "value": ratios[name], "met": ratios[name] <= limit}
-        for name, limit in TARGETS.items()
-    }
-    result = {
-        "config": asdict(config),
-        "environment": _environment(config),
-        "memory_method": (
-            "peak live tensor bytes in one training step: parameters + optimizer state + batch "
-            "before the step, plus the highest net allocation during it ("
-            + (
-                "torch.cuda.max_memory_allocated"
-                if config.device == "cuda"
-                else "running sum of torch.profiler CPU memory events"
-            )
-            + "); saved_activation_bytes: unique non-parameter storages saved for backward"
-        ),
-        "train": train,
-        "inference": inference,
-        "calibration": calibration,
-        "adapter_bytes": adapter_bytes,
-        "ratios": ratios,
-        "cpu_ratios": cpu_ratios,
-        "paired_ratios": paired_ratios,
-        "targets": targets,
-        "wall_s": time.perf_counter() - started,
-    }
-    return result
+        paired["compiled_heart_lora_vs_heart_lora"] = _paired(
+            times("compiled_heart_lora"), times("heart_lora")
+        )
+    return paired
+
+
+def _memory_method(config: SpeedConfig) -> str:
+    """How the result's memory was measured, in words."""
+    peak = (
+        "torch.cuda.max_memory_allocated"
+        if config.device == "cuda"
+        else "running sum of torch.profiler CPU memory events"
+    )
+    return (
+        "peak live tensor bytes in one training step: parameters + optimizer state + batch "
+        f"before the step, plus the highest net allocation during it ({peak}); "
+        "saved_activation_bytes: unique non-parameter storages saved for backward"
+    )
 
 
 def _ratio(value: float) -> str:

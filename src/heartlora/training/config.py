@@ -14,7 +14,7 @@ import difflib
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,8 @@ from heartlora.backbone import (
     pretrained_tag,
     weights_label,
 )
-from heartlora.config import (
-    LAYOUTS,
-    MODES,
-    SCORERS,
-    TARGETS,
-    HeartLoRAConfig,
-    rename_deprecated_keys,
-)
+from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, calib_warmup_for
+from heartlora.config import HeartLoRAConfig, one_of, rename_deprecated_keys
 from heartlora.data.base import DATASET_KINDS
 from heartlora.devices import DEVICES, is_device_name
 from heartlora.documents import parse_yaml
@@ -43,20 +37,33 @@ from heartlora.packaged_weights import packaged_weights
 from heartlora.precision import DTYPES
 from heartlora.training.methods import METHODS
 
-CALIB_WARMUP_DEFAULT = 20
-"""Head-scoring warm-up steps when `TrainConfig.calib_warmup_steps` is null, for a long run."""
-
-CALIB_WARMUP_SHARE = 8
-"""A null `TrainConfig.calib_warmup_steps` takes at most 1/8 of a run's optimizer steps."""
-
 MAX_IMG_SIZE = 4096  # larger sides ask timm for position embeddings that cannot be allocated
 MAX_THREADS = 1024  # torch.set_num_threads accepts any positive count, and crashes on huge ones
 
 
-def _one_of(choices: Iterable[str]) -> str:
-    """``("a", "b", "c")`` → ``"`a`, `b` or `c`"`` for help texts."""
-    quoted = [f"`{choice}`" for choice in choices]
-    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+ADAPTER_KEYS: dict[str, str] = {
+    **{item.name: item.name for item in fields(HeartLoRAConfig)},
+    "mode": "selection_mode",
+}
+"""Each `HeartLoRAConfig` field → the `TrainConfig` key that sets it (``mode`` is
+``selection_mode`` in a run, where null takes the method's own mode)."""
+
+
+def adapter_field(
+    name: str, default: Any = MISSING, help: str | None = None, note: str | None = None
+) -> Any:
+    """A `TrainConfig` field for `HeartLoRAConfig` field ``name``: its default (tuples as
+    lists, for YAML) and its help, with a run-specific ``note`` (its own punctuation
+    included) before the full stop, unless ``default`` or ``help`` replace them."""
+    core = next(item for item in fields(HeartLoRAConfig) if item.name == name)
+    text = core.metadata["help"] if help is None else help
+    if note is not None:
+        text = f"{text.removesuffix('.')}{note}."
+    metadata = {**core.metadata, "help": text}
+    value = core.default if default is MISSING else default
+    if isinstance(value, tuple):
+        return field(default_factory=lambda: list(value), metadata=metadata)
+    return field(default=value, metadata=metadata)
 
 
 MAX_INTEGER = 2**63 - 1
@@ -227,94 +234,35 @@ class TrainConfig:
     method: str = field(
         default="heart-lora",
         metadata={
-            "help": f"Fine-tuning method: {_one_of(METHODS)} (what each trains and stores: "
+            "help": f"Fine-tuning method: {one_of(METHODS)} (what each trains and stores: "
             "docs/training.md, Methods)."
         },
     )
-    rank: int = field(
-        default=8,
-        metadata={"help": "Rank r of every low-rank update (heartlora methods and peft-lora)."},
+    # the adapter and its head selection: defaults, help and choices of HeartLoRAConfig
+    rank: int = adapter_field("rank", note=" (heartlora methods and peft-lora)")
+    scale: float = adapter_field("scale", note=" (peft-lora: `lora_alpha` = scale · rank)")
+    targets: list[str] = adapter_field(
+        "targets", note=" (heartlora methods; peft-lora adapts the whole fused qkv)"
     )
-    scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "The scale s in ΔW = s·B·A (peft-lora: `lora_alpha` = scale · rank); the paper picks "
-            "s ∈ {0.01, 0.1, 1, 10, 100} per task."
-        },
+    layout: str = adapter_field("layout")
+    ne: int = adapter_field("ne", note=" (heart-lora methods)")
+    percent: float = adapter_field("percent")
+    scorer: str = adapter_field("scorer")
+    selection_mode: str | None = adapter_field(
+        "mode", default=None, note="; null: `global` for heart-lora, `layer` for heart-lora-layer"
     )
-    targets: list[str] = field(
-        default_factory=lambda: ["q", "v"],
-        metadata={
-            "help": "Projections that get an update, any of `q`, `k`, `v`, `proj` (heartlora "
-            "methods; peft-lora adapts the whole fused qkv)."
-        },
-    )
-    layout: str = field(
-        default="per-projection",
-        metadata={
-            "help": "`per-projection`: one A (r × d) per targeted q/k/v projection; `shared`: "
-            "one A shared by all targeted q/k/v of the fused qkv (as peft's LoRA on qkv); B is "
-            "split per head in both."
-        },
-    )
-    ne: int = field(
-        default=0,
-        metadata={
-            "help": "Heads to deactivate per layer after scoring (heart-lora methods; modes "
-            "`global`, `layer`, `budget`); 0 keeps every head."
-        },
-    )
-    percent: float = field(
-        default=0.0,
-        metadata={
-            "help": "Share of each layer's heads to deactivate with selection_mode `percent`, "
-            "in [0, 1) (models whose layers differ in head count, such as Swin)."
-        },
-    )
-    scorer: str = field(
-        default="taylor",
-        metadata={"help": f"Head responsiveness scorer: {_one_of(SCORERS)} (docs/frontier.md)."},
-    )
-    selection_mode: str | None = field(
+    normalize_layers: bool = adapter_field("normalize_layers")
+    invert_scores: bool = adapter_field("invert_scores")
+    calib_warmup_steps: int | None = adapter_field(
+        "calib_warmup_steps",
         default=None,
-        metadata={
-            "help": "Head ranking: `global` (Heart-LoRA), `layer` (Heart-LoRA†), `percent` or "
-            "`budget`; null: `global` for heart-lora, `layer` for heart-lora-layer."
-        },
+        help="Optimizer steps of plain LoRA on all heads before the heads are scored "
+        "(heart-lora methods; part of the schedule). null: "
+        f"{CALIB_WARMUP_DEFAULT}, capped at 1/{CALIB_WARMUP_SHARE} of the run's steps (at "
+        "least 1), so short runs work; a value set by hand must be smaller than the run's "
+        "steps; formerly `warmup_steps`.",
     )
-    normalize_layers: bool = field(
-        default=False,
-        metadata={
-            "help": "Divide each layer's head scores by their absolute sum before heads are "
-            "ranked across layers (modes `global` and `budget`), so that every layer weighs "
-            "the same in the global ranking; no effect on per-layer modes."
-        },
-    )
-    invert_scores: bool = field(
-        default=False,
-        metadata={
-            "help": "Negate the scorer's scores before selection, so the most responsive heads "
-            "are deactivated: the `inverse` control of any scorer (`scorer: inverse` is "
-            "`taylor` inverted)."
-        },
-    )
-    calib_warmup_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "Optimizer steps of plain LoRA on all heads before the heads are scored "
-            "(heart-lora methods; part of the schedule). null: "
-            f"{CALIB_WARMUP_DEFAULT}, capped at 1/{CALIB_WARMUP_SHARE} of the run's steps (at "
-            "least 1), so short runs work; a value set by hand must be smaller than the run's "
-            "steps; formerly `warmup_steps`."
-        },
-    )
-    calib_batches: int = field(
-        default=4,
-        metadata={
-            "help": "Training batches of batch_size images the scorer averages over (never "
-            "test data)."
-        },
-    )
+    calib_batches: int = adapter_field("calib_batches")
     # optimisation (paper protocol)
     epochs: int = field(default=100, metadata={"help": "Passes over train_split."})
     batch_size: int = field(
@@ -408,15 +356,10 @@ class TrainConfig:
             raise HeartLoRAError(_choice_error("method", self.method, METHODS))
         if self.data_kind not in DATASET_KINDS:
             raise HeartLoRAError(_choice_error("data_kind", self.data_kind, DATASET_KINDS))
-        if self.scorer not in SCORERS:
-            raise HeartLoRAError(_choice_error("scorer", self.scorer, SCORERS))
-        if self.layout not in LAYOUTS:
-            raise HeartLoRAError(_choice_error("layout", self.layout, LAYOUTS))
-        if self.selection_mode is not None and self.selection_mode not in MODES:
-            raise HeartLoRAError(_choice_error("selection_mode", self.selection_mode, MODES))
+        self._check_adapter_choices()
         if self.dtype not in DTYPES:
             raise HeartLoRAError(_choice_error("dtype", self.dtype, DTYPES))
-        for key in ("img_size", "epochs", "batch_size", "rank", "eval_every", "calib_batches"):
+        for key in ("img_size", "epochs", "batch_size", "eval_every", *_adapter_keys(minimum=1)):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise HeartLoRAError(f"{key} must be a positive integer, got {value!r}")
@@ -438,7 +381,7 @@ class TrainConfig:
             raise HeartLoRAError(
                 f"cache_device {self.cache_device!r} needs cache_images: true (nothing is cached)"
             )
-        for key in ("ne", "calib_warmup_steps", "warmup_epochs", "num_workers", "seed"):
+        for key in (*_adapter_keys(minimum=0), "warmup_epochs", "num_workers", "seed"):
             value = getattr(self, key)
             if value is None and key == "calib_warmup_steps":
                 continue
@@ -451,9 +394,6 @@ class TrainConfig:
         for key in ("drop_path", "label_smoothing"):  # probabilities: 1 would drop everything
             if not getattr(self, key) < 1:
                 raise HeartLoRAError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
-        for target in self.targets:
-            if target not in TARGETS:
-                raise HeartLoRAError(_choice_error("targets", target, TARGETS))
         if self.uses_heartlora:
             self.adapter_config()  # validates rank, scale, ne, percent
         if self.pretrained and not self.checkpoint and pretrained_tag(self.model) is None:
@@ -462,30 +402,30 @@ class TrainConfig:
                 "`checkpoint` to a weights file, or `pretrained: false`)"
             )
 
+    def _check_adapter_choices(self) -> None:
+        """Every adapter key with `HeartLoRAConfig` choices holds one of them (each item of a
+        list); null passes where the key allows it."""
+        for item in fields(HeartLoRAConfig):
+            choices, key = item.metadata.get("choices"), ADAPTER_KEYS[item.name]
+            value = getattr(self, key)
+            for entry in value if isinstance(value, list) else [value]:
+                if choices is not None and entry is not None and entry not in choices:
+                    raise HeartLoRAError(_choice_error(key, entry, choices))
+
     def base_weights(self) -> str:
         """What the run's base weights are (`heartlora.backbone.weights_label`): ``"random"``,
         ``"pretrained:<tag>"`` or the checkpoint path, as result.json and the adapter record it."""
         return weights_label(self.model, self.checkpoint, self.pretrained)
 
     def calib_warmup_for(self, total_steps: int) -> int:
-        """The head-scoring warm-up of a run of ``total_steps`` optimizer steps.
-
-        A value set by hand is kept and must be smaller than ``total_steps``; null gives
-        `CALIB_WARMUP_DEFAULT` steps, at most 1/`CALIB_WARMUP_SHARE` of the run, at least 1
-        (0 for a one-step run).
+        """The head-scoring warm-up of a run of ``total_steps`` optimizer steps
+        (`heartlora.calibration.calib_warmup_for`): a value set by hand is kept and must be
+        smaller than ``total_steps``; null fits it to the run's length.
 
         Raises:
             HeartLoRAError: a set value that leaves no step to train the selected heads.
         """
-        if self.calib_warmup_steps is not None:
-            if self.calib_warmup_steps >= total_steps:
-                raise HeartLoRAError(
-                    f"calib_warmup_steps={self.calib_warmup_steps} must be smaller than the run's "
-                    f"{total_steps} steps (null adapts it to the run's length)"
-                )
-            return self.calib_warmup_steps
-        share = max(1, total_steps // CALIB_WARMUP_SHARE)
-        return max(0, min(CALIB_WARMUP_DEFAULT, share, total_steps - 1))
+        return calib_warmup_for(self.calib_warmup_steps, total_steps)
 
     @property
     def uses_heartlora(self) -> bool:
@@ -500,23 +440,17 @@ class TrainConfig:
     def adapter_config(self) -> HeartLoRAConfig:
         """The `HeartLoRAConfig` of this run's adapters; ``selection_mode`` null takes the
         method's own mode (``global`` for methods that select no heads)."""
-        mode = self.selection_mode or METHODS[self.method].selection_mode or "global"
-        return HeartLoRAConfig(
-            rank=self.rank,
+        settings = {core: getattr(self, key) for core, key in ADAPTER_KEYS.items()}
+        warmup = self.calib_warmup_steps
+        settings.update(
             scale=float(self.scale),
             targets=tuple(self.targets),
             ne=self.ne if self.selects_heads else 0,
-            mode=mode,
+            mode=self.selection_mode or METHODS[self.method].selection_mode or "global",
             percent=float(self.percent),
-            scorer=self.scorer,
-            normalize_layers=self.normalize_layers,
-            invert_scores=self.invert_scores,
-            calib_warmup_steps=CALIB_WARMUP_DEFAULT
-            if self.calib_warmup_steps is None
-            else self.calib_warmup_steps,
-            calib_batches=self.calib_batches,
-            layout=self.layout,
+            calib_warmup_steps=CALIB_WARMUP_DEFAULT if warmup is None else warmup,
         )
+        return HeartLoRAConfig(**settings)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (YAML/JSON ready)."""
@@ -524,6 +458,15 @@ class TrainConfig:
 
 
 _SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _adapter_keys(minimum: int) -> tuple[str, ...]:
+    """The `TrainConfig` keys of the integer `HeartLoRAConfig` fields with this ``minimum``."""
+    return tuple(
+        ADAPTER_KEYS[item.name]
+        for item in fields(HeartLoRAConfig)
+        if item.metadata.get("minimum") == minimum
+    )
 
 
 def _check_type(key: str, value: Any, annotation: str) -> None:
@@ -549,6 +492,28 @@ def _matches(value: Any, kind: str) -> bool:
     if kind == "float" and isinstance(value, float) and not math.isfinite(value):
         return False
     return isinstance(value, _SCALARS[kind])
+
+
+GROUP_STARTS: dict[str, str] = {
+    "model": "model",
+    "data": "data_kind",
+    "method and adapter": "method",
+    "optimisation": "epochs",
+    "run": "seed",
+}
+"""The sections of `TrainConfig`, each named by its first key (the fields are in this order)."""
+
+
+def key_groups() -> dict[str, list[str]]:
+    """Every `TrainConfig` key by section (`GROUP_STARTS`), in field order: the groups of
+    ``heartlora train``'s flags."""
+    starts = {key: group for group, key in GROUP_STARTS.items()}
+    groups: dict[str, list[str]] = {}
+    current = ""
+    for item in fields(TrainConfig):
+        current = starts.get(item.name, current)
+        groups.setdefault(current, []).append(item.name)
+    return groups
 
 
 def known_keys() -> list[str]:

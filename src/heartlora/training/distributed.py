@@ -33,10 +33,16 @@ class World:
     def active(self) -> bool:
         return self.size > 1
 
+    @classmethod
+    def from_launcher(cls) -> World:
+        """The place ``torchrun`` gave this process (``RANK``, ``WORLD_SIZE``; one process
+        without them), known before the process group is joined."""
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
 
 def init_world(device: torch.device) -> World:
     """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = World.from_launcher().size
     if size <= 1:
         return World()
     if device.type == "cuda":

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.atomic import atomic_write_json, atomic_write_text
+from heartlora.config import INVERSE_OF, resolve_inverse
 from heartlora.errors import HeartLoRAError
-from heartlora.responsiveness import INVERSE_OF
 from heartlora.training.figures import new_figure, save_png
 from heartlora.training.report import GROUP_ORDER, RunResult
 from heartlora.training.stats import PairedComparison, mean_std, paired_comparison, pareto_front
@@ -204,9 +204,10 @@ class GridMethod:
     def control_kind(self) -> str | None:
         """``random`` or ``inverse`` when this method is a control (``scorer: inverse`` or
         ``invert_scores: true``), else ``None``."""
-        if self.scorer in CONTROL_SCORERS:
+        if self.scorer == "random":
             return self.scorer
-        return "inverse" if self.overrides.get("invert_scores") is True else None
+        inverted = resolve_inverse(self.scorer, False)[1] or self.overrides.get("invert_scores")
+        return "inverse" if inverted is True else None
 
     @property
     def is_candidate(self) -> bool:

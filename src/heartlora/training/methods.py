@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save
@@ -25,20 +24,10 @@ from torch import nn
 
 from heartlora.adapter_io import RunInfo, save_adapter
 from heartlora.atomic import atomic_write_bytes
-from heartlora.backbone import classifier_parameters, classifier_path
+from heartlora.backbone import classifier_path
+from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
-from heartlora.inject import inject
-
-if TYPE_CHECKING:  # the config imports this registry; annotations only
-    from heartlora.training.config import TrainConfig
-
-
-def freeze_all_but_classifier(model: nn.Module) -> nn.Module:
-    """Freeze the backbone; only the classifier trains (a linear probe)."""
-    model.requires_grad_(False)
-    for param in classifier_parameters(model):
-        param.requires_grad_(True)
-    return model
+from heartlora.inject import inject, mark_trainable
 
 
 def wrap_with_peft_lora(model: nn.Module, rank: int, scale: float) -> nn.Module:
@@ -75,20 +64,21 @@ def _save_trainable(model: nn.Module, directory: Path, whole: bool) -> None:
     atomic_write_bytes(directory / "weights.safetensors", save(tensors))
 
 
-def _build_full(model: nn.Module, config: TrainConfig) -> nn.Module:
+def _build_full(model: nn.Module, adapter: HeartLoRAConfig) -> nn.Module:
     return model.requires_grad_(True)
 
 
-def _build_linear(model: nn.Module, config: TrainConfig) -> nn.Module:
-    return freeze_all_but_classifier(model)
+def _build_linear(model: nn.Module, adapter: HeartLoRAConfig) -> nn.Module:
+    mark_trainable(model)  # no adapters: only the classifier trains (a linear probe)
+    return model
 
 
-def _build_heartlora(model: nn.Module, config: TrainConfig) -> nn.Module:
-    return inject(model, config.adapter_config())
+def _build_heartlora(model: nn.Module, adapter: HeartLoRAConfig) -> nn.Module:
+    return inject(model, adapter)
 
 
-def _build_peft(model: nn.Module, config: TrainConfig) -> nn.Module:
-    return wrap_with_peft_lora(model, config.rank, config.scale)
+def _build_peft(model: nn.Module, adapter: HeartLoRAConfig) -> nn.Module:
+    return wrap_with_peft_lora(model, adapter.rank, adapter.scale)
 
 
 def _store_state(whole: bool) -> Callable[[nn.Module, Path, RunInfo], None]:
@@ -104,7 +94,9 @@ class Method:
         description: one line for help texts.
         trains: what receives gradients, in words.
         stores: what the run's ``adapter/`` folder holds, in words.
-        build: ``build(model, config) -> model``: freeze, inject or wrap a fresh base model.
+        build: ``build(model, adapter) -> model``: freeze, inject or wrap a fresh base model;
+            ``adapter`` is the run's `HeartLoRAConfig` (peft-lora reads its rank and scale,
+            linear and full nothing).
         store: ``store(model, directory, run_info)``: write what the method trained (a
             heartlora adapter keeps the `RunInfo` in its metadata).
         uses_heartlora: it injects heartlora adapters (`HeadLoRAQKV`, ...).
@@ -116,7 +108,7 @@ class Method:
     description: str
     trains: str
     stores: str
-    build: Callable[[nn.Module, Any], nn.Module]
+    build: Callable[[nn.Module, HeartLoRAConfig], nn.Module]
     store: Callable[[nn.Module, Path, RunInfo], None]
     uses_heartlora: bool = False
     selection_mode: str | None = None
@@ -217,9 +209,10 @@ def get_method(name: str) -> Method:
         ) from None
 
 
-def prepare_model(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """Freeze/inject/wrap ``model`` for ``config.method``; returns the model to train."""
-    return get_method(config.method).build(model, config)
+def prepare_model(model: nn.Module, method: str, adapter: HeartLoRAConfig) -> nn.Module:
+    """Freeze/inject/wrap ``model`` for ``method`` with the run's adapter settings; returns the
+    model to train."""
+    return get_method(method).build(model, adapter)
 
 
 def directory_bytes(directory: Path, suffix: str | None = None) -> int:
@@ -232,13 +225,14 @@ def directory_bytes(directory: Path, suffix: str | None = None) -> int:
     )
 
 
-def save_trained(model: nn.Module, config: TrainConfig, directory: Path, run_info: RunInfo) -> int:
-    """Store what this method trained in ``directory``; returns the bytes stored."""
+def save_trained(model: nn.Module, method: str, directory: Path, run_info: RunInfo) -> int:
+    """Store what ``method`` trained in ``directory``; returns the bytes stored."""
     directory.mkdir(parents=True, exist_ok=True)
-    get_method(config.method).store(model, directory, run_info)
+    get_method(method).store(model, directory, run_info)
     return directory_bytes(directory)
 
 
-def trainable(model: nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters the optimizer updates."""
+def parameters_to_train(model: nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates (those that require a gradient; their count is
+    `heartlora.inject.trainable_parameters`)."""
     return [p for p in model.parameters() if p.requires_grad]

@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from heartlora.training.stats import mean_std
+
 GROUP_ORDER = ("Natural", "Specialized", "Structured")
 
 
@@ -50,13 +52,8 @@ class RunResult:
     evaluations: int = 1
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _cell(values: list[float]) -> str:
-    mean, std = _mean_std(values)
+    mean, std = mean_std(values)
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
 
 

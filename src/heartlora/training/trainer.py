@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import signal
 import sys
 import time
@@ -27,28 +26,18 @@ from torch.utils.data import Dataset
 
 from heartlora.adapter_io import DatasetInfo, RunInfo
 from heartlora.atomic import atomic_write_json, atomic_write_text
-from heartlora.backbone import (
-    PRETRAINED_PREFIX,
-    RANDOM_WEIGHTS,
-    create_base_model,
-    pretrained_tag,
-)
+from heartlora.backbone import create_fine_tuning_model
+from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, Calibration
 from heartlora.data.factory import build_dataset
 from heartlora.devices import resolve_device
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
     active_heads_per_layer,
-    head_masks,
     heads_per_layer,
-    set_head_masks,
     trainable_parameters,
 )
-from heartlora.packaged_weights import PACKAGE_PREFIX
 from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
-from heartlora.responsiveness import responsiveness
-from heartlora.selection import deactivate_heads
-from heartlora.sensitivity import HeadSensitivity
-from heartlora.training.config import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, TrainConfig
+from heartlora.training.config import TrainConfig
 from heartlora.training.distributed import (
     World,
     all_gather_objects,
@@ -61,7 +50,7 @@ from heartlora.training.distributed import (
     shard,
 )
 from heartlora.training.feed import BatchFeed, CachedImages, epoch_order, iterate_batches
-from heartlora.training.methods import prepare_model, save_trained, trainable
+from heartlora.training.methods import parameters_to_train, prepare_model, save_trained
 from heartlora.training.run_directory import (
     check_run_directory,
     clear_run_directory,
@@ -126,27 +115,18 @@ class StepNumbers:
 
 
 def create_run_model(config: TrainConfig, num_classes: int, log=print) -> nn.Module:
-    """The base model of a run: ``config.model`` with ``num_classes`` outputs, the run's
-    drop-path and image size, and the weights `TrainConfig.base_weights` names: the checkpoint,
-    else timm's pretrained weights when ``config.pretrained`` (null: a tagged name or the
-    bundled base), else a random initialisation, which ``log`` reports in one warning line."""
-    kwargs: dict[str, Any] = {
-        **config.model_kwargs,
-        "num_classes": num_classes,
-        "drop_path_rate": config.drop_path,
-    }
-    if "swin" not in config.model:
-        kwargs["img_size"] = config.img_size
-    weights = config.base_weights()
-    if weights == RANDOM_WEIGHTS:
-        tag = pretrained_tag(config.model)
-        fix = f"`pretrained: true` (timm's {tag} weights) or " if tag else ""
-        log(
-            f"warning: {config.model} starts from random weights (no `checkpoint`, `pretrained` "
-            f"off); set {fix}`checkpoint: FILE` to fine-tune pretrained weights"
-        )
-    pretrained = weights.startswith((PRETRAINED_PREFIX, PACKAGE_PREFIX))
-    return create_base_model(config.model, config.checkpoint, pretrained=pretrained, **kwargs)
+    """The base model of a run of ``config`` with ``num_classes`` outputs
+    (`heartlora.backbone.create_fine_tuning_model`, which holds the policy)."""
+    return create_fine_tuning_model(
+        config.model,
+        num_classes,
+        checkpoint=config.checkpoint,
+        pretrained=config.pretrained,
+        img_size=config.img_size,
+        drop_path_rate=config.drop_path,
+        model_kwargs=config.model_kwargs,
+        log=log,
+    )
 
 
 class Trainer:
@@ -170,26 +150,30 @@ class Trainer:
         # an epoch's last batch is smaller: a compiled model takes the batch size as dynamic
         self._batch_sizes_vary = len(self.train_set) % config.batch_size != 0
         self.total_steps = self.steps_per_epoch * config.epochs
-        # the head-scoring warm-up, fitted to the run's length when the config leaves it null
-        self.calib_warmup_steps = (
-            config.calib_warmup_for(self.total_steps) if config.selects_heads else 0
-        )
         model = create_run_model(config, self.num_classes, log=log)
-        self.model = prepare_model(model, config).to(self.device)
-        if config.selects_heads:
-            self.model.heartlora_config.calib_warmup_steps = self.calib_warmup_steps
-            if config.calib_warmup_steps is None and self.calib_warmup_steps < CALIB_WARMUP_DEFAULT:
-                log(
-                    f"note: heads are scored after {self.calib_warmup_steps} of the run's "
-                    f"{self.total_steps} steps (calib_warmup_steps null: {CALIB_WARMUP_DEFAULT}, "
-                    f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
-                )
-        # the `sensitivity` scorer accumulates over every warm-up step
-        self.sensitivity = (
-            HeadSensitivity(self.model)
-            if config.selects_heads and config.scorer == "sensitivity"
+        self.model = prepare_model(model, config.method, config.adapter_config()).to(self.device)
+        # the paper's phase (warm-up → score → select), for the methods that select heads
+        self.calibration = (
+            Calibration(
+                self.model,
+                self.total_steps,
+                fit_warmup=config.calib_warmup_steps is None,
+                seed=config.seed,
+            )
+            if config.selects_heads
             else None
         )
+        fitted = self.calibration.calib_warmup_steps if self.calibration is not None else None
+        if (
+            fitted is not None
+            and config.calib_warmup_steps is None
+            and fitted < CALIB_WARMUP_DEFAULT
+        ):
+            log(
+                f"note: heads are scored after {fitted} of the run's "
+                f"{self.total_steps} steps (calib_warmup_steps null: {CALIB_WARMUP_DEFAULT}, "
+                f"at most 1/{CALIB_WARMUP_SHARE} of the run)"
+            )
         self.optimizer = self._optimizer()
         self.train_feed = BatchFeed(
             self.train_set,
@@ -258,7 +242,7 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            trainable(self.model),
+            parameters_to_train(self.model),
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
             fused=self.device.type == "cuda",  # one kernel for every parameter's update
@@ -314,9 +298,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "rng_ranks": rng_ranks,
-            "head_masks": head_masks(self.model) if progress.calibrated else None,
-            "scores": getattr(self.model, "heartlora_scores", None),
-            "sensitivity": self.sensitivity.state_dict() if self.sensitivity is not None else None,
+            **self._calibration_state(),
         }
         write_checkpoint(self.output_dir / CHECKPOINT_NAME, state)
         self._saved_epoch = progress.epoch
@@ -326,18 +308,11 @@ class Trainer:
         path = self.output_dir / CHECKPOINT_NAME
         state = read_checkpoint(path)
         progress = RunProgress.from_state(state["progress"], str(path))
+        if self.calibration is not None:
+            self.calibration.load_state_dict(state, str(path))
+        elif state["head_masks"] is not None:
+            raise HeartLoRAError(f"{path}: checkpoint does not fit this run's model (head_masks)")
         if state["head_masks"] is not None:
-            masks = state["head_masks"]
-            heads = heads_per_layer(self.model)
-            if len(masks) != len(heads) or any(
-                not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.numel() != h
-                for m, h in zip(masks, heads)
-            ):
-                raise HeartLoRAError(
-                    f"{path}: checkpoint does not fit this run's model (head_masks)"
-                )
-            set_head_masks(self.model, masks)
-            self.model.heartlora_scores = state["scores"]
             self.optimizer = self._optimizer()
             self._compile_if_asked()
         params = dict(self.model.named_parameters())
@@ -350,15 +325,6 @@ class Trainer:
                 raise HeartLoRAError(f"{path}: checkpoint does not fit this run's model ({name})")
             with torch.no_grad():
                 params[name].copy_(value)
-        saved_sensitivity = state.get("sensitivity")
-        if self.sensitivity is not None and saved_sensitivity is not None:
-            if not isinstance(saved_sensitivity, dict):
-                raise HeartLoRAError(
-                    f"{path}: checkpoint does not fit this run's model (sensitivity)"
-                )
-            self.sensitivity.load_state_dict(saved_sensitivity, str(path))
-        if progress.calibrated:
-            self.sensitivity = None
         rng_ranks = state.get("rng_ranks")
         if rng_ranks is not None and not (
             isinstance(rng_ranks, list) and all(isinstance(r, dict) for r in rng_ranks)
@@ -378,33 +344,33 @@ class Trainer:
         self._write_metrics()
 
     # ------------------------------------------------------------- training
+    def _calibration_state(self) -> dict[str, Any]:
+        """The checkpoint's ``head_masks``, ``scores`` and ``sensitivity`` (`Calibration`)."""
+        if self.calibration is not None:
+            return self.calibration.state_dict()
+        scores = getattr(self.model, "heartlora_scores", None)
+        return {"head_masks": None, "scores": scores, "sensitivity": None}
+
     def _calibrate(self) -> None:
-        """Score heads on training batches and deactivate the least responsive (Heart-LoRA)."""
+        """Score heads on training batches and deactivate the least responsive (Heart-LoRA),
+        then train what is left through a new optimizer (and compilation)."""
         config = self.config
         started = time.perf_counter()
         order = epoch_order(len(self.train_set), config.seed + 7919, 0, config.batch_size)
         # at most one epoch of batches: a small training set scores on what it has
         order = order[: config.calib_batches]
-        if self.sensitivity is not None and self.sensitivity.steps:
-            scores, source = self.sensitivity.scores(), f"{self.sensitivity.steps} warm-up steps"
-        else:
-            batches = iterate_batches(self.train_set, order, 0, self.device)
-            scores = responsiveness(
-                self.model,
-                batches,
-                F.cross_entropy,
-                scorer=config.scorer,
-                max_batches=config.calib_batches,
-                seed=config.seed,
-            )
-            source = f"{len(order)} batches"
-        self.sensitivity = None
-        keep = deactivate_heads(self.model, scores)
+        batches = iterate_batches(self.train_set, order, 0, self.device)
+        result = self.calibration.calibrate(batches, F.cross_entropy)
+        source = (
+            f"{result.accumulated_steps} warm-up steps"
+            if result.accumulated_steps
+            else f"{len(order)} batches"
+        )
         self.optimizer = self._optimizer()
         self._compile_if_asked()
         self.progress.calibrated = True
         self.progress.calibration_seconds = time.perf_counter() - started
-        active = [int(row.sum()) for row in keep]
+        active = [int(row.sum()) for row in result.keep]
         self.log(
             f"calibrated with scorer {config.scorer} on {source} in "
             f"{self.progress.calibration_seconds:.1f}s; active heads per layer {active}"
@@ -449,7 +415,7 @@ class Trainer:
                 logits.float(), labels, reduction="sum", label_smoothing=config.label_smoothing
             )
         (loss_sum / global_count).backward()
-        params = trainable(self.model)
+        params = parameters_to_train(self.model)
         all_reduce_gradients(params, self.world)
         grads = [p.grad for p in params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss_sum.new_zeros(())
@@ -471,8 +437,8 @@ class Trainer:
         )
         stopping = self._settle()  # the previous step diverged or asked to stop?
         self._boundary = None  # from here until the step is counted, weights are changing
-        if self.sensitivity is not None:  # the warm-up only: calibration drops it
-            self.sensitivity.update()
+        if self.calibration is not None:
+            self.calibration.after_backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._pending = numbers
@@ -520,7 +486,7 @@ class Trainer:
     def _check_finite_weights(self) -> None:
         """Raise `TrainingDiverged` when a trainable weight is NaN or infinite (checked once,
         before heads are scored: scores of a diverged warm-up would be meaningless)."""
-        finite = [torch.isfinite(p).all() for p in trainable(self.model)]
+        finite = [torch.isfinite(p).all() for p in parameters_to_train(self.model)]
         if finite and not bool(torch.stack(finite).all()):  # one host read
             lr = self._step_lr(max(self.progress.global_step - 1, 0))
             raise self._diverged("weights became NaN or infinite during the warm-up", lr)
@@ -648,11 +614,7 @@ class Trainer:
         batches = self.train_feed(local, seed=config.seed * 100_003 + progress.epoch)
         try:
             for batch in pending:
-                if (
-                    config.selects_heads
-                    and not progress.calibrated
-                    and progress.global_step >= self.calib_warmup_steps
-                ):
+                if self.calibration is not None and self.calibration.due(progress.global_step):
                     if self._settle():  # the warm-up's last step, before heads are scored
                         raise RunInterrupted(stop.signum or signal.SIGINT)
                     self._check_finite_weights()
@@ -764,7 +726,7 @@ class Trainer:
                 ),
             )
             result["adapter_bytes"] = save_trained(
-                self.model, config, self.output_dir / "adapter", run_info
+                self.model, config.method, self.output_dir / "adapter", run_info
             )
             atomic_write_json(self.output_dir / "result.json", result)
             if self.writer is not None:
@@ -795,7 +757,7 @@ def run_training(
     if not str(output_dir).strip():
         raise HeartLoRAError(f"output_dir {str(output_dir)!r}: expected a folder path")
     output_dir = Path(output_dir)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = World.from_launcher().is_main
     if is_main:
         check_run_directory(output_dir, config, resume, overwrite)
     trainer = Trainer(config, output_dir, log=log if is_main else _quiet)
