@@ -73,6 +73,19 @@ def test_proj_target_deactivation_removes_columns():
     torch.testing.assert_close(adapter.lora_update(x), adapter.lora_update(x_without_head2))
 
 
+def test_a_proj_head_active_again_gets_a_fresh_block_of_a():
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, targets=("proj",)))
+    adapter = model.blocks[0].attn.proj
+    kept = adapter.lora_A.detach().clone()
+    adapter.set_head_mask(torch.tensor([True, True, False, True]))
+    adapter.set_head_mask(torch.tensor([True, True, True, True]))
+    width, bound = adapter.head_dim, 1 / adapter.base.in_features**0.5
+    back = adapter.lora_A.detach()[:, 2 * width : 3 * width]
+    assert back.abs().max() > 0 and back.abs().max() <= bound  # drawn as A is drawn, not zero
+    assert torch.equal(adapter.lora_A.detach()[:, : 2 * width], kept[:, : 2 * width])
+
+
 def _reference_qkv(adapter: HeadLoRAQKV, x: torch.Tensor) -> torch.Tensor:
     """W·x + s·B_p·A_p·x written out with autograd's own ops, one projection at a time."""
     dim = adapter.num_heads * adapter.head_dim

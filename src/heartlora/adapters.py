@@ -465,8 +465,12 @@ class HeadLoRAProj(HeadLoRAAdapter):
         return self.lora_A
 
     def _init_new_heads(self, blocks: torch.Tensor, new: torch.Tensor) -> None:
+        """A head that becomes active again gets columns of A drawn as `__init__` draws A
+        (kaiming-uniform, a=√5, fan-in the full width: bound 1/√in_features)."""
         if bool(new.any()):
-            nn.init.kaiming_uniform_(blocks[:, new], a=math.sqrt(5))
+            fresh = torch.empty_like(blocks[:, new])  # indexing by a mask copies: fill, then write
+            bound = 1.0 / math.sqrt(self.base.in_features)
+            blocks[:, new] = fresh.uniform_(-bound, bound)
 
     def _replace_head_parameter(self, param: nn.Parameter) -> None:
         self.lora_A = param
