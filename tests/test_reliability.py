@@ -544,6 +544,11 @@ def test_a_failed_peft_save_is_one_line_naming_the_folder(toy, tmp_path, monkeyp
         ("scale=0", "scale must be a finite non-zero number"),
         ("lr=.nan", "lr must be .*got nan"),
         ("epochs=100000000000000000000", "epochs must be below 2\\*\\*63"),
+        ("ne=1000", "ne=1000 must be smaller than the heads in every layer"),
+        ("num_classes=1000000000000", "num_classes must be an integer in 1..1000000"),
+        ("num_workers=100000", "num_workers must be at most 256"),
+        ("model_kwargs={in_chans: 1}", "in_chans is set by the run itself"),
+        ("lr=0", "lr must be positive"),
     ],
 )
 def test_values_out_of_range_are_one_line_before_anything_is_written(
@@ -688,3 +693,80 @@ def test_a_base_checkpoint_with_non_finite_weights_is_refused(toy, tmp_path, cap
     assert main(train_args(root, broken, tmp_path / "run", "lora", epochs=1)) == 2
     assert "weight blocks.1.attn.qkv.weight holds NaN or infinite" in _one_line_error(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_adapter_whose_outputs_overflow_is_refused_not_printed_as_nan(
+    toy, finished, tmp_path, capsys
+):
+    from safetensors.torch import load_file, save_file
+
+    root, _ = toy
+    adapter = tmp_path / "adapter"
+    shutil.copytree(finished / "adapter", adapter)
+    weights = adapter / "heartlora_adapter.safetensors"
+    tensors = load_file(str(weights))
+    tensors["blocks.2.attn.qkv.lora_A"].fill_(1e38)  # finite, but the forward overflows
+    tensors["blocks.2.attn.qkv.lora_B"].fill_(1e38)
+    save_file(tensors, str(weights))
+    image = str(root / "toy" / "images" / "test" / "0000.png")
+    assert main(["predict", "--json", "--adapter", str(adapter), image]) == 2
+    assert "outputs are NaN or infinite" in _one_line_error(capsys)
+    out = tmp_path / "heads"
+    assert main(["heads", "--adapter", str(adapter), "--output-dir", str(out)]) == 2
+    assert "attention maps are NaN or infinite" in _one_line_error(capsys)
+
+
+def test_adapter_metadata_that_contradicts_the_model_is_refused(finished, tmp_path, capsys):
+    for key, value, message in [
+        ("embed_dim", 48, "key embed_dim is 48, the model's width is 96"),
+        ("layers", [f"blocks.{i + 10}.attn" for i in range(6)], "attention layer 'blocks.10.attn'"),
+        ("num_classes", 10**12, "key num_classes is 1000000000000 (expected an integer in 1.."),
+    ]:
+        adapter = tmp_path / key
+        shutil.copytree(finished / "adapter", adapter)
+        config = adapter / "heartlora_config.json"
+        document = json.loads(config.read_text())
+        document[key] = value
+        config.write_text(json.dumps(document))
+        for command in (["heads"], ["export", "--format", "peft"]):
+            out = ["--output-dir", str(tmp_path / f"out-{key}")]
+            assert main([*command, "--adapter", str(adapter), *out]) == 2
+            assert message in _one_line_error(capsys), (key, command)
+
+
+def test_sizes_counts_and_folders_of_the_tools_are_checked(toy, finished, tmp_path, capsys):
+    root, _ = toy
+    adapter = str(finished / "adapter")
+    heads = ["heads", "--adapter", adapter, "--output-dir", str(tmp_path / "heads")]
+    assert main([*heads, "--img-size", "27"]) == 2
+    assert "was trained at 28 px" in _one_line_error(capsys)
+    assert main(["speed", "--img-size", "100000"]) == 2
+    assert "argument --img-size: expected an integer in 1..4096" in _one_line_error(capsys)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for command in (["export", "--format", "peft"], ["heads"]):
+        assert main([*command, "--adapter", adapter, "--output-dir", str(a_file)]) == 2
+        assert f"{a_file} is not a folder" in _one_line_error(capsys)
+    folder = root / "toy" / "images"
+    assert main(["predict", "--adapter", adapter, str(folder)]) == 2
+    assert f"image {folder} is a folder" in _one_line_error(capsys)
+    assert a_file.read_text() == "x"
+
+
+def test_suite_counts_and_keys_it_owns_are_checked(tmp_path, capsys):
+    base = ["suite", "--tasks", "sk-digits", "--data-root", str(tmp_path / "data")]
+    assert main([*base, "--seeds", "1000000000"]) == 2
+    assert "--seeds '1000000000': expected a count in 1..1000" in _one_line_error(capsys)
+    assert main([*base, "--set", "seed=5"]) == 2
+    assert "--set seed: the suite's --seeds choose the seeds" in _one_line_error(capsys)
+
+
+def test_yaml_aliases_are_refused_before_they_expand(toy, tmp_path, capsys):
+    root, checkpoint = toy
+    config = tmp_path / "laughs.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    config.write_text("\n".join(lines) + "\nmodel_kwargs: {x: *a8}\n")
+    args = train_args(root, checkpoint, tmp_path / "run", "lora", epochs=1)
+    assert main([*args, "--config", str(config)]) == 2
+    assert f"{config} line 2: alias *a0 is not accepted" in _one_line_error(capsys)

@@ -24,7 +24,12 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from heartlora.atomic import atomic_write_bytes, atomic_write_json
-from heartlora.backbone import check_model_kwargs, classifier_state
+from heartlora.backbone import (
+    MAX_CLASSES,
+    MAX_IMG_SIZE,
+    check_model_kwargs,
+    classifier_state,
+)
 from heartlora.config import HeartLoRAConfig
 from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
@@ -107,9 +112,10 @@ class RunInfo:
         info = _typed(cls, values, where, "extra")
         info.dataset, info.other = dataset, data
         check_model_kwargs(info.model_kwargs, f"{where}: key extra.model_kwargs")
-        if info.img_size is not None and info.img_size < 1:
+        if info.img_size is not None and not 1 <= info.img_size <= MAX_IMG_SIZE:
             raise HeartLoRAError(
-                f"{where}: key extra.img_size is {info.img_size!r} (expected a positive integer)"
+                f"{where}: key extra.img_size is {info.img_size!r} (expected an integer in "
+                f"1..{MAX_IMG_SIZE})"
             )
         return info
 
@@ -194,9 +200,12 @@ class AdapterMetadata:
                             f"{where}: key scores[{index}] holds {value!r} (expected numbers or null)"
                         )
         num_classes = data.get("num_classes")
-        if num_classes is not None and _require(num_classes, int, where, "num_classes") < 1:
+        if num_classes is not None and not (
+            1 <= _require(num_classes, int, where, "num_classes") <= MAX_CLASSES
+        ):
             raise HeartLoRAError(
-                f"{where}: key num_classes is {num_classes!r} (expected a positive integer)"
+                f"{where}: key num_classes is {num_classes!r} (expected an integer in "
+                f"1..{MAX_CLASSES})"
             )
         if _require(data["embed_dim"], int, where, "embed_dim") < 1:
             raise HeartLoRAError(
@@ -405,10 +414,22 @@ def load_adapter(
         )
     layers = find_attention_layers(model)
     heads = [layer.num_heads for layer in layers]
-    if [layer.name for layer in layers] != metadata.layers or heads != metadata.num_heads:
+    names = [layer.name for layer in layers]
+    if heads != metadata.num_heads:
         raise HeartLoRAError(
             f"{directory}: adapter expects heads per layer {metadata.num_heads}, "
             f"the model has {heads}"
+        )
+    if names != metadata.layers:
+        first = next((i for i, (a, b) in enumerate(zip(names, metadata.layers)) if a != b), 0)
+        raise HeartLoRAError(
+            f"{directory}: adapter expects attention layer {metadata.layers[first]!r} at "
+            f"position {first}, the model has {names[first]!r}"
+        )
+    width = int(layers[0].qkv.in_features)
+    if metadata.embed_dim != width:
+        raise HeartLoRAError(
+            f"{directory}: key embed_dim is {metadata.embed_dim}, the model's width is {width}"
         )
     num_classes = metadata.num_classes
     if num_classes is not None and _num_classes(model) not in (None, num_classes):

@@ -185,7 +185,16 @@ def _resolve_checkpoint(checkpoint: str | Path, search_dir: Path | None) -> Path
     return path
 
 
+MAX_CLASSES = 1_000_000
+"""The largest class count heartlora builds a classifier for (ImageNet-21k has 21,843): a
+larger one is a typo in a label or a count, refused before the classifier is allocated."""
+
+MAX_IMG_SIZE = 4096
+"""The largest input side: larger ones ask timm for position embeddings that cannot be
+allocated."""
+
 MODEL_KWARGS_SET_BY_RUN: tuple[str, ...] = (
+    "in_chans",
     "num_classes",
     "img_size",
     "drop_path_rate",
@@ -195,8 +204,9 @@ MODEL_KWARGS_SET_BY_RUN: tuple[str, ...] = (
     "checkpoint_path",
     "features_only",
 )
-"""`timm.create_model` arguments that heartlora sets itself (from a run's own keys, or to load
-the base weights); a run's or adapter's ``model_kwargs`` may not carry them."""
+"""`timm.create_model` arguments that heartlora sets itself (from a run's own keys, to load the
+base weights, or ``in_chans``: images are always decoded to 3-channel RGB); a run's or adapter's
+``model_kwargs`` may not carry them."""
 
 
 def check_model_kwargs(model_kwargs: dict[str, Any], where: str) -> None:

@@ -32,7 +32,7 @@ from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import head_masks, heads_per_layer, set_head_masks
 from heartlora.responsiveness import responsiveness
-from heartlora.selection import deactivate_heads
+from heartlora.selection import check_selection, deactivate_heads
 from heartlora.sensitivity import HeadSensitivity
 
 CALIB_WARMUP_DEFAULT = 20
@@ -119,6 +119,7 @@ class Calibration:
             None if fit_warmup else config.calib_warmup_steps, total_steps
         )
         config.calib_warmup_steps = self.calib_warmup_steps
+        check_selection(model, config)  # ne, mode, percent: refused now, not after the warm-up
         # the `sensitivity` scorer accumulates over every warm-up step
         self.sensitivity = HeadSensitivity(model) if config.scorer == "sensitivity" else None
         self.done = False

@@ -127,11 +127,14 @@ UNEXPECTED_ERROR_EXIT = 1
 
 
 def _out_of_memory(error: BaseException) -> bool:
-    """Host memory (`MemoryError`) or accelerator memory (`torch.OutOfMemoryError`) ran out."""
+    """Host memory (`MemoryError`, or torch's CPU allocator failing with a `RuntimeError`) or
+    accelerator memory (`torch.OutOfMemoryError`) ran out."""
     torch = sys.modules.get("torch")
-    return isinstance(error, MemoryError) or (
+    if isinstance(error, MemoryError) or (
         torch is not None and isinstance(error, torch.OutOfMemoryError)
-    )
+    ):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
 
 
 def save_traceback(error: BaseException, command: str | None) -> str:

@@ -105,7 +105,20 @@ def read_json(path: Path, expected: str = "a JSON document") -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a mapping that gives one key twice."""
+    """PyYAML's safe loader, refusing a mapping that gives one key twice and aliases (``*name``):
+    no heartlora document needs them, and a few lines of nested aliases expand into billions of
+    values once anything walks them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"alias *{event.anchor} is not accepted (write the value out)",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -124,11 +137,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def parse_yaml(data: bytes | str, where: str, expected: str = "a YAML document") -> Any:
-    """The YAML value in ``data``, read with the safe loader and refusing repeated keys.
+    """The YAML value in ``data``, read with the safe loader, refusing repeated keys and aliases.
 
     Raises:
         HeartLoRAError: invalid UTF-8, a byte-order mark, invalid YAML (with its line), a key
-            given twice in one mapping, or nesting too deep.
+            given twice in one mapping, an alias, or nesting too deep.
     """
     text = _decode(data, where, expected)
     try:

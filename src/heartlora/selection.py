@@ -6,6 +6,8 @@ padded entries are never heads. Higher score = more responsive = kept.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -108,6 +110,20 @@ def select_heads(
                 active[layer] -= 1
                 remaining -= 1
     return keep
+
+
+def check_selection(model: nn.Module, config: HeartLoRAConfig) -> None:
+    """Raise what `deactivate_heads` would raise for ``config``'s ``ne``, ``mode`` and
+    ``percent`` on ``model``'s heads, whatever the scores: a run learns it before it starts.
+
+    Raises:
+        HeartLoRAError: as `select_heads` does for these settings and this head layout.
+    """
+    heads = [layer.num_heads for layer in find_attention_layers(model)]
+    scores = torch.full((len(heads), max(heads)), math.nan)
+    for layer, count in enumerate(heads):
+        scores[layer, :count] = 1.0
+    select_heads(scores, config.ne, config.mode, config.percent)
 
 
 def deactivate_heads(

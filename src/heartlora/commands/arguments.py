@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from heartlora.backbone import MAX_IMG_SIZE
 
 
 def output_dir(text: str) -> Path:
@@ -13,7 +16,18 @@ def output_dir(text: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"expected a folder path, got {text!r} (use . for the working directory)"
         )
-    return Path(text)
+    path = Path(text)
+    if path.is_symlink() and not path.exists():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a symbolic link to {os.readlink(path)}, which does not exist (expected a "
+            "folder)"
+        )
+    for folder in (path, *path.absolute().parents):
+        if folder.exists() and not folder.is_dir():
+            raise argparse.ArgumentTypeError(f"{folder} is not a folder (expected a folder path)")
+        if folder.exists():
+            break
+    return path
 
 
 MAX_COUNT = 2**31 - 1
@@ -26,20 +40,23 @@ def positive_int(text: str) -> int:
     return _bounded_int(text, 1)
 
 
+def image_side(text: str) -> int:
+    """An ``--img-size`` option: an integer in 1..`heartlora.backbone.MAX_IMG_SIZE`."""
+    return _bounded_int(text, 1, MAX_IMG_SIZE)
+
+
 def non_negative_int(text: str) -> int:
     """A count or seed option that may be 0: an integer in 0..`MAX_COUNT`."""
     return _bounded_int(text, 0)
 
 
-def _bounded_int(text: str, lowest: int) -> int:
+def _bounded_int(text: str, lowest: int, highest: int = MAX_COUNT) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not lowest <= value <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer in {lowest}..{MAX_COUNT}, got {text}"
-        )
+    if not lowest <= value <= highest:
+        raise argparse.ArgumentTypeError(f"expected an integer in {lowest}..{highest}, got {text}")
     return value
 
 

@@ -24,6 +24,7 @@ from heartlora.adapter_io import DatasetInfo, RunInfo, load_adapter, read_adapte
 from heartlora.backbone import create_base_model
 from heartlora.commands.arguments import (
     add_base_override_arguments,
+    image_side,
     non_negative_int,
     output_dir,
     positive_int,
@@ -72,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default=None, help="training split (default per dataset kind)")
     parser.add_argument(
-        "--img-size", type=positive_int, default=None, help="image side (default: adapter's)"
+        "--img-size", type=image_side, default=None, help="image side (default: adapter's)"
     )
     parser.add_argument(
         "--scorer",
@@ -163,7 +164,13 @@ def _adapter_report(
         ignore_base_mismatch=args.ignore_base_mismatch,
     )
     model = load_adapter(base, directory)
-    _, batches = _batches(spec, args.img_size or adapter_img_size(directory, model), args)
+    trained_at = adapter_img_size(directory, model)
+    if args.img_size is not None and args.img_size != trained_at:
+        raise HeartLoRAError(
+            f"--img-size {args.img_size}: {directory} was trained at {trained_at} px, which its "
+            "base model takes (expected that size, or no --img-size)"
+        )
+    _, batches = _batches(spec, trained_at, args)
     report.similarity = model_head_report(model, report.task, batches=batches).similarity
     if args.scorer is not None or report.scores is None:
         scorer = args.scorer or "grad-norm"

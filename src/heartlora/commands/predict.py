@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 )
     memory = server.memory_report()
     if args.json:
-        print(json.dumps({"predictions": predictions, "memory": memory}, indent=2))
+        print(json.dumps({"predictions": predictions, "memory": memory}, indent=2, allow_nan=False))
         return 0
     for row in predictions:
         shown = row["class"] if row["label"] is None else f"{row['class']} ({row['label']})"

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from heartlora.commands.arguments import image_side, non_negative_int, positive_int
 from heartlora.precision import DTYPES
 from heartlora.tools.speed import SpeedConfig, format_report, run_speed_benchmark
 
@@ -18,19 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=_DEFAULTS.model, help="timm architecture, random weights"
     )
     parser.add_argument(
-        "--img-size", type=int, default=_DEFAULTS.img_size, help="input resolution in pixels"
+        "--img-size", type=image_side, default=_DEFAULTS.img_size, help="input resolution in pixels"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=_DEFAULTS.batch_size, help="images per step"
+        "--batch-size", type=positive_int, default=_DEFAULTS.batch_size, help="images per step"
     )
     parser.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=_DEFAULTS.steps,
         help="timed rounds (each runs one step of every variant)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=_DEFAULTS.warmup, help="untimed rounds before them"
+        "--warmup", type=non_negative_int, default=_DEFAULTS.warmup, help="untimed rounds before them"
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default=_DEFAULTS.device)
     parser.add_argument(
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_DEFAULTS.dtype,
         help="tf32: TF32 matrix products on CUDA; bf16: autocast, weights stay fp32",
     )
-    parser.add_argument("--rank", type=int, default=_DEFAULTS.rank, help="LoRA rank r")
+    parser.add_argument("--rank", type=positive_int, default=_DEFAULTS.rank, help="LoRA rank r")
     parser.add_argument(
         "--calib-batches",
         type=int,

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from heartlora.backbone import MAX_CLASSES
 from heartlora.errors import HeartLoRAError
 
 DATASET_KINDS: tuple[str, ...] = ("vtab1k", "fgvc", "imagefolder")
@@ -126,7 +127,8 @@ def check_relative_path(relative: str, where: str, folder: str) -> None:
 def require_image(path: Path, where: str) -> None:
     """Raise `HeartLoRAError` naming `where` (e.g. ``"/x/test.txt line 7"``) if `path` is no file."""
     if not is_file(path):
-        raise data_error(f"{where}: image {path} does not exist (expected an image file)")
+        state = "is a folder" if is_dir(path) else "does not exist"
+        raise data_error(f"{where}: image {path} {state} (expected an image file)")
 
 
 _EIGHT_BIT_MODES = frozenset(
@@ -188,6 +190,8 @@ def open_image(path: Path, hint: str | None = SKIP_CORRUPT_HINT) -> Image.Image:
             return to_rgb8(image, path)
     except HeartLoRAError:
         raise
+    except IsADirectoryError:
+        raise data_error(f"image {path} is a folder (expected an image file)") from None
     except FileNotFoundError:
         raise data_error(f"image {path} does not exist (expected an image file)") from None
     # Decoders of broken files raise a wide, undocumented mix (OSError, SyntaxError, ValueError,
@@ -234,6 +238,11 @@ class LabelledImageDataset(Dataset):
         self.skipped_paths: list[Path] = []
         if not self.samples:
             raise data_error("dataset has no samples (expected at least one image)")
+        if num_classes > MAX_CLASSES:
+            raise data_error(
+                f"the dataset has {num_classes} classes (expected at most {MAX_CLASSES}: a larger "
+                "count is a typo in a label or a num_classes)"
+            )
         for path, label in self.samples:
             if not 0 <= label < num_classes:
                 raise data_error(f"image {path} has label {label} (expected 0..{num_classes - 1})")

@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from heartlora.backbone import MAX_CLASSES
 from heartlora.data.base import (
     LabelledImageDataset,
     check_relative_path,
@@ -210,10 +211,10 @@ def read_manifest_classes(task_dir: Path) -> int | None:
     if "num_classes" not in document:
         return None
     value = document["num_classes"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLASSES:
         raise data_error(
-            f"{path}: key num_classes is {quote(json.dumps(value), 40)} (expected a positive "
-            "integer)"
+            f"{path}: key num_classes is {quote(json.dumps(value), 40)} (expected an integer "
+            f"in 1..{MAX_CLASSES})"
         )
     return value
 

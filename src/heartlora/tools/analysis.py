@@ -141,7 +141,11 @@ def model_head_report(
     head_masks: Sequence[Sequence[bool]] | None = None,
 ) -> HeadReport:
     """A report for a live model: its masks (all kept without adapters), ``scores``, and, when
-    ``batches`` of images are given, the heads' attention-map similarity on them."""
+    ``batches`` of images are given, the heads' attention-map similarity on them.
+
+    Raises:
+        HeartLoRAError: the attention maps are NaN or infinite (weights that overflow).
+    """
     from heartlora.attention_maps import layer_head_similarity
 
     layers = find_attention_layers(model)
@@ -152,7 +156,13 @@ def model_head_report(
         ]
     similarity = None
     if batches is not None:
-        similarity = [m.tolist() for m in layer_head_similarity(model, batches)]
+        matrices = layer_head_similarity(model, batches)
+        if not all(bool(torch.isfinite(m).all()) for m in matrices):
+            raise HeartLoRAError(
+                f"{task}: the heads' attention maps are NaN or infinite on these images (the "
+                "weights overflow in the forward pass; expected finite attention)"
+            )
+        similarity = [m.tolist() for m in matrices]
     return HeadReport(
         task=task,
         layers=[layer.name for layer in layers],

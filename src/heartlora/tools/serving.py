@@ -306,9 +306,19 @@ class MultiTaskModel:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(classes (B,), probabilities (B,))`` of the top class of ``task`` per image."""
-        probabilities = self.forward(images, task).float().softmax(dim=-1)
-        top, classes = probabilities.max(dim=-1)
+        """``(classes (B,), probabilities (B,))`` of the top class of ``task`` per image.
+
+        Raises:
+            HeartLoRAError: the task's outputs are NaN or infinite (weights that overflow):
+                no class can be read from them.
+        """
+        logits = self.forward(images, task).float()
+        if not bool(torch.isfinite(logits).all()):
+            raise HeartLoRAError(
+                f"task {task!r}: the adapter's outputs are NaN or infinite (its weights overflow "
+                "in the forward pass; expected an adapter whose outputs are finite)"
+            )
+        top, classes = logits.softmax(dim=-1).max(dim=-1)
         return classes.cpu(), top.cpu()
 
     def to(self, device: torch.device | str) -> MultiTaskModel:

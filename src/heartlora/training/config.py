@@ -19,9 +19,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from heartlora.backbone import (
+    MAX_CLASSES,
+    MAX_IMG_SIZE,
     MODEL_KWARGS_SET_BY_RUN,
     check_model_kwargs,
     pretrained_tag,
@@ -37,7 +37,7 @@ from heartlora.packaged_weights import packaged_weights
 from heartlora.precision import DTYPES
 from heartlora.training.methods import METHODS
 
-MAX_IMG_SIZE = 4096  # larger sides ask timm for position embeddings that cannot be allocated
+MAX_NUM_WORKERS = 256  # each loader worker is a process; more only exhaust the machine
 MAX_THREADS = 1024  # torch.set_num_threads accepts any positive count, and crashes on huge ones
 
 
@@ -367,10 +367,17 @@ class TrainConfig:
             raise HeartLoRAError(f"img_size must be at most {MAX_IMG_SIZE}, got {self.img_size}")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise HeartLoRAError(f"threads must be in 1..{MAX_THREADS} or null, got {self.threads}")
-        if self.num_classes is not None and self.num_classes < 1:
+        if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
             raise HeartLoRAError(
-                f"num_classes must be a positive integer, got {self.num_classes!r}"
+                f"num_classes must be an integer in 1..{MAX_CLASSES}, got {self.num_classes!r}"
             )
+        if self.num_workers > MAX_NUM_WORKERS:
+            raise HeartLoRAError(
+                f"num_workers must be at most {MAX_NUM_WORKERS}, got {self.num_workers} (each "
+                "is a process)"
+            )
+        if self.lr == 0:
+            raise HeartLoRAError("lr must be positive, got 0 (nothing would train)")
         if not is_device_name(self.device):
             raise HeartLoRAError(_choice_error("device", self.device, DEVICES))
         if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.cache_device):
@@ -548,10 +555,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise HeartLoRAError(f"--set expects key=value, got {item!r}")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise HeartLoRAError(f"--set {key}: cannot parse value {text!r}") from None
+    value = parse_yaml(text, f"--set {key}", "a YAML value")
     ((key, value),) = rename_deprecated_keys({key: value}, "--set").items()
     return key, value
 

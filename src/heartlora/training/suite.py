@@ -99,9 +99,9 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
         key = key.strip()
         if not sep:
             raise HeartLoRAError(f"method {text!r}: expected key=value inside the brackets")
-        if key in _NOT_IN_BRACKETS:
+        if key in NOT_PER_SUITE:
             raise HeartLoRAError(
-                f"method {text!r}: {key} cannot be set in brackets ({_NOT_IN_BRACKETS[key]})"
+                f"method {text!r}: {key} cannot be set in brackets ({NOT_PER_SUITE[key]})"
             )
         if key in overrides:
             raise HeartLoRAError(f"method {text!r}: {key} is set twice inside the brackets")
@@ -112,12 +112,13 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
     return match.group(1), overrides
 
 
-_NOT_IN_BRACKETS = {
-    "method": "the name before the brackets is the method",
+NOT_PER_SUITE = {
+    "method": "the --methods names choose the method",
     "task": "the suite's --tasks choose the tasks",
     "seed": "the suite's --seeds choose the seeds",
 }
-"""Keys a method's brackets may not set: each run's own name, task and seed say them."""
+"""Keys neither ``--set`` nor a method's brackets may set in a suite: each run's method, task and
+seed come from the suite's own options."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -131,9 +132,13 @@ def parse_seeds(text: str) -> list[int]:
         if len(set(seeds)) != len(seeds):
             raise HeartLoRAError(f"--seeds {text!r} repeats a seed (each seed is one run)")
         return seeds
-    if count <= 0:
-        raise HeartLoRAError(f"--seeds {text!r}: expected at least one seed")
+    if not 1 <= count <= MAX_SEEDS:
+        raise HeartLoRAError(f"--seeds {text!r}: expected a count in 1..{MAX_SEEDS}")
     return list(range(count))
+
+
+MAX_SEEDS = 1000
+"""The most seeds ``--seeds N`` asks for (each is one run per method and task)."""
 
 
 def mini_vtab_tasks(names: list[str] | None, data_root: Path) -> list[SuiteTask]:
@@ -487,6 +492,8 @@ def suite_base_config(
     given = read_config_file(config_file) if config_file else {}
     for item in overrides:
         key, value = parse_override(item)
+        if key in NOT_PER_SUITE:
+            raise HeartLoRAError(f"--set {key}: {NOT_PER_SUITE[key]}, not --set")
         given[key] = value
     base.update(given)
     build_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()])  # validate early
