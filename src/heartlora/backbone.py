@@ -562,7 +562,8 @@ def _timm_pretrained(name: str, where: str, **kwargs: Any) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as error:  # timm, huggingface_hub, torch and safetensors raise their own
-        reason = str(error).splitlines()[0] if str(error) else ""
+        # torch's load_state_dict puts the first mismatch on the line after its header
+        reason = " ".join(line.strip() for line in str(error).splitlines()[:2] if line.strip())
         raise HeartLoRAError(
             f"{name}: cannot load timm's pretrained weights from {where} "
             f"({type(error).__name__}{': ' + reason if reason else ''})"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from heartlora.commands.arguments import image_side, non_negative_int, positive_int
+from heartlora.errors import HeartLoRAError
 from heartlora.precision import DTYPES
 from heartlora.tools.speed import SpeedConfig, format_report, run_speed_benchmark
 
@@ -65,8 +66,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print the table only")
 
 
+def _check_json_path(path: Path | None) -> None:
+    """Refuse a ``--json`` path that cannot be written before the benchmark runs."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise HeartLoRAError(f"--json {path}: is a folder (expected a file path)")
+    for folder in path.absolute().parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise HeartLoRAError(f"--json {path}: {folder} is not a folder")
+            return
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON; returns the exit code."""
+    _check_json_path(args.json)
     config = SpeedConfig(
         model=args.model,
         img_size=args.img_size,

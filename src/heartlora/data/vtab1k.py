@@ -295,7 +295,7 @@ class VTAB1kDataset(LabelledImageDataset):
                     f"{num_classes} was given (expected the task's own count)"
                 )
             self.num_classes = num_classes
-            return f"num_classes={num_classes} was given"
+            return f"num_classes={num_classes}, from the config or the training split"
         if pinned is not None:
             self.num_classes = pinned
             return f"{task_dir / MANIFEST_NAME} says {pinned} classes"
