@@ -770,3 +770,20 @@ def test_yaml_aliases_are_refused_before_they_expand(toy, tmp_path, capsys):
     args = train_args(root, checkpoint, tmp_path / "run", "lora", epochs=1)
     assert main([*args, "--config", str(config)]) == 2
     assert f"{config} line 2: alias *a0 is not accepted" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ("{depth: 2}", "hold weights the model lacks \\(first: blocks.2."),
+        ("{qkv_bias: false}", "hold weights the model lacks \\(first: blocks.0.attn.qkv.bias"),
+    ],
+)
+def test_timm_pretrained_weights_that_fit_only_in_part_are_refused(
+    toy, tmp_path, capsys, kwargs, message
+):
+    root, _ = toy  # no checkpoint: the bundled base's registered weights, loaded by timm
+    args = train_args(root, None, tmp_path / "run", "lora", epochs=1)
+    assert main([*args, "--set", f"model_kwargs={kwargs}"]) == 2
+    assert re.search(message, _one_line_error(capsys))
+    assert not (tmp_path / "run").exists()

@@ -22,7 +22,9 @@ benchmark and adapter files alike:
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -557,10 +559,37 @@ def _reachable(host: str, port: int, timeout: float = _PROBE_SECONDS) -> bool:
     return bool(opened)
 
 
+class _LoadReport(logging.Handler):
+    """Collects the keys timm's ``load_pretrained`` reports as missing or unexpected: it loads
+    with ``strict=False`` whenever the class count differs (every fine-tuning run), so a base
+    that only partly fits would otherwise load with a log line."""
+
+    _PATTERN = re.compile(r"^(Missing|Unexpected) keys \((.*)\) (?:discovered|found) while loading")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.keys: dict[str, list[str]] = {"Missing": [], "Unexpected": []}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self._PATTERN.match(record.getMessage())
+        if match:
+            self.keys[match[1]] += [key for key in match[2].split(", ") if key]
+
+
 def _timm_pretrained(name: str, where: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, pretrained=True, ...)`` with its failures as one line."""
+    """``timm.create_model(name, pretrained=True, ...)`` with its failures as one line, and a
+    base that timm loaded only in part (weights missing besides the classifier, or left over)
+    refused.
+
+    Raises:
+        HeartLoRAError: timm fails, or the weights do not fit the architecture whole.
+    """
+    logger = logging.getLogger("timm.models._builder")
+    report, level = _LoadReport(), logger.level
+    logger.addHandler(report)
+    logger.setLevel(min(level or logging.WARNING, logging.INFO))
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
+        model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as error:  # timm, huggingface_hub, torch and safetensors raise their own
         # torch's load_state_dict puts the first mismatch on the line after its header
         reason = " ".join(line.strip() for line in str(error).splitlines()[:2] if line.strip())
@@ -568,3 +597,21 @@ def _timm_pretrained(name: str, where: str, **kwargs: Any) -> nn.Module:
             f"{name}: cannot load timm's pretrained weights from {where} "
             f"({type(error).__name__}{': ' + reason if reason else ''})"
         ) from None
+    finally:
+        logger.removeHandler(report)
+        logger.setLevel(level)
+    classifier = set(classifier_state(model))
+    missing = [key for key in report.keys["Missing"] if key not in classifier]
+    unexpected = report.keys["Unexpected"]
+    if missing or unexpected:
+        what, first = (
+            ("lack weights the model has", missing[0])
+            if missing
+            else ("hold weights the model lacks", unexpected[0])
+        )
+        raise HeartLoRAError(
+            f"{name}: timm's pretrained weights from {where} {what} (first: {first}; "
+            f"{len(missing)} missing, {len(unexpected)} unexpected): model_kwargs must not change "
+            "the architecture the weights were trained for"
+        )
+    return model
