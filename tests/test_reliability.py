@@ -787,3 +787,15 @@ def test_timm_pretrained_weights_that_fit_only_in_part_are_refused(
     assert main([*args, "--set", f"model_kwargs={kwargs}"]) == 2
     assert re.search(message, _one_line_error(capsys))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_warm_up_longer_than_the_run_says_where_the_runs_length_comes_from(
+    toy, tmp_path, capsys
+):
+    root, checkpoint = toy  # 48 training images
+    args = train_args(root, checkpoint, tmp_path / "run", "heart-lora", epochs=1)
+    assert main([*args, "--set", "batch_size=1000"]) == 2
+    assert "1 epoch(s) × 1 batch(es) of batch_size 1000 from 48 training images" in (
+        _one_line_error(capsys)
+    )
+    assert not (tmp_path / "run").exists()

@@ -50,17 +50,21 @@ def fitted_warmup_steps(total_steps: int) -> int:
     return max(0, min(CALIB_WARMUP_DEFAULT, share, total_steps - 1))
 
 
+class WarmupTooLong(HeartLoRAError):
+    """A scoring warm-up set by hand leaves the run no step to train the selected heads."""
+
+
 def calib_warmup_for(calib_warmup_steps: int | None, total_steps: int) -> int:
     """The warm-up of a run of ``total_steps`` optimizer steps: ``calib_warmup_steps`` when set,
     which must then leave a step to train the selected heads; None: `fitted_warmup_steps`.
 
     Raises:
-        HeartLoRAError: a set value that is not smaller than ``total_steps``.
+        WarmupTooLong: a set value that is not smaller than ``total_steps``.
     """
     if calib_warmup_steps is None:
         return fitted_warmup_steps(total_steps)
     if calib_warmup_steps >= total_steps:
-        raise HeartLoRAError(
+        raise WarmupTooLong(
             f"calib_warmup_steps={calib_warmup_steps} must be smaller than the run's "
             f"{total_steps} steps (null adapts it to the run's length)"
         )

@@ -27,7 +27,12 @@ from torch.utils.data import Dataset
 from heartlora.adapter_io import DatasetInfo, RunInfo
 from heartlora.atomic import atomic_write_json, atomic_write_text
 from heartlora.backbone import create_fine_tuning_model
-from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, Calibration
+from heartlora.calibration import (
+    CALIB_WARMUP_DEFAULT,
+    CALIB_WARMUP_SHARE,
+    Calibration,
+    WarmupTooLong,
+)
 from heartlora.data.factory import build_dataset
 from heartlora.devices import resolve_device
 from heartlora.errors import HeartLoRAError
@@ -153,16 +158,7 @@ class Trainer:
         model = create_run_model(config, self.num_classes, log=log)
         self.model = prepare_model(model, config.method, config.adapter_config()).to(self.device)
         # the paper's phase (warm-up → score → select), for the methods that select heads
-        self.calibration = (
-            Calibration(
-                self.model,
-                self.total_steps,
-                fit_warmup=config.calib_warmup_steps is None,
-                seed=config.seed,
-            )
-            if config.selects_heads
-            else None
-        )
+        self.calibration = self._calibration() if config.selects_heads else None
         fitted = self.calibration.calib_warmup_steps if self.calibration is not None else None
         if (
             fitted is not None
@@ -239,6 +235,24 @@ class Trainer:
             device = torch.device(config.cache_device)
             train, evaluation = CachedImages(train, device), CachedImages(evaluation, device)
         return train, evaluation
+
+    def _calibration(self) -> Calibration:
+        """The run's `Calibration`; a warm-up the run is too short for says where the run's
+        length comes from (a batch larger than the data makes a one-step epoch)."""
+        config = self.config
+        try:
+            return Calibration(
+                self.model,
+                self.total_steps,
+                fit_warmup=config.calib_warmup_steps is None,
+                seed=config.seed,
+            )
+        except WarmupTooLong as error:
+            raise HeartLoRAError(
+                f"{error}; the run's {self.total_steps} steps are {config.epochs} epoch(s) × "
+                f"{self.steps_per_epoch} batch(es) of batch_size {config.batch_size} from "
+                f"{len(self.train_set)} training images"
+            ) from None
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
