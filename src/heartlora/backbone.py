@@ -228,23 +228,44 @@ def check_model_kwargs(model_kwargs: dict[str, Any], where: str) -> None:
 
 def create_architecture(name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained=False, **kwargs)`` with a one-line error for an
-    unknown name or arguments the architecture refuses (`check_architecture`); never
-    downloads. A packaged-weights name builds its timm architecture."""
-    check_architecture(name, **kwargs)
-    if packaged_weights(name) is not None:
-        name = packaged_weights(name).architecture
-    return timm.create_model(name, pretrained=False, **kwargs)
+    unknown name, arguments the architecture refuses, or an ``img_size`` below one patch; never
+    downloads. A packaged-weights name builds its timm architecture.
+
+    Raises:
+        HeartLoRAError: as `check_architecture`.
+    """
+    architecture = _known_architecture(name)
+    try:
+        model = timm.create_model(architecture, pretrained=False, **kwargs)
+    except Exception as error:  # timm's families raise TypeError, ValueError, AssertionError...
+        raise _architecture_error(name, kwargs, error) from None
+    _check_one_patch_fits(model, name, kwargs)
+    return model
 
 
 def check_architecture(name: str, **kwargs: Any) -> None:
     """Build ``name`` with ``kwargs`` on the meta device (no memory, no weights) and raise
-    `HeartLoRAError` when timm refuses them or the input is smaller than one patch, so that
-    such a mistake is never reported as a weights problem.
+    `HeartLoRAError` when timm refuses them or the input is smaller than one patch: how a
+    failed pretrained load tells an architecture mistake from a weights problem.
 
     Raises:
         HeartLoRAError: an unknown model name, an argument the architecture does not take or
             refuses (its message), or an ``img_size`` below the patch size.
     """
+    architecture = _known_architecture(name)
+    try:
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(architecture, pretrained=False, **kwargs)
+        except Exception:  # some families compute values while building (.item() on meta)
+            model = timm.create_model(architecture, pretrained=False, **kwargs)
+    except Exception as error:
+        raise _architecture_error(name, kwargs, error) from None
+    _check_one_patch_fits(model, name, kwargs)
+
+
+def _known_architecture(name: str) -> str:
+    """timm's architecture name for ``name`` (a packaged-weights name's own architecture)."""
     packaged = packaged_weights(name)
     architecture = packaged.architecture if packaged is not None else name
     if not timm.is_model(architecture):
@@ -252,18 +273,16 @@ def check_architecture(name: str, **kwargs: Any) -> None:
             f"unknown timm model {architecture!r} (expected a timm architecture name, e.g. "
             "vit_base_patch16_224)"
         )
-    try:
-        try:
-            with torch.device("meta"):
-                model = timm.create_model(architecture, pretrained=False, **kwargs)
-        except Exception:  # some families compute values while building (.item() on meta)
-            model = timm.create_model(architecture, pretrained=False, **kwargs)
-    except Exception as error:  # timm's families raise TypeError, ValueError, AssertionError...
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
-        raise HeartLoRAError(
-            f"{name}: timm cannot build this architecture with {given} ({reason})"
-        ) from None
+    return architecture
+
+
+def _architecture_error(name: str, kwargs: dict[str, Any], error: Exception) -> HeartLoRAError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
+    return HeartLoRAError(f"{name}: timm cannot build this architecture with {given} ({reason})")
+
+
+def _check_one_patch_fits(model: nn.Module, name: str, kwargs: dict[str, Any]) -> None:
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is not None and min(grid) < 1:
         patch = getattr(model.patch_embed, "patch_size", "?")
@@ -444,7 +463,7 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
         hint = ": model_kwargs must not change its architecture"
         source = f"{name}: packaged weights from {packaged.distribution} {packaged.version}"
         return load_fitting_state(model, state, source, hint)
-    check_architecture(name, **kwargs)  # architecture mistakes are not weights problems
+    _known_architecture(name)
     cfg = _pretrained_cfg(name)
     if cfg is None or not cfg.tag or not (cfg.file or cfg.hf_hub_id or cfg.url):
         raise HeartLoRAError(
@@ -591,6 +610,10 @@ def _timm_pretrained(name: str, where: str, **kwargs: Any) -> nn.Module:
     try:
         model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as error:  # timm, huggingface_hub, torch and safetensors raise their own
+        # an architecture mistake is not a weights problem
+        check_architecture(
+            name, **{k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+        )
         # torch's load_state_dict puts the first mismatch on the line after its header
         reason = " ".join(line.strip() for line in str(error).splitlines()[:2] if line.strip())
         raise HeartLoRAError(
@@ -600,6 +623,7 @@ def _timm_pretrained(name: str, where: str, **kwargs: Any) -> nn.Module:
     finally:
         logger.removeHandler(report)
         logger.setLevel(level)
+    _check_one_patch_fits(model, name, kwargs)
     classifier = set(classifier_state(model))
     missing = [key for key in report.keys["Missing"] if key not in classifier]
     unexpected = report.keys["Unexpected"]
