@@ -89,6 +89,17 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def folder_path_problem(path: Path) -> str | None:
+    """Why ``path`` can be neither a folder nor become one (a file, a dangling symbolic link,
+    a path below a file), in words naming the culprit; ``None`` when it can."""
+    for folder in (path, *path.absolute().parents):
+        if folder.is_symlink() and not folder.exists():
+            return f"{folder} is a symbolic link to {os.readlink(folder)}, which does not exist"
+        if folder.exists():
+            return None if folder.is_dir() else f"{folder} is not a folder"
+    return None
+
+
 def temporary_files(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
     """The temporary files `atomic_write` makes for targets called ``names`` in ``folder``
     (regular files only, never links); a process killed mid-write leaves them behind."""

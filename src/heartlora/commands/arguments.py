@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from heartlora.atomic import folder_path_problem
 from heartlora.backbone import MAX_IMG_SIZE
 
 
@@ -17,16 +17,9 @@ def output_dir(text: str) -> Path:
             f"expected a folder path, got {text!r} (use . for the working directory)"
         )
     path = Path(text)
-    if path.is_symlink() and not path.exists():
-        raise argparse.ArgumentTypeError(
-            f"{text} is a symbolic link to {os.readlink(path)}, which does not exist (expected a "
-            "folder)"
-        )
-    for folder in (path, *path.absolute().parents):
-        if folder.exists() and not folder.is_dir():
-            raise argparse.ArgumentTypeError(f"{folder} is not a folder (expected a folder path)")
-        if folder.exists():
-            break
+    problem = folder_path_problem(path)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem} (expected a folder path)")
     return path
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from heartlora.atomic import folder_path_problem
 from heartlora.commands.arguments import image_side, non_negative_int, positive_int
 from heartlora.errors import HeartLoRAError
 from heartlora.precision import DTYPES
@@ -72,11 +73,9 @@ def _check_json_path(path: Path | None) -> None:
         return
     if path.is_dir():
         raise HeartLoRAError(f"--json {path}: is a folder (expected a file path)")
-    for folder in path.absolute().parents:
-        if folder.exists():
-            if not folder.is_dir():
-                raise HeartLoRAError(f"--json {path}: {folder} is not a folder")
-            return
+    problem = folder_path_problem(path.absolute().parent)
+    if problem is not None:
+        raise HeartLoRAError(f"--json {path}: {problem}")
 
 
 def run(args: argparse.Namespace) -> int:

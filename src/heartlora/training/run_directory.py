@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from heartlora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
-from heartlora.atomic import atomic_write_text, temporary_files
+from heartlora.atomic import atomic_write_text, folder_path_problem, temporary_files
 from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig
@@ -95,22 +95,11 @@ def check_run_directory(
 
 
 def _check_creatable(output_dir: Path) -> None:
-    """Refuse an ``output_dir`` that is not a folder and cannot become one: a file, a dangling
-    symbolic link, or a path below a file."""
-    if output_dir.is_symlink() and not output_dir.exists():
-        raise HeartLoRAError(
-            f"{output_dir} is a symbolic link to {os.readlink(output_dir)}, which does not exist "
-            "(expected a run directory)"
-        )
-    if output_dir.exists() and not output_dir.is_dir():
-        raise HeartLoRAError(f"{output_dir} is not a folder (expected a run directory)")
-    for parent in output_dir.absolute().parents:
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise HeartLoRAError(
-                    f"{output_dir}: {parent} is not a folder (expected a path of folders)"
-                )
-            return
+    """Refuse an ``output_dir`` that is not a folder and cannot become one
+    (`heartlora.atomic.folder_path_problem`)."""
+    problem = folder_path_problem(output_dir)
+    if problem is not None:
+        raise HeartLoRAError(f"{problem} (expected a run directory)")
 
 
 def is_run_config(path: Path) -> bool:
@@ -178,10 +167,13 @@ def _try_lock(handle) -> bool:
     return True
 
 
-def clear_run_directory(output_dir: Path) -> None:
-    """Remove the previous run's files (``--overwrite``): `RUN_FILES` and ``config.yaml``."""
+def clear_run_directory(output_dir: Path, kept: set[str] = frozenset()) -> None:
+    """Remove the previous run's files (``--overwrite``): `RUN_FILES` and ``config.yaml``, but
+    for the names in ``kept``."""
     for name in (*RUN_FILES, CONFIG_FILE):
         target = output_dir / name
+        if name in kept:
+            continue
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         else:
@@ -197,14 +189,8 @@ def undo_failed_start(output_dir: Path, kept: set[str], folder_existed: bool) ->
     """Remove what a run that failed before its first step wrote: the `RUN_FILES` and
     ``config.yaml`` not in ``kept`` (those present before it started), and the folder itself,
     with its lock file, when the run created it."""
-    for name in (*RUN_FILES, CONFIG_FILE):
-        target = output_dir / name
-        if name in kept:
-            continue
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            target.unlink(missing_ok=True)
+    with suppress(OSError):  # best effort: the failure that brought us here is what matters
+        clear_run_directory(output_dir, kept)
     if not folder_existed:
         (output_dir / LOCK_FILE).unlink(missing_ok=True)
         with suppress(OSError):  # something else was put there meanwhile
