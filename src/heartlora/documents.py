@@ -35,7 +35,12 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _decode(data: bytes | str, where: str, expected: str) -> str:
+def decode_text(data: bytes | str, where: str, expected: str) -> str:
+    """``data`` as text: UTF-8 without a byte-order mark.
+
+    Raises:
+        HeartLoRAError: invalid UTF-8 (with the line), or a byte-order mark, naming ``where``.
+    """
     if isinstance(data, str):
         text = data
     else:
@@ -65,7 +70,7 @@ def parse_json(data: bytes | str, where: str, expected: str = "a JSON document")
             ``NaN``/``Infinity``, a key that appears twice in one object, nesting too deep or an
             integer too long to read.
     """
-    text = _decode(data, where, expected)
+    text = decode_text(data, where, expected)
     try:
         return json.loads(text, object_pairs_hook=_unique_object, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
@@ -143,7 +148,7 @@ def parse_yaml(data: bytes | str, where: str, expected: str = "a YAML document")
         HeartLoRAError: invalid UTF-8, a byte-order mark, invalid YAML (with its line), a key
             given twice in one mapping, an alias, or nesting too deep.
     """
-    text = _decode(data, where, expected)
+    text = decode_text(data, where, expected)
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:

@@ -33,6 +33,7 @@ from heartlora.data.base import (
     require_dir,
     require_image,
 )
+from heartlora.documents import decode_text
 
 FGVC_IMAGE_DIRS: dict[str, str] = {
     "CUB_200_2011": "images",
@@ -77,12 +78,7 @@ def read_split_json(path: Path) -> dict[str, int]:
     """
     if not is_file(path):
         raise data_error(f"split file {path} does not exist (expected {_JSON_FORMAT})")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise data_error(f"{path} line {line}: not UTF-8 text (expected {_JSON_FORMAT})") from None
+    text = decode_text(path.read_bytes(), str(path), _JSON_FORMAT)
     try:
         document = json.loads(text, object_pairs_hook=_Pairs)
     except json.JSONDecodeError as error:

@@ -43,7 +43,7 @@ from heartlora.data.base import (
     require_dir,
     require_image,
 )
-from heartlora.documents import read_json
+from heartlora.documents import decode_text, read_json
 
 VTAB1K_TASKS: dict[str, str] = {
     "cifar": "Natural",
@@ -153,19 +153,7 @@ def read_split_file(path: Path) -> list[SplitEntry]:
     """
     if not is_file(path):
         raise data_error(f"split file {path} does not exist (expected lines {_LINE_FORMAT})")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise data_error(
-            f"{path} line {line}: not UTF-8 text (expected lines {_LINE_FORMAT})"
-        ) from None
-    if text.startswith("\ufeff"):
-        raise data_error(
-            f"{path} line 1: starts with an invisible byte-order mark (U+FEFF); save the file as "
-            f"UTF-8 without BOM (expected lines {_LINE_FORMAT})"
-        )
+    text = decode_text(path.read_bytes(), str(path), f"lines {_LINE_FORMAT}")
     entries = []
     first_line: dict[str, int] = {}
     # split("\n") (not splitlines) so that line numbers match what editors and `sed -n` show.
