@@ -246,12 +246,18 @@ def finished(toy, tmp_path_factory):
     return out
 
 
-def test_labels_are_checked_against_the_class_count_a_task_pins(toy, tmp_path, capsys):
-    _, checkpoint = toy
+def _task_with_one_more_training_label(tmp_path, label: int):
+    """A fresh toy task whose training split gains one image (line 49) with ``label``."""
     root = make_learnable_task(tmp_path / "data")
     split = root / "toy" / "train800val200.txt"
     shutil.copy(root / "toy" / "images" / "train800" / "0000.png", root / "toy" / "extra.png")
-    split.write_text(split.read_text() + "extra.png 4999\n")
+    split.write_text(split.read_text() + f"extra.png {label}\n")
+    return root, split
+
+
+def test_labels_are_checked_against_the_class_count_a_task_pins(toy, tmp_path, capsys):
+    _, checkpoint = toy
+    root, split = _task_with_one_more_training_label(tmp_path, 4999)
     assert main(train_args(root, checkpoint, tmp_path / "a", "lora", epochs=1)) == 2
     err = _one_line_error(capsys)
     assert f"{split} line 49: label 4999 implies 5000 classes" in err and "num_classes" in err
@@ -604,10 +610,7 @@ def test_a_huge_label_without_a_manifest_is_one_line_without_exhausting_memory(
     toy, tmp_path, capsys
 ):
     _, checkpoint = toy
-    root = make_learnable_task(tmp_path / "data")
-    split = root / "toy" / "train800val200.txt"
-    shutil.copy(root / "toy" / "images" / "train800" / "0000.png", root / "toy" / "extra.png")
-    split.write_text(split.read_text() + "extra.png 1000000000000\n")
+    root, split = _task_with_one_more_training_label(tmp_path, 1000000000000)
     assert main(train_args(root, checkpoint, tmp_path / "a", "lora", epochs=1)) == 2
     assert "implies 1000000000001 classes, but 999999999997 of them (3, 4, 5, ...)" in (
         _one_line_error(capsys)
