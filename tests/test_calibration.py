@@ -92,3 +92,24 @@ def test_state_dict_resumes_mid_warm_up_and_after_selection_exactly():
 def test_a_model_without_adapters_is_refused():
     with pytest.raises(hl.HeartLoRAError, match="inject"):
         hl.Calibration(tiny_vit(), 10)
+
+
+def test_a_calibration_selects_once():
+    model = _model(scorer="grad-norm", calib_warmup_steps=0)
+    calibration = hl.Calibration(model, 10)
+    calibration.calibrate(batches(2), F.cross_entropy)
+    masks = [mask.clone() for mask in hl.head_masks(model)]
+    with pytest.raises(hl.HeartLoRAError, match="selects once"):
+        calibration.calibrate(batches(2), F.cross_entropy)
+    assert [m.tolist() for m in hl.head_masks(model)] == [m.tolist() for m in masks]
+
+
+def test_sensitivity_drops_each_layer_s_lowest_scored_head():
+    # the heads dropped are each layer's lowest-scored, whatever the scores' scale
+    model = _model(scorer="sensitivity", calib_warmup_steps=3)
+    randomize_adapters(model)
+    calibration = hl.Calibration(model, 10)
+    _warm_up(model, calibration, 3)
+    result = calibration.calibrate([], F.cross_entropy)
+    for scores, keep in zip(result.scores, result.keep):
+        assert (~keep).nonzero().flatten().tolist() == [int(scores.argmin())]

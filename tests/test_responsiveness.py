@@ -240,3 +240,20 @@ def test_pretrained_head_scorers_need_no_adapters_and_invert_like_any_other():
     scores = hl.responsiveness(model, batches(2), F.cross_entropy, scorer="head-gate")
     keep = hl.select_heads(-scores, ne=1, mode="layer")
     assert [int(row.float().argmin()) for row in keep] == [int(row.argmax()) for row in scores]
+
+
+@pytest.mark.parametrize("scorer", [s for s in SCORERS if s not in ("random", "update-norm")])
+def test_every_scorer_that_reads_batches_refuses_none(scorer):
+    model = _injected()
+    randomize_adapters(model)
+    with pytest.raises(hl.HeartLoRAError, match="no batches"):
+        hl.responsiveness(model, [], F.cross_entropy, scorer=scorer)
+
+
+@pytest.mark.parametrize("scorer", [s for s in SCORERS if s not in ("random", "update-norm")])
+def test_a_batch_without_images_is_refused(scorer):
+    model = _injected()
+    randomize_adapters(model)
+    empty = (torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(hl.HeartLoRAError, match="batch 1 to score heads on holds no images"):
+        hl.responsiveness(model, [*batches(1), empty], F.cross_entropy, scorer=scorer)

@@ -93,3 +93,59 @@ def test_invert_scores_deactivates_the_most_responsive_heads_of_any_scorer():
     keep = hl.deactivate_heads(model, scores)
     assert keep.tolist() == [[True, False, True, True], [False, True, True, True]]
     torch.testing.assert_close(model.heartlora_scores, -scores)  # what the selection used
+
+
+@pytest.mark.parametrize("mode", ["global", "layer", "budget"])
+@pytest.mark.parametrize("scale", [1e-22, 1e-13, 1e-6, 1.0, 1e12])
+def test_the_lowest_scores_are_dropped_at_every_scale(mode, scale):
+    # head 1 is the least responsive in every layer, head 0 next: differences far below any
+    # perturbation a tie-break could add must still decide
+    scores = torch.tensor([[1.0, 0.0, 3.0, 2.0], [1.5, 0.5, 2.0, 4.0]], dtype=torch.float64)
+    keep = hl.select_heads(scores * scale, ne=1, mode=mode)
+    assert keep.tolist() == [[True, False, True, True]] * 2
+    keep = hl.select_heads(scores * scale, ne=2, mode=mode)
+    assert keep.tolist() == [[False, False, True, True]] * 2
+
+
+def test_a_tiny_difference_beats_the_index_in_layer_and_global_mode():
+    scores = torch.tensor([[1e-13, 0.0, 1.0]], dtype=torch.float64)
+    assert hl.select_heads(scores, ne=1, mode="layer").tolist() == [[True, False, True]]
+    assert hl.select_heads(scores, ne=1, mode="global").tolist() == [[True, False, True]]
+
+
+def test_percent_ranks_tiny_scores_too():
+    scores = torch.tensor([[3e-20, 1e-20, 2e-20, 4e-20]], dtype=torch.float64)
+    keep = hl.select_heads(scores, mode="percent", percent=0.5)
+    assert keep.tolist() == [[True, False, False, True]]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("mode", ["global", "layer", "budget", "percent"])
+def test_non_finite_scores_are_refused_by_layer_and_head(bad, mode):
+    scores = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    scores[1, 1] = bad
+    with pytest.raises(hl.HeartLoRAError, match="layer 1, head 1"):
+        hl.select_heads(scores, ne=1, mode=mode, percent=0.4)
+
+
+def test_a_trailing_nan_of_a_model_with_more_heads_is_refused_by_name():
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(ne=1))
+    layers, heads = len(hl.head_masks(model)), len(hl.head_masks(model)[0])
+    scores = torch.rand(layers, heads)
+    scores[0, heads - 1] = float("nan")
+    with pytest.raises(hl.HeartLoRAError, match=f"layer 0, head {heads - 1} is nan"):
+        hl.deactivate_heads(model, scores)
+
+
+@pytest.mark.parametrize("ne", [1.5, 1.0, True, "1", None])
+def test_ne_must_be_a_whole_number(ne):
+    with pytest.raises(hl.HeartLoRAError, match="ne must be a whole number"):
+        hl.select_heads(torch.rand(2, 4), ne=ne, mode="layer")
+
+
+def test_complex_and_boolean_scores_are_refused():
+    with pytest.raises(hl.HeartLoRAError, match="real numbers"):
+        hl.select_heads(torch.rand(2, 4, dtype=torch.complex64), ne=1)
+    with pytest.raises(hl.HeartLoRAError, match="real numbers"):
+        hl.select_heads(torch.ones(2, 4, dtype=torch.bool), ne=1)

@@ -167,7 +167,16 @@ class Calibration:
 
         Returns:
             The bool (layers × max heads) keep-mask.
+
+        Raises:
+            HeartLoRAError: the heads were selected already: a second selection would reset
+                trained blocks and reactivate dropped heads with empty ones.
         """
+        if self.done:
+            raise HeartLoRAError(
+                "the heads are selected already: a Calibration selects once (a second selection "
+                "would discard trained blocks); make a new model to select again"
+            )
         keep = deactivate_heads(self.model, scores, self.config)
         self.sensitivity = None
         self.done = True

@@ -171,6 +171,24 @@ def _random_scores(layers: list[AttentionLayer], seed: int) -> list[torch.Tensor
     ]
 
 
+class _ScoringBatches:
+    """The batches a scorer reads, each checked to hold at least one image (a zero-image batch
+    gives a NaN loss and zero gradients: scores that would look valid), with a count of those
+    read, so that a scorer given none is refused whatever it computes."""
+
+    def __init__(self, batches: Iterable) -> None:
+        self.batches = batches
+        self.seen = 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if len(images) == 0:
+                raise HeartLoRAError(f"batch {self.seen} to score heads on holds no images")
+            self.seen += 1
+            yield batch
+
+
 _PRETRAINED_HEAD_SCORERS = {"head-gate": head_gate_scores, "weight-taylor": weight_taylor_scores}
 
 
@@ -219,6 +237,7 @@ def responsiveness(
         return -responsiveness(model, batches, loss_fn, INVERSE_OF, max_batches)
     if max_batches is not None:
         batches = islice(batches, max_batches)
+    batches = _ScoringBatches(batches)
     was_training = model.training
     model.eval()
     try:
@@ -243,6 +262,8 @@ def responsiveness(
             rows = _gradient_scores(model, layers, batches, loss_fn, scorer)
     finally:
         model.train(was_training)
+    if batches.seen == 0:
+        raise HeartLoRAError(f"scorer {scorer!r} got no batches to score on")
     for index, row in enumerate(rows):
         if not bool(torch.isfinite(row).all()):
             raise HeartLoRAError(

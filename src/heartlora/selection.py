@@ -7,6 +7,7 @@ padded entries are never heads. Higher score = more responsive = kept.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -21,12 +22,42 @@ def _heads_per_layer(scores: torch.Tensor) -> list[int]:
 
 
 def _check_scores(scores: torch.Tensor) -> torch.Tensor:
-    scores = torch.as_tensor(scores, dtype=torch.float64).detach().cpu()
+    """``scores`` as a float64 CPU tensor, or a `HeartLoRAError` naming the first entry that is
+    not a real, finite score: a complex, boolean or non-finite value, or a NaN that is not part of
+    a row's right-hand padding (a layer's NaN must all stand after its last head)."""
+    scores = torch.as_tensor(scores)
+    if scores.is_complex() or scores.dtype == torch.bool:
+        raise HeartLoRAError(f"scores must be real numbers, got {scores.dtype}")
+    scores = scores.detach().to(device="cpu", dtype=torch.float64)
     if scores.dim() != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
         raise HeartLoRAError(
             f"scores must be a (layers × heads) tensor, got shape {tuple(scores.shape)}"
         )
+    bad = torch.isinf(scores) | (torch.isnan(scores) & ~_padding(scores))
+    if bool(bad.any()):
+        layer, head = (int(i) for i in bad.nonzero()[0])
+        raise HeartLoRAError(
+            f"score of layer {layer}, head {head} is {scores[layer, head].item()}: scores must be "
+            "finite (NaN only as padding after a layer's last head)"
+        )
+    if bool(torch.isnan(scores[:, 0]).any()):
+        layer = int(torch.isnan(scores[:, 0]).nonzero()[0])
+        raise HeartLoRAError(f"layer {layer} of the scores has no heads (its row is all NaN)")
     return scores
+
+
+def _padding(scores: torch.Tensor) -> torch.Tensor:
+    """True where an entry is NaN and so is every entry to its right in the row."""
+    nan = torch.isnan(scores)
+    return nan.flip(1).int().cumprod(dim=1).flip(1).bool()
+
+
+def _check_ne(ne: object) -> int:
+    if isinstance(ne, bool) or not isinstance(ne, numbers.Integral):
+        raise HeartLoRAError(f"ne must be a whole number of heads, got {ne!r}")
+    if ne < 0:
+        raise HeartLoRAError(f"ne must be non-negative, got {ne}")
+    return int(ne)
 
 
 def normalize_per_layer(scores: torch.Tensor) -> torch.Tensor:
@@ -71,14 +102,14 @@ def select_heads(
     heads = _heads_per_layer(scores)
     num_layers, width = scores.shape
     keep = ~torch.isnan(scores)
-    if ne < 0:
-        raise HeartLoRAError(f"ne must be non-negative, got {ne}")
+    ne = _check_ne(ne)
     if mode != "percent" and ne >= min(heads):
         raise HeartLoRAError(
             f"ne={ne} must be smaller than the heads in every layer (the smallest layer has "
             f"{min(heads)}); use mode 'percent' for a share of heads"
         )
-    index_order = torch.arange(width, dtype=torch.float64) * 1e-12  # stable tie-break by index
+    # A stable ascending sort ranks by the scores themselves, at any scale, and deactivates the
+    # lower index first among equal scores.
 
     if mode == "global":
         if len(set(heads)) != 1:
@@ -87,18 +118,18 @@ def select_heads(
                 "use mode 'percent' or 'layer'"
             )
         accumulated = torch.cumsum(scores, dim=0)[-1]
-        lowest = torch.argsort(accumulated + index_order, stable=True)[:ne]
+        lowest = torch.argsort(accumulated, stable=True)[:ne]
         keep[:, lowest] = False
     elif mode in ("layer", "percent"):
-        if mode == "percent" and not 0.0 <= percent < 1.0:
+        if mode == "percent" and not (isinstance(percent, numbers.Real) and 0.0 <= percent < 1.0):
             raise HeartLoRAError(f"percent must be in [0, 1), got {percent}")
         for layer, count in enumerate(heads):
             drop = ne if mode == "layer" else min(round(percent * count), count - 1)
             row = scores[layer, :count]
-            lowest = torch.argsort(row + index_order[:count], stable=True)[:drop]
+            lowest = torch.argsort(row, stable=True)[:drop]
             keep[layer, lowest] = False
     else:  # budget
-        flat = torch.where(torch.isnan(scores), torch.inf, scores + index_order).flatten()
+        flat = torch.where(torch.isnan(scores), torch.inf, scores).flatten()
         remaining = num_layers * ne
         active = torch.tensor(heads)
         for position in torch.argsort(flat, stable=True).tolist():
@@ -152,6 +183,14 @@ def deactivate_heads(
     scores = _check_scores(scores)
     layers = find_attention_layers(model)
     model_heads = [layer.num_heads for layer in layers]
+    if scores.shape[0] == len(layers):
+        for layer, count in enumerate(model_heads):
+            missing = torch.isnan(scores[layer, :count]).nonzero()
+            if len(missing):
+                raise HeartLoRAError(
+                    f"score of layer {layer}, head {int(missing[0])} is nan: the model has "
+                    f"{count} heads there, each needs a finite score"
+                )
     if scores.shape[0] != len(layers) or _heads_per_layer(scores) != model_heads:
         raise HeartLoRAError(
             f"scores of shape {tuple(scores.shape)} do not match the model's heads per layer "
