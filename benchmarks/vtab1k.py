@@ -18,6 +18,14 @@ and method from {0.01, 0.1, 1, 10, 100} by training on train800 and scoring on v
 paper does; the chosen values are written to <output>/scales.json and the final runs train on
 train800val200 and report test accuracy. Finished runs are reused, so a stopped benchmark
 continues where it stopped.
+
+The runs train where `--executor` puts them, as in `heartlora suite`: on this machine
+(`--jobs N`, one GPU per worker with `--devices`) or as SLURM array tasks (`--executor slurm`,
+`--partition`, `--time-minutes`, `--gpus-per-run`, ...; `--no-wait` submits and returns):
+
+    python benchmarks/vtab1k.py --data-root data/vtab-1k --checkpoint ViT-B_16.npz \
+        --methods lora,heart-lora --seeds 3 --search-scale --executor slurm \
+        --partition gpu --gpus-per-run 1 --time-minutes 30 --output-dir runs/vtab1k
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import sys
 from pathlib import Path
 
 from heartlora.atomic import atomic_write_json
+from heartlora.commands.arguments import add_executor_arguments, build_executor
 from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import parse_override, read_config_file
@@ -69,9 +78,11 @@ def main() -> None:
     parser.add_argument("--search-scale", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output-dir", default="runs/vtab1k")
+    add_executor_arguments(parser)
     args = parser.parse_args()
 
     output = Path(args.output_dir)
+    executor = build_executor(args, output)
     protocol = read_config_file(args.config_dir / "base.yaml")
     base = {**protocol, "data_root": args.data_root}
     if args.checkpoint:
@@ -91,17 +102,26 @@ def main() -> None:
         own = {k: v for k, v in task_file.items() if protocol.get(k) != v}
         tasks.append(SuiteTask(task.name, task.group, {**task.settings, **own}))
     seeds = parse_seeds(args.seeds)
+    run = {"executor": executor}
 
     if args.search_scale:
+        # every task's scale search in one submission, then each method's final runs
+        trials = [
+            f"{method}[scale={s},train_split=train800,eval_split=val200]"
+            for method in methods
+            for s in SCALES
+        ]
+        search = run_suite(tasks, trials, [seeds[0]], output / "scale-search", base, **run)
+        if search is None:
+            return
         chosen: dict[str, dict[str, float]] = {}
-        for task in tasks:
-            for method in methods:
-                trials = [
-                    f"{method}[scale={s},train_split=train800,eval_split=val200]" for s in SCALES
+        for task_index, task in enumerate(tasks):
+            for method_index, method in enumerate(methods):
+                first = (task_index * len(methods) + method_index) * len(SCALES)
+                scored = zip(SCALES, search[first : first + len(SCALES)])
+                chosen.setdefault(task.name, {})[method] = max(scored, key=lambda p: p[1].accuracy)[
+                    0
                 ]
-                results = run_suite([task], trials, [seeds[0]], output / "scale-search", base)
-                best = max(zip(SCALES, results), key=lambda pair: pair[1].accuracy)[0]
-                chosen.setdefault(task.name, {})[method] = best
         atomic_write_json(output / "scales.json", chosen)
         results = []
         for method in methods:
@@ -109,13 +129,16 @@ def main() -> None:
                 SuiteTask(t.name, t.group, {**t.settings, "scale": chosen[t.name][method]})
                 for t in tasks
             ]
-            results += run_suite(per_task, [method], seeds, output / "final" / method, base)
+            final = run_suite(per_task, [method], seeds, output / "final" / method, base, **run)
+            if final is None:
+                return
+            results += final
         write_reports(results, output / "final")
         print(f"chosen scales: {output / 'scales.json'}")
         _print_tables(output / "final")
         return
-    run_suite(tasks, methods, seeds, output, base)
-    _print_tables(output)
+    if run_suite(tasks, methods, seeds, output, base, **run) is not None:
+        _print_tables(output)
 
 
 def _print_tables(folder: Path) -> None:

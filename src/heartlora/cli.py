@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from heartlora.commands.console import STDOUT_CLOSED_EXIT, drop_stdout, stdout_closed
-from heartlora.errors import HeartLoRAError
+from heartlora.errors import HeartLoRAError, one_line
 
 # (command name, module under heartlora.commands, one-line help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -93,14 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not stdout_closed():
             if args.debug:
                 raise
-            print(f"heartlora: error: {_one_line(error)}", file=sys.stderr)
+            print(f"heartlora: error: {one_line(error)}", file=sys.stderr)
             return 2
         drop_stdout()
         return STDOUT_CLOSED_EXIT
     except (HeartLoRAError, ValueError, OSError) as error:
         if args.debug:
             raise
-        print(f"heartlora: error: {_one_line(error)}", file=sys.stderr)
+        print(f"heartlora: error: {one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:
         if args.debug:
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _out_of_memory(error):  # a bug, or a case nobody foresaw: one line, trace kept
             saved = save_traceback(error, args.command)
             print(
-                f"heartlora: internal error: {type(error).__name__}: {_one_line(error)} (not a "
+                f"heartlora: internal error: {type(error).__name__}: {one_line(error)} (not a "
                 f"problem with your input that heartlora knows; traceback saved in {saved}, "
                 "please report it)",
                 file=sys.stderr,
@@ -148,15 +148,3 @@ def save_traceback(error: BaseException, command: str | None) -> str:
     except OSError as problem:
         return f"nowhere ({problem.strerror}; rerun with --debug to see it)"
     return path
-
-
-def _one_line(error: BaseException) -> str:
-    """The first line of an error; ``file: reason`` for an `OSError` about a file; for an error
-    re-raised from a DataLoader worker ("Caught X in DataLoader worker process 0. Original
-    Traceback ..."), the original message."""
-    if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        return f"{error.filename}: {error.strerror}".splitlines()[0]
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    if lines[0].startswith("Caught ") and len(lines) > 1 and ": " in lines[-1]:
-        return lines[-1].split(": ", 1)[1]
-    return lines[0]

@@ -113,13 +113,7 @@ def add_grid_arguments(
     parser.add_argument(
         "--output-dir", default=output, type=output_dir, help="where runs and reports go"
     )
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=2,
-        help="runs trained at once, one process and `threads` torch threads each "
-        "(default 2, for 2 cores)",
-    )
+    add_executor_arguments(parser, jobs_default=2)
     add_config_arguments(
         parser,
         "YAML file overriding the protocol's defaults",
@@ -155,3 +149,111 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, set_
     """``--config FILE`` and the repeatable ``--set KEY=VALUE`` of the commands that train."""
     parser.add_argument("--config", help=config_help)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser, jobs_default: int = 1) -> None:
+    """Where the runs of a multi-run command train: ``--executor local`` (``--jobs``,
+    ``--devices``) or ``--executor slurm`` and the SLURM settings, one flag per field of
+    `heartlora.training.slurm_executor.SlurmSettings` (also a YAML block, ``--slurm-config``)."""
+    import dataclasses
+
+    from heartlora.training.slurm_executor import SlurmSettings
+
+    parser.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: on this machine (default); slurm: each run one SLURM array task, through "
+        "submitit",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=jobs_default,
+        help="local: runs trained at once, one process and `threads` torch threads each "
+        f"(default {jobs_default}); with several GPUs each worker gets its own",
+    )
+    parser.add_argument(
+        "--devices",
+        help="local: comma-separated GPU indices for the workers (0,1,...); naming fewer than "
+        "--jobs shares them on purpose",
+    )
+    slurm = parser.add_argument_group("SLURM (--executor slurm)")
+    slurm.add_argument(
+        "--slurm-config",
+        metavar="FILE",
+        help="a YAML file of SLURM settings (the keys below, in a mapping or under `slurm:`); "
+        "flags override it",
+    )
+    slurm.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit and return; run the same command again to collect the results",
+    )
+    for spec in dataclasses.fields(SlurmSettings):
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.name == "sbatch":
+            slurm.add_argument(
+                flag, action="append", metavar="KEY=VALUE", help=spec.metadata["help"]
+            )
+            continue
+        text = str(spec.type)
+        slurm.add_argument(
+            flag,
+            dest=f"slurm_{spec.name}",
+            type={"str | None": str, "float": float}.get(text, non_negative_int),
+            metavar="NAME" if text.startswith("str") else "N",
+            help=spec.metadata["help"]
+            + ("" if spec.default is None else f" (default: {spec.default})"),
+        )
+
+
+def build_executor(args: argparse.Namespace, output_dir: Path, log=print):
+    """The executor the parsed options of `add_executor_arguments` ask for.
+
+    Raises:
+        HeartLoRAError: bad SLURM settings, or local options given with ``--executor slurm``
+            (and the other way round).
+    """
+    import dataclasses
+
+    from heartlora.errors import HeartLoRAError
+    from heartlora.training.local_executor import LocalExecutor
+    from heartlora.training.slurm_executor import SlurmExecutor, SlurmSettings, slurm_settings
+
+    names = [spec.name for spec in dataclasses.fields(SlurmSettings) if spec.name != "sbatch"]
+    values = {name: getattr(args, f"slurm_{name}") for name in names}
+    values["sbatch"] = _sbatch_options(args.sbatch)
+    slurm_given = (
+        [n for n, v in values.items() if v is not None]
+        + (["slurm-config"] if args.slurm_config else [])
+        + (["no-wait"] if args.no_wait else [])
+    )
+    if args.executor == "local":
+        if slurm_given:
+            flag = slurm_given[0].replace("_", "-")
+            raise HeartLoRAError(f"--{flag} is a SLURM setting: add --executor slurm")
+        devices = listed(args.devices, (), "--devices") if args.devices else None
+        return LocalExecutor(args.jobs, devices, log=log)
+    if args.devices:
+        raise HeartLoRAError(
+            "--devices places local workers: under --executor slurm ask for GPUs with "
+            "--gpus-per-run"
+        )
+    settings = slurm_settings(values, args.slurm_config)
+    return SlurmExecutor(settings, Path(output_dir) / "slurm", wait=not args.no_wait, log=log)
+
+
+def _sbatch_options(items: list[str] | None) -> dict | None:
+    from heartlora.documents import parse_yaml
+    from heartlora.errors import HeartLoRAError
+
+    if not items:
+        return None
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise HeartLoRAError(f"--sbatch {item!r}: expected KEY=VALUE (constraint=a100)")
+        options[key.strip()] = parse_yaml(text, f"--sbatch {key.strip()}", "a value")
+    return options

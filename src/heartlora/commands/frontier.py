@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.commands.arguments import add_grid_arguments, listed, non_negative_int
+from heartlora.commands.arguments import (
+    add_grid_arguments,
+    build_executor,
+    listed,
+    non_negative_int,
+)
 from heartlora.training.frontier import (
     DEFAULT_SEEDS,
     DEFAULT_TASKS,
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         suite_protocol,
     )
 
+    executor = build_executor(args, args.output_dir, lambda line: print(line, flush=True))
     protocol = suite_protocol(args.base)
     defaults = FRONTIER_DEFAULTS[protocol.name]
     epochs = args.epochs or defaults.epochs
@@ -102,11 +108,13 @@ def run(args: argparse.Namespace) -> int:
         base,
         method_defaults,
         selection=selection,
-        jobs=args.jobs,
+        executor=executor,
         bootstrap_seed=args.bootstrap_seed,
         log=lambda line: print(line, flush=True),
         selection_seeds=grid_seeds,
     )
+    if outcome is None:  # submitted, not waited for
+        return 0
     report = output_dir / "frontier.md"
     if outcome.chosen:
         print(f"chosen on val200: {outcome.chosen}")

@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="timed rounds (each runs one step of every variant)",
     )
     parser.add_argument(
-        "--warmup", type=non_negative_int, default=_DEFAULTS.warmup, help="untimed rounds before them"
+        "--warmup",
+        type=non_negative_int,
+        default=_DEFAULTS.warmup,
+        help="untimed rounds before them",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default=_DEFAULTS.device)
     parser.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.commands.arguments import add_grid_arguments, listed
+from heartlora.commands.arguments import add_grid_arguments, build_executor, listed
 from heartlora.training.suite import GROUPS_FILE
 
 
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         for name, spec in MINI_VTAB_TASKS.items():
             print(f"{name:<20} {spec.group:<12} {spec.num_classes:>3} classes  {spec.description}")
         return 0
+    executor = build_executor(args, args.output_dir, _log)
     protocol = suite_protocol(args.base)
     overrides = list(args.set) + ([f"epochs={args.epochs}"] if args.epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     output_dir = Path(args.output_dir)
-    run_suite(
+    results = run_suite(
         tasks,
         methods,
         seeds,
@@ -83,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
         base,
         log=_log,
         method_defaults=method_defaults,
-        jobs=args.jobs,
+        executor=executor,
     )
+    if results is None:  # submitted, not waited for
+        return 0
     print()
     print((output_dir / "results.md").read_text(encoding="utf-8"))
     print(

@@ -1,7 +1,7 @@
 """The accuracy–storage frontier: a budget grid of LoRA, peft LoRA, Heart-LoRA and its controls.
 
 `run_frontier` trains every grid method on every task with every seed through the suite
-engine (`run_suite`: bracket overrides, reuse of finished runs, ``jobs``) and writes, next to
+engine (`run_suite`: bracket overrides, reuse of finished runs, the executor) and writes, next to
 the suite's own files:
 
 * ``frontier.csv`` — one row per run;
@@ -39,6 +39,7 @@ from typing import Any
 from heartlora.atomic import atomic_write_json, atomic_write_text
 from heartlora.config import INVERSE_OF, resolve_inverse
 from heartlora.errors import HeartLoRAError
+from heartlora.training.executor import Executor
 from heartlora.training.figures import new_figure, save_png
 from heartlora.training.report import GROUP_ORDER, RunResult
 from heartlora.training.stats import PairedComparison, mean_std, paired_comparison, pareto_front
@@ -510,17 +511,22 @@ def run_frontier(
     base: dict[str, Any],
     method_defaults: dict[str, dict[str, Any]] | None = None,
     selection: str | None = "val200",
-    jobs: int = 1,
+    executor: Executor | None = None,
     bootstrap_seed: int = 0,
     log: Callable[[str], None] = print,
     selection_seeds: list[int] | None = None,
-) -> FrontierOutcome:
+) -> FrontierOutcome | None:
     """Run the grid (see the module docstring) and write its reports.
 
     ``selection="val200"``: grid on train800 → val200 in ``output_dir/val200`` (with
     ``selection_seeds``, default ``seeds``), choice, then the chosen set on train800val200 →
     test in ``output_dir/test`` (with ``seeds``); ``selection=None``: the grid once, on
-    ``base``'s splits, in ``output_dir``.
+    ``base``'s splits, in ``output_dir``. The runs train where ``executor`` puts them (default:
+    one after another in this process).
+
+    Returns:
+        What was run and chosen, or None when the executor returned before a phase's runs
+        finished (SLURM's ``--no-wait``): the same call later goes on from there.
 
     Raises:
         HeartLoRAError: for an unknown ``selection``, or nothing to choose from.
@@ -539,23 +545,29 @@ def run_frontier(
         phase_base: dict[str, Any],
         split: str,
         phase_seeds: list[int] = seeds,
-    ) -> tuple[list[RunResult], list[Comparison]]:
-        """Train ``grid`` in ``directory`` and write its frontier reports."""
+    ) -> tuple[list[RunResult], list[Comparison]] | None:
+        """Train ``grid`` in ``directory`` and write its frontier reports (None: not done)."""
         results = run_suite(
-            tasks, grid, phase_seeds, directory, phase_base, log, method_defaults, jobs=jobs
+            tasks, grid, phase_seeds, directory, phase_base, log, method_defaults, executor
         )
+        if results is None:
+            return None
         return results, write_frontier(results, directory, phase_base, split, bootstrap_seed)
 
     if selection is None:
         split = str(base.get("eval_split"))
-        results, comparisons = phase(methods, output_dir, base, split)
+        done = phase(methods, output_dir, base, split)
+        if done is None:
+            return None
+        results, comparisons = done
         return FrontierOutcome({split: results}, {split: comparisons}, None)
 
     log(f"selection: {len(methods)} methods on train800 → val200")
     val_dir = output_dir / "val200"
-    val_results, val_comparisons = phase(
-        methods, val_dir, {**base, **SELECTION_SPLITS}, "val200", selection_seeds or seeds
-    )
+    done = phase(methods, val_dir, {**base, **SELECTION_SPLITS}, "val200", selection_seeds or seeds)
+    if done is None:
+        return None
+    val_results, val_comparisons = done
     chosen = choose_candidate(val_comparisons)
     chosen_methods = methods_for_test(chosen, val_comparisons, base)
     atomic_write_json(
@@ -568,9 +580,10 @@ def run_frontier(
     )
     log(f"chosen on val200: {chosen}; test: {', '.join(chosen_methods)}")
     test_dir = output_dir / "test"
-    test_results, test_comparisons = phase(
-        chosen_methods, test_dir, {**base, **TEST_SPLITS}, "test"
-    )
+    done = phase(chosen_methods, test_dir, {**base, **TEST_SPLITS}, "test")
+    if done is None:
+        return None
+    test_results, test_comparisons = done
     _write_overview(output_dir, chosen, val_dir, test_dir)
     return FrontierOutcome(
         {"val200": val_results, "test": test_results},

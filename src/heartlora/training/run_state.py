@@ -5,7 +5,7 @@
 * `write_checkpoint` / `read_checkpoint`: ``checkpoint.pt``, a ``torch.save`` dict of tensors
   and plain values only, marked with `CHECKPOINT_FORMAT`, read back with
   ``torch.load(weights_only=True)`` so that resuming never unpickles code;
-* `deferred_stop`: Ctrl-C and SIGTERM finish the running step before the run stops, so the
+* `deferred_stop`: Ctrl-C, SIGTERM and SIGUSR2 finish the running step before the run stops, so the
   checkpoint written then is a batch boundary.
 """
 
@@ -227,12 +227,18 @@ class RunInterrupted(KeyboardInterrupt):
         self.agreed = agreed
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+"""The signals that stop a run after its step, saved: Ctrl-C, SIGTERM (``kill``, SLURM's
+cancel, requeue or preemption) and SIGUSR2 (SLURM's notice before a time limit, as submitit
+asks for it: `heartlora.training.slurm_executor`)."""
+
+
 @contextmanager
 def deferred_stop(log=print) -> Iterator[StopRequest]:
-    """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets the returned
-    `StopRequest`: the trainer finishes the running step, saves and stops there. A second
-    one raises `KeyboardInterrupt` at once (the step in flight is then discarded). Outside the
-    main thread, where Python cannot handle signals, it changes nothing."""
+    """While active, the first Ctrl-C (SIGINT), SIGTERM or SIGUSR2 (`STOP_SIGNALS`) only sets
+    the returned `StopRequest`: the trainer finishes the running step, saves and stops there. A
+    second one raises `KeyboardInterrupt` at once (the step in flight is then discarded).
+    Outside the main thread, where Python cannot handle signals, it changes nothing."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -247,7 +253,7 @@ def deferred_stop(log=print) -> Iterator[StopRequest]:
             "(press Ctrl-C again to stop at once)"
         )
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
     try:
         yield request
     finally:

@@ -21,7 +21,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,12 @@ from heartlora.atomic import atomic_write_text
 from heartlora.backbone import RANDOM_WEIGHTS
 from heartlora.bundled.protocols import DEFAULT_PROTOCOL, MINI, PROTOCOLS, SuiteProtocol
 from heartlora.bundled.tasks import MINI_VTAB_TASKS, materialize
-from heartlora.documents import parse_yaml, read_json
+from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
+from heartlora.training.executor import Executor, PlannedRun, finished_result
 from heartlora.training.figures import new_figure, save_png
+from heartlora.training.local_executor import LocalExecutor
 from heartlora.training.report import (
     RunResult,
     group_name,
@@ -43,7 +44,6 @@ from heartlora.training.report import (
     results_csv,
     summarize,
 )
-from heartlora.training.workers import call_in_worker, worker_pool
 
 DEFAULT_METHODS = MINI.methods
 
@@ -317,39 +317,6 @@ def _run_config(
     return build_config(None, [f"{k}={json.dumps(v)}" for k, v in data.items()])
 
 
-def _finished(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
-    result = run_dir / "result.json"
-    if not result.is_file() or _saved_config(run_dir) != config.to_dict():
-        return None
-    finished = read_json(result, "the result.json a finished run writes")
-    if not isinstance(finished, dict):
-        raise HeartLoRAError(f"{result}: expected the JSON object a finished run writes")
-    return finished
-
-
-def _saved_config(run_dir: Path) -> dict[str, Any] | None:
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return None
-    return parse_yaml(saved.read_bytes(), str(saved), "the config.yaml a run writes")
-
-
-def _train_run(settings: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], str]:
-    """Finish one run: reuse a finished one, resume an interrupted one, or train from scratch.
-
-    Top-level (and given plain data) so that a worker process can run it.
-    """
-    from heartlora.training.trainer import run_training
-
-    config = TrainConfig(**settings)
-    result = _finished(run_dir, config)
-    if result is not None:
-        return result, "reused"
-    resume = (run_dir / "checkpoint.pt").is_file() and _saved_config(run_dir) == config.to_dict()
-    result = run_training(config, run_dir, resume=resume, overwrite=not resume, log=lambda *_: None)
-    return result, f"{result['wall_seconds']:.0f}s"
-
-
 def run_suite(
     tasks: list[SuiteTask],
     methods: list[str],
@@ -358,13 +325,19 @@ def run_suite(
     base: dict[str, Any],
     log: Callable[[str], None] = print,
     method_defaults: dict[str, dict[str, Any]] | None = None,
-    jobs: int = 1,
-) -> list[RunResult]:
+    executor: Executor | None = None,
+) -> list[RunResult] | None:
     """Run (or reuse) every method × task × seed and write the result files.
 
     A run's settings: ``base`` < ``method_defaults[method]`` < the task's < the method's brackets.
-    With ``jobs`` > 1 that many runs train at once, each in its own process (give each run
-    ``threads`` = cores / jobs); results do not depend on it.
+    Finished runs are reused here; the others go to ``executor`` (default: one after another in
+    this process; `LocalExecutor` with ``jobs`` > 1 trains that many at once, each in its own
+    process — give each run ``threads`` = cores / jobs —, `SlurmExecutor` on a cluster).
+    Results do not depend on where the runs trained.
+
+    Returns:
+        The results in plan order (task, method, seed), or None when the executor returned
+        before every run finished (SLURM's ``--no-wait``); the result files are then not written.
     """
     plan = [
         (task, method, seed, _run_config(base, task, method, seed, method_defaults or {}))
@@ -402,25 +375,27 @@ def run_suite(
             f"acc {result['final_accuracy']:5.1f}%  ({status}; ~{remaining / 60:.1f} min left)"
         )
 
-    def run_dir(index: int) -> Path:
-        task, method, seed, _ = plan[index]
-        return output_dir / "runs" / task.name / method / f"seed{seed}"
-
-    if jobs <= 1:
-        for index, (*_, config) in enumerate(plan):
-            record(index, *_train_run(config.to_dict(), run_dir(index)))
-    else:
-        with worker_pool(jobs) as pool:
-            futures = {
-                pool.submit(call_in_worker, _train_run, config.to_dict(), run_dir(index)): index
-                for index, (*_, config) in enumerate(plan)
-            }
-            try:
-                for future in as_completed(futures):
-                    record(futures[future], *future.result())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+    runs = [
+        PlannedRun(
+            f"{task.name} {method} seed {seed}",
+            config.to_dict(),
+            output_dir / "runs" / task.name / method / f"seed{seed}",
+        )
+        for task, method, seed, config in plan
+    ]
+    to_train = []
+    for index, (run, (*_, config)) in enumerate(zip(runs, plan)):
+        result = finished_result(run.run_dir, config)
+        if result is None:
+            to_train.append(index)
+        else:
+            record(index, result, "reused")
+    executor = executor or LocalExecutor(log=log)
+    if not executor.run(
+        [runs[index] for index in to_train],
+        lambda position, result, status: record(to_train[position], result, status),
+    ):
+        return None
     results = [finished[index] for index in range(len(plan))]
     splits = {config.eval_split for *_, config in plan}
     write_reports(results, output_dir, splits.pop() if len(splits) == 1 else "evaluation")

@@ -1,0 +1,172 @@
+"""The local executor: worker placement, and every way a worker or the command can end."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import executor_probes
+import pytest
+from test_workers import _alive, _worker_pids
+
+from heartlora.errors import HeartLoRAError
+from heartlora.training.executor import PlannedRun, RunFailed
+from heartlora.training.local_executor import FAILURE_TRACEBACK, LocalExecutor, worker_devices
+
+
+def _runs(tmp_path, count, **settings):
+    return [PlannedRun(f"run {i}", dict(settings), tmp_path / f"run{i}") for i in range(count)]
+
+
+def _collect(executor, runs):
+    got = {}
+    executor.run(runs, lambda index, result, status: got.__setitem__(index, result))
+    return got
+
+
+def test_named_devices_are_dealt_out_and_several_gpus_are_never_shared_silently():
+    assert worker_devices(2, ["0", "1"], gpus=0) == ["0", "1"]
+    assert worker_devices(4, ["2", "3"], gpus=8) == ["2", "3", "2", "3"]  # sharing, as asked
+    assert worker_devices(3, None, gpus=4) == ["0", "1", "2"]
+    assert worker_devices(2, None, gpus=1) == [None, None]  # one GPU or none: as it is
+    assert worker_devices(2, None, gpus=0) == [None, None]
+    with pytest.raises(HeartLoRAError, match="more than the 2 GPUs here.*--devices 0,1,0"):
+        worker_devices(3, None, gpus=2)
+    with pytest.raises(HeartLoRAError, match="expected GPU indices"):
+        worker_devices(2, ["cuda:0"], gpus=0)
+
+
+def test_each_worker_sees_only_its_own_device(tmp_path):
+    executor = LocalExecutor(
+        2, ["3", "5"], log=lambda _: None, function=executor_probes.report_placement
+    )
+    got = _collect(executor, _runs(tmp_path, 4))
+    assert len(got) == 4
+    by_worker = {}
+    for result in got.values():
+        by_worker.setdefault(result["pid"], set()).add(result["device"])
+    assert len(by_worker) == 2 and sorted(map(tuple, by_worker.values())) == [("3",), ("5",)]
+    assert os.getpid() not in by_worker
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_a_failing_run_is_one_line_naming_it_and_no_worker_is_left(tmp_path, bug):
+    runs = _runs(tmp_path, 3, message="data_root /nowhere: no such folder", bug=bug)
+    for run in runs:
+        run.settings["after"] = str(tmp_path / "slow" / "pid")
+    runs[0] = PlannedRun("slow run", {"seconds": 60}, tmp_path / "slow")
+    started = time.monotonic()
+    with pytest.raises(RunFailed) as failure:
+        LocalExecutor(2, log=lambda _: None, function=_dispatch).run(runs, lambda *_: None)
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith("run run 1 failed: ")
+    if bug:
+        assert "internal error: RuntimeError: a bug nobody foresaw" in message
+        assert (tmp_path / "run1" / FAILURE_TRACEBACK).is_file()
+    else:
+        assert message.endswith("data_root /nowhere: no such folder")
+    # the slow run was stopped (it saved), not waited for
+    assert time.monotonic() - started < 40
+    assert (tmp_path / "slow" / "saved").read_text() == "yes"
+    assert not _alive(int((tmp_path / "slow" / "pid").read_text()))
+
+
+def _dispatch(settings, run_dir):
+    """The slow run trains until stopped; the others fail once it is under way."""
+    if "message" in settings:
+        deadline = time.monotonic() + 60
+        while not Path(settings["after"]).is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        return executor_probes.fail(settings, run_dir)
+    return executor_probes.train_until_stopped(settings, run_dir)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, signum):
+    runs = _runs(tmp_path, 2, seconds=60)
+    result = {}
+
+    def stop_one_worker():
+        pid_files = [tmp_path / "run0" / "pid", tmp_path / "run1" / "pid"]
+        deadline = time.monotonic() + 60
+        while not all(p.is_file() for p in pid_files) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(int(pid_files[0].read_text()), signum)
+
+    killer = threading.Thread(target=stop_one_worker)
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(RunFailed) as failure:
+        LocalExecutor(2, log=lambda _: None, function=executor_probes.train_until_stopped).run(
+            runs, lambda index, res, status: result.update({index: res})
+        )
+    killer.join()
+    message = str(failure.value)
+    assert "\n" not in message and "run run 0" in message
+    if signum == signal.SIGKILL:
+        assert "ended without a result (signal SIGKILL" in message
+    else:
+        assert f"stopped by {signal.Signals(signum).name} from outside" in message
+        assert (tmp_path / "run0" / "saved").is_file()
+    assert (tmp_path / "run1" / "saved").is_file()  # the other run stopped and saved
+    assert time.monotonic() - started < 40 and not result
+    for run in ("run0", "run1"):
+        assert not _alive(int((tmp_path / run / "pid").read_text()))
+
+
+def _suite(tmp_path, out):
+    return [
+        sys.executable, "-m", "heartlora", "suite", "--tasks", "sk-digits", "--epochs", "40",
+        "--methods", "lora,heart-lora", "--jobs", "2", "--data-root", str(tmp_path / "data"),
+        "--output-dir", str(out), "--set", "threads=1",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("when", ["training", "starting"])
+def test_ctrl_c_on_a_terminal_ends_suite_jobs_2_at_once_in_one_line(tmp_path, when):
+    """A terminal's Ctrl-C is SIGINT to the whole foreground process group."""
+    out = tmp_path / "suite"
+    suite = subprocess.Popen(
+        _suite(tmp_path, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own group, as a shell's foreground job
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        workers: list[int] = []
+        if when == "training":
+            deadline = time.monotonic() + 240
+            while len(workers) < 2 and time.monotonic() < deadline and suite.poll() is None:
+                time.sleep(0.5)
+                workers = _worker_pids(out / "runs", suite.pid) if (out / "runs").is_dir() else []
+            assert len(workers) == 2
+            time.sleep(2)
+        else:
+            time.sleep(4)  # the workers are importing torch
+        group = [int(p) for p in subprocess.run(
+            ["pgrep", "-s", str(suite.pid)], capture_output=True, text=True
+        ).stdout.split()] + workers  # fmt: skip
+        stopped = time.monotonic()
+        os.killpg(suite.pid, signal.SIGINT)
+        suite.wait(timeout=60)
+        took = time.monotonic() - stopped
+        stderr = suite.stderr.read().decode()
+        assert suite.returncode == 130, stderr
+        assert stderr.strip() == "heartlora: interrupted", stderr
+        assert took < 30
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in group), "a process outlived the suite"
+    finally:
+        if suite.poll() is None:
+            os.killpg(suite.pid, signal.SIGKILL)
+    if when == "training":  # the same command resumes both runs
+        assert all((out / "runs" / "sk-digits" / m / "seed0" / "checkpoint.pt").is_file()
+                   for m in ("lora", "heart-lora"))  # fmt: skip
