@@ -332,18 +332,20 @@ class SlurmExecutor:
         while outstanding:
             queue = squeue_states()
             for index, job_id in list(outstanding.items()):
+                if queue.get(job_id) in QUEUED_STATES:
+                    continue  # SLURM's still (a COMPLETING job may be requeued next)
+                del outstanding[index]
                 run = runs[index]
                 result = finished_result(run.run_dir, TrainConfig(**run.settings))
                 if result is not None:
                     report(index, result, f"job {job_id}")
-                    del outstanding[index]
-                elif queue.get(job_id) not in QUEUED_STATES:
-                    del outstanding[index]
+                else:
                     failures.append(failure_line(run, job_id))
                     self.log(failures[-1])
             counts = _count_states(queue, outstanding.values())
+            finished = len(runs) - len(outstanding) - len(failures)
             line = (
-                f"slurm: {len(runs) - len(outstanding)}/{len(runs)} done"
+                f"slurm: {finished}/{len(runs)} finished"
                 + "".join(f", {n} {state.lower()}" for state, n in counts.items())
                 + (f", {len(failures)} failed" if failures else "")
             )

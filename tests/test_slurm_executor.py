@@ -1,0 +1,189 @@
+"""Suites through a real SLURM (scripts/slurm_local.sh start): results equal to local runs,
+runs that SLURM stops resume bit-identical, reruns submit only what is missing, failures and
+cancellations are one line, and a run of two tasks equals one process."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from slurm_cluster import require_slurm
+
+from heartlora.cli import main
+from heartlora.errors import HeartLoRAError
+from heartlora.training.slurm_executor import JOB_FILE, SlurmSettings, slurm_settings
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _suite(tmp_path, out, methods, epochs, seeds="1", *extra):
+    return [
+        "suite", "--tasks", "sk-digits", "--epochs", str(epochs), "--methods", methods,
+        "--seeds", seeds, "--data-root", str(tmp_path / "data"), "--output-dir", str(out),
+        "--set", "threads=1", *extra,
+    ]  # fmt: skip
+
+
+def _slurm(args):
+    return [
+        sys.executable,
+        "-m",
+        "heartlora",
+        *args,
+        "--executor",
+        "slurm",
+        "--poll-seconds",
+        "0.5",
+    ]
+
+
+def _rows(out):
+    with (out / "results.csv").open() as file:
+        return [(r["method"], r["seed"], r["accuracy"]) for r in csv.DictReader(file)]
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "adapter" / "heartlora_adapter.safetensors"))
+
+
+def _job(run_dir):
+    return json.loads((run_dir / JOB_FILE).read_text())["job_id"]
+
+
+def _epochs_logged(run_dir):
+    metrics = run_dir / "metrics.csv"
+    return metrics.read_text().count("\n") - 1 if metrics.is_file() else 0
+
+
+def test_slurm_settings_come_from_a_yaml_block_and_flags_checked_by_key(tmp_path):
+    block = tmp_path / "slurm.yaml"
+    block.write_text("slurm:\n  partition: gpu\n  time_minutes: 30\n  sbatch: {constraint: a100}\n")
+    settings = slurm_settings({"time_minutes": 45, "gpus_per_run": 2}, str(block))
+    assert (settings.partition, settings.time_minutes, settings.tasks) == ("gpu", 45, 2)
+    assert settings.sbatch == {"constraint": "a100"}
+    with pytest.raises(HeartLoRAError, match="unknown SLURM setting 'partiton'.*'partition'"):
+        SlurmSettings.from_mapping({"partiton": "gpu"}, "x.yaml")
+    with pytest.raises(HeartLoRAError, match="x.yaml: time_minutes: expected at least 1"):
+        SlurmSettings.from_mapping({"time_minutes": 0}, "x.yaml")
+    with pytest.raises(HeartLoRAError, match="gpus_per_run: expected an integer"):
+        SlurmSettings.from_mapping({"gpus_per_run": "two"}, "x.yaml")
+    with pytest.raises(HeartLoRAError, match="tasks_per_run 3 and gpus_per_run 2 disagree"):
+        SlurmSettings.from_mapping({"gpus_per_run": 2, "tasks_per_run": 3}, "x.yaml")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--partition", "gpu"], "--partition is a SLURM setting: add --executor slurm"),
+        (["--no-wait"], "--no-wait is a SLURM setting"),
+        (["--executor", "slurm", "--devices", "0,1"], "under --executor slurm ask for GPUs"),
+        (["--executor", "slurm", "--sbatch", "nokey"], "--sbatch 'nokey': expected KEY=VALUE"),
+    ],
+)
+def test_executor_options_that_contradict_each_other_are_one_line(tmp_path, capsys, extra, message):
+    assert main(_suite(tmp_path, tmp_path / "out", "lora", 1, "1", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(tmp_path):
+    """4 runs; SLURM requeues one mid-training (SIGTERM) and gives another its time-limit notice
+    (SIGUSR2): both resume from their checkpoints and end bit-identical to the local runs."""
+    require_slurm()
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    args = ("lora,heart-lora", 3, "2")
+    assert main(_suite(tmp_path, local, *args, "--jobs", "1")) == 0
+    suite = subprocess.Popen(
+        _slurm(_suite(tmp_path, cluster, *args)), env=ENV, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    runs = cluster / "runs" / "sk-digits"
+    stops = {runs / "lora" / "seed0": ["scontrol", "requeue"],
+             runs / "heart-lora" / "seed1": ["scancel", "--signal=USR2"]}  # fmt: skip
+    deadline = time.monotonic() + 300
+    while stops and time.monotonic() < deadline and suite.poll() is None:
+        for run_dir, command in list(stops.items()):
+            if _epochs_logged(run_dir) >= 1:  # mid-training: 5 epochs to go
+                subprocess.run([*command, _job(run_dir)], check=True)
+                del stops[run_dir]
+        time.sleep(0.2)
+    output = suite.communicate(timeout=400)[0]
+    assert suite.returncode == 0, output
+    assert not stops, "a run finished before SLURM could stop it"
+    assert _rows(cluster) == _rows(local)
+    for run_dir in sorted(runs.glob("*/seed*")):
+        expected = _weights(local / "runs" / "sk-digits" / run_dir.parent.name / run_dir.name)
+        got = _weights(run_dir)
+        assert got.keys() == expected.keys()
+        assert all(torch.equal(got[key], expected[key]) for key in got), run_dir
+        result = json.loads((run_dir / "result.json").read_text())
+        stopped = run_dir in (runs / "lora" / "seed0", runs / "heart-lora" / "seed1")
+        assert result.get("slurm_requeues", 0) == (1 if stopped else 0), run_dir
+        assert (run_dir / "slurm.out").is_symlink() and (run_dir / "slurm.err").exists()
+
+
+def test_a_rerun_submits_only_what_is_missing_and_a_cancelled_job_is_one_line(tmp_path):
+    require_slurm()
+    out = tmp_path / "out"
+    args = _slurm(_suite(tmp_path, out, "lora,linear", 1))
+    first = subprocess.run([*args, "--no-wait"], env=ENV, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "2 run(s) submitted, 0 already queued" in first.stdout
+    assert not (out / "results.csv").exists()
+    cancelled = out / "runs" / "sk-digits" / "linear" / "seed0"
+    subprocess.run(["scancel", _job(cancelled)], check=True)
+    # waiting on a submission with a cancelled job: that run in one line, nothing hangs
+    waiting = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    assert waiting.returncode == 2
+    assert "0 run(s) submitted, " in waiting.stdout or "0 run(s) submitted" not in waiting.stdout
+    line = next(x for x in waiting.stdout.splitlines() if "failed:" in x)
+    assert line.startswith("run sk-digits linear seed 0 (SLURM job ")
+    assert "ended without a result (cancelled" in line and "log: " in line
+    assert waiting.stderr.strip().count("\n") == 0 and "1 of " in waiting.stderr
+    # the same command again: the finished run is reused, only the cancelled one goes to SLURM
+    again = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 run(s) submitted, 0 already queued" in again.stdout
+    assert "reused" in again.stdout and (out / "results.csv").is_file()
+
+
+def test_a_run_that_fails_in_its_job_is_one_line_naming_it_and_its_log(tmp_path):
+    require_slurm()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+    args = _slurm(_suite(tmp_path, tmp_path / "out", "lora", 1, "1", "--set", f"checkpoint={bad}"))
+    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    line = next(x for x in done.stdout.splitlines() if "failed:" in x)
+    assert "run sk-digits lora seed 0 (SLURM job " in line and f"{bad}: cannot read" in line
+    log = Path(line.rsplit("log: ", 1)[1])
+    assert log.is_file() and "Traceback" in log.read_text()
+    assert done.stderr.startswith("heartlora: error: 1 of 1 SLURM runs failed")
+
+
+def test_a_run_of_two_slurm_tasks_equals_one_process(tmp_path):
+    """``--tasks-per-run 2``: two ranks (gloo, CPU) in one torch.distributed group set up from
+    SLURM's environment, the code path torchrun uses, match one process with the same batch."""
+    require_slurm()
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ("heart-lora", 1, "1", "--set", "drop_path=0")
+    assert main(_suite(tmp_path, one, *args, "--jobs", "1")) == 0
+    done = subprocess.run(
+        [*_slurm(_suite(tmp_path, two, *args)), "--tasks-per-run", "2", "--cpus-per-task", "1"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = Path("runs/sk-digits/heart-lora/seed0")
+    single = json.loads((one / run / "result.json").read_text())
+    double = json.loads((two / run / "result.json").read_text())
+    assert (single["world_size"], double["world_size"]) == (1, 2)
+    assert double["final_accuracy"] == single["final_accuracy"]
+    a, b = _weights(one / run), _weights(two / run)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
