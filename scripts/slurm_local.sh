@@ -15,7 +15,10 @@
 # /tmp/heartlora-slurm). The conf is also copied to /etc/slurm/slurm.conf, where sbatch, squeue
 # and sinfo look without SLURM_CONF; a file there that this script did not write is left alone
 # (start refuses). Partition `local` (default), one node named `hostname -s`, CPUs = nproc,
-# no accounting (sacct does not work), KillWait=5, JobRequeue=1, MinJobAge=30.
+# no accounting (sacct fails: "Slurm accounting storage is disabled"), KillWait=5 (SIGKILL 5 s
+# after SIGTERM), JobRequeue=1, a requeued job runs again ~6 s after it ended (cred_expire=5),
+# finished jobs stay in `squeue -t all` for MinJobAge=30 s, requests the partition can never
+# run are refused at sbatch (EnforcePartLimits=ALL). Each start clears the job state (ids from 1).
 set -euo pipefail
 
 PROG=slurm_local.sh
