@@ -139,6 +139,71 @@ def test_resume_with_other_settings_is_refused(toy, tmp_path, capsys):
     assert "rank" in _one_line_error(capsys)
 
 
+def _own_copy_of_the_task(toy, tmp_path) -> Path:
+    """A copy of the toy data root whose split files a test may change."""
+    root, _ = toy
+    copy = tmp_path / "data"
+    shutil.copytree(root / "toy", copy / "toy")
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("split", "change", "expected"),
+    [
+        ("train800", "halve", "the training data changed since the run started"),
+        ("train800", "permute", "the same 32 images, but other paths, labels or order"),
+        ("test", "halve", "the evaluation data changed since the run started"),
+    ],
+)
+def test_resume_on_changed_data_is_refused_naming_what_changed(
+    toy, tmp_path, capsys, split, change, expected
+):
+    """An interrupted run resumed on a split file cut in half, or with every label permuted,
+    used to train its remaining epochs on the other data and report its image count."""
+    _, checkpoint = toy
+    root = _own_copy_of_the_task(toy, tmp_path)
+    out = tmp_path / "run"
+    args = train_args(root, checkpoint, out, "lora", epochs=1, train_split="train800")
+    assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["data"]["train"]["images"] == 32
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    split_file = root / "toy" / f"{split}.txt"
+    lines = split_file.read_text().splitlines()
+    if change == "halve":
+        lines = lines[: len(lines) // 2]
+    else:
+        labels = [line.rsplit(" ", 1)[1] for line in lines]
+        labels = labels[1:] + labels[:1]
+        lines = [f"{line.rsplit(' ', 1)[0]} {label}" for line, label in zip(lines, labels)]
+    split_file.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = _one_line_error(capsys)
+    assert expected in err and "checkpoint.pt" in err and f"{split}.txt" in err, err
+    after = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    after.pop(out / ".heartlora-run.lock", None)
+    before.pop(out / ".heartlora-run.lock", None)
+    assert after == before
+
+
+def test_resume_with_other_num_workers_is_accepted_other_threads_refused(toy, tmp_path, capsys):
+    """Loader workers cannot change a run's result (each image draws from its own seed), so
+    they do not block a resume on another machine; the CPU thread count changes the rounding
+    of torch's reductions (1e-8 in the adapter weights), so a resume with other ``threads``
+    would not be the run's bit-for-bit continuation and stays refused."""
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    assert main(train_args(root, checkpoint, out, "linear", epochs=1)) == 0
+    capsys.readouterr()
+    resumed = train_args(root, checkpoint, out, "linear", epochs=1, num_workers=1)
+    assert main([*resumed, "--resume"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    resumed = train_args(root, checkpoint, out, "linear", epochs=1, threads=2)
+    assert main([*resumed, "--resume"]) == 2
+    assert "(threads)" in _one_line_error(capsys)
+
+
 def test_debug_shows_the_traceback(toy, tmp_path):
     root, checkpoint = toy
     with pytest.raises(HeartLoRAError):

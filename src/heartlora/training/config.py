@@ -227,7 +227,9 @@ class TrainConfig:
         default=0,
         metadata={
             "help": "DataLoader worker processes loading training batches (0: load in the "
-            "main process)."
+            "main process); never changes the result (each image draws from its own seed), "
+            "so a run may resume with another count.",
+            "changes_result": False,
         },
     )
     # method and adapter
@@ -521,6 +523,15 @@ def key_groups() -> dict[str, list[str]]:
         current = starts.get(item.name, current)
         groups.setdefault(current, []).append(item.name)
     return groups
+
+
+def result_neutral_keys() -> frozenset[str]:
+    """The keys whose value cannot change a run's result (``metadata["changes_result"]`` is
+    False), which ``--resume`` may therefore change: ``num_workers``. ``threads`` is not one:
+    torch's reductions round differently with another thread count."""
+    return frozenset(
+        item.name for item in fields(TrainConfig) if item.metadata.get("changes_result") is False
+    )
 
 
 def known_keys() -> list[str]:

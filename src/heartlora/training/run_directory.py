@@ -22,7 +22,7 @@ from heartlora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
 from heartlora.atomic import atomic_write_text, folder_path_problem, temporary_files
 from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
-from heartlora.training.config import TrainConfig
+from heartlora.training.config import TrainConfig, result_neutral_keys
 from heartlora.training.run_state import CHECKPOINT_NAME
 
 RUN_FILES = ("result.json", CHECKPOINT_NAME, "metrics.csv", "adapter", "tensorboard")
@@ -69,8 +69,11 @@ def check_run_directory(
                 "config.yaml the run wrote; start again with --overwrite)"
             )
         previous = _read_saved_config(config_file)
+        neutral = result_neutral_keys()
         differing = sorted(
-            k for k, v in config.to_dict().items() if k in previous and previous[k] != v
+            k
+            for k, v in config.to_dict().items()
+            if k in previous and previous[k] != v and k not in neutral
         )
         if differing:
             raise HeartLoRAError(

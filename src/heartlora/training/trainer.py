@@ -43,6 +43,7 @@ from heartlora.inject import (
 )
 from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
 from heartlora.training.config import TrainConfig
+from heartlora.training.data_fingerprint import check_same_data, split_fingerprint
 from heartlora.training.distributed import (
     World,
     all_gather_objects,
@@ -229,6 +230,19 @@ class Trainer:
         self.skipped_images = int(getattr(train, "skipped", 0)) + int(
             getattr(evaluation, "skipped", 0)
         )
+        self.data_fingerprint = {
+            role: split_fingerprint(
+                dataset.samples,
+                dataset.num_classes,
+                config.data_root,
+                getattr(dataset, "split_file", None)
+                or f"{config.data_root} ({config.task}, split {split})",
+            )
+            for role, dataset, split in (
+                ("train", train, config.train_split),
+                ("eval", evaluation, config.eval_split),
+            )
+        }
         if config.cache_images:
             if config.augment:
                 raise HeartLoRAError("cache_images cannot be combined with augment")
@@ -312,6 +326,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "rng_ranks": rng_ranks,
+            "data": self.data_fingerprint,
             **self._calibration_state(),
         }
         write_checkpoint(self.output_dir / CHECKPOINT_NAME, state)
@@ -321,6 +336,10 @@ class Trainer:
         """Restore the state saved by `save_resume_state` (read with ``weights_only=True``)."""
         path = self.output_dir / CHECKPOINT_NAME
         state = read_checkpoint(path)
+        if "data" in state:
+            check_same_data(state["data"], self.data_fingerprint, str(path))
+        else:
+            self.log(f"note: {path} predates data fingerprints: the data is not compared")
         progress = RunProgress.from_state(state["progress"], str(path))
         if self.calibration is not None:
             self.calibration.load_state_dict(state, str(path))
@@ -714,6 +733,7 @@ class Trainer:
             "train_images": len(self.train_set),
             "eval_images": len(self.eval_set),
             "skipped_images": self.skipped_images,
+            "data": self.data_fingerprint,
             "epochs": config.epochs,
             "seed": config.seed,
             "weights": config.base_weights(),
