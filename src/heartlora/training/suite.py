@@ -32,7 +32,7 @@ from heartlora.atomic import atomic_write_text
 from heartlora.backbone import RANDOM_WEIGHTS
 from heartlora.bundled.protocols import DEFAULT_PROTOCOL, MINI, PROTOCOLS, SuiteProtocol
 from heartlora.bundled.tasks import MINI_VTAB_TASKS, materialize
-from heartlora.documents import parse_yaml, read_json
+from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
 from heartlora.training.figures import new_figure, save_png
@@ -43,6 +43,7 @@ from heartlora.training.report import (
     results_csv,
     summarize,
 )
+from heartlora.training.run_directory import finished_result
 from heartlora.training.workers import call_in_worker, worker_pool
 
 DEFAULT_METHODS = MINI.methods
@@ -317,14 +318,17 @@ def _run_config(
     return build_config(None, [f"{k}={json.dumps(v)}" for k, v in data.items()])
 
 
+_RESULT_KEYS = ("final_accuracy", "trainable_parameters", "adapter_bytes", "wall_seconds")
+"""The keys of a run's result.json that the suite reads."""
+
+
 def _finished(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
-    result = run_dir / "result.json"
-    if not result.is_file() or _saved_config(run_dir) != config.to_dict():
+    """result.json of a finished run of ``config`` in ``run_dir`` to reuse, or ``None`` to train
+    (or resume) it: a result.json without the keys the suite reads, or a run whose ``adapter/``
+    files are gone, is not finished (`finished_result`)."""
+    if not (run_dir / "result.json").is_file() or _saved_config(run_dir) != config.to_dict():
         return None
-    finished = read_json(result, "the result.json a finished run writes")
-    if not isinstance(finished, dict):
-        raise HeartLoRAError(f"{result}: expected the JSON object a finished run writes")
-    return finished
+    return finished_result(run_dir, config.method, _RESULT_KEYS)
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
