@@ -483,6 +483,45 @@ def test_a_damaged_adapter_is_one_line_in_every_tool(toy, tmp_path, finished, ca
     assert f"{config}: key config.scale is None (expected a number)" in _one_line_error(capsys)
 
 
+def _tool_commands(adapter: Path, image: str, tmp_path: Path) -> list[list[str]]:
+    """`heads`, `export` (both formats) and `predict` on ``adapter``."""
+    return [
+        ["heads", "--adapter", str(adapter), "--output-dir", str(tmp_path / "h")],
+        ["export", "--adapter", str(adapter), "--format", "peft"]
+        + ["--output-dir", str(tmp_path / "p"), "--overwrite"],
+        ["export", "--adapter", str(adapter), "--format", "merged"]
+        + ["--output-dir", str(tmp_path / "m"), "--overwrite"],
+        ["predict", "--adapter", str(adapter), image],
+    ]
+
+
+def test_the_tools_take_a_run_folder_and_say_what_other_methods_stored(
+    toy, tmp_path, finished, capsys
+):
+    """`predict`, `heads` and `export` used to refuse the run folder (the form the docs show)
+    and said only "no heartlora adapter here" of what linear, full and peft-lora runs store."""
+    root, checkpoint = toy
+    image = str(root / "toy" / "images" / "test" / "0000.png")
+    for argv in _tool_commands(finished, image, tmp_path):
+        assert main(argv) == 0, (argv, capsys.readouterr().err)
+    capsys.readouterr()
+    expected = {
+        "full": ("holds the whole fine-tuned model of a `full` run", "load_state_dict"),
+        "linear": ("holds the classifier of a `linear` run", "strict=False"),
+        "peft-lora": ("holds a peft LoRA adapter (method peft-lora)", "PeftModel.from_pretrained"),
+    }
+    for method, phrases in expected.items():
+        run = tmp_path / method
+        assert main(train_args(root, checkpoint, run, method, epochs=1)) == 0
+        capsys.readouterr()
+        for folder in (run, run / "adapter"):
+            for argv in _tool_commands(folder, image, tmp_path):
+                assert main(argv) == 2, argv
+                err = _one_line_error(capsys)
+                assert f"{run / 'adapter'}: " in err and all(p in err for p in phrases), err
+                assert "vit_mini_patch4_28" in err, err
+
+
 def test_an_export_is_replaced_only_with_overwrite(tmp_path, finished, capsys):
     argv = ["export", "--adapter", str(finished / "adapter"), "--format", "merged"]
     argv += ["--output-dir", str(tmp_path / "merged")]

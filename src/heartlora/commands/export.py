@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.adapter_io import load_adapter, read_adapter_metadata
+from heartlora.adapter_io import adapter_directory, load_adapter, read_adapter_metadata
 from heartlora.commands.arguments import add_base_override_arguments, output_dir
 from heartlora.errors import HeartLoRAError
 from heartlora.tools.export import (
@@ -20,7 +20,11 @@ from heartlora.tools.serving import base_model_from_adapter, base_model_kwargs
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of `heartlora export`."""
     parser.add_argument(
-        "--adapter", required=True, type=Path, metavar="DIR", help="adapter directory"
+        "--adapter",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="adapter directory, or the run folder holding it in adapter/",
     )
     parser.add_argument(
         "--format",
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise HeartLoRAError(
             f"unknown export format {args.export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}"
         )
+    args.adapter = adapter_directory(args.adapter)
     if not args.overwrite:
         refuse_existing_export(args.output_dir, args.export_format)
     metadata = read_adapter_metadata(args.adapter)

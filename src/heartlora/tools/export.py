@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from heartlora.adapter_io import architecture_name
+from heartlora.adapter_io import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, architecture_name
 from heartlora.adapters import QKV_SLOT
 from heartlora.atomic import atomic_write_bytes, atomic_write_json
 from heartlora.backbone import classifier_parameters, classifier_path
@@ -44,8 +44,6 @@ from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters, inject, merge
 
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 MERGED_WEIGHTS_NAME = "model.safetensors"
 MERGED_INFO_NAME = "timm_model.json"
 EXPORT_FORMATS: tuple[str, ...] = ("peft", "merged")

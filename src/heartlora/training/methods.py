@@ -22,15 +22,20 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from heartlora.adapter_io import CONFIG_NAME, WEIGHTS_NAME, RunInfo, save_adapter
+from heartlora.adapter_io import (
+    CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    STATE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    RunInfo,
+    save_adapter,
+)
 from heartlora.atomic import atomic_write_bytes
 from heartlora.backbone import classifier_path
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import inject, mark_trainable
-
-STATE_WEIGHTS_NAME = "weights.safetensors"
-"""What ``linear`` (the classifier) and ``full`` (the whole state dict) store in ``adapter/``."""
 
 
 def wrap_with_peft_lora(model: nn.Module, rank: int, scale: float) -> nn.Module:
@@ -202,7 +207,7 @@ METHODS: dict[str, Method] = {
             stores="peft adapter directory (save_pretrained)",
             build=_build_peft,
             store=_store_peft,
-            files=("adapter_config.json", "adapter_model.safetensors"),
+            files=(PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME),
         ),
     )
 }

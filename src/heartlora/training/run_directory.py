@@ -19,18 +19,24 @@ from pathlib import Path
 
 import yaml
 
-from heartlora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
+from heartlora.adapter_io import (
+    CONFIG_NAME,
+    RUN_ADAPTER_FOLDER,
+    RUN_CONFIG_NAME,
+    STATE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+)
 from heartlora.atomic import atomic_write_text, folder_path_problem, temporary_files
 from heartlora.documents import parse_yaml, read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig, result_neutral_keys
-from heartlora.training.methods import STATE_WEIGHTS_NAME, get_method
+from heartlora.training.methods import get_method
 from heartlora.training.run_state import CHECKPOINT_NAME
 
-RUN_FILES = ("result.json", CHECKPOINT_NAME, "metrics.csv", "adapter", "tensorboard")
+RUN_FILES = ("result.json", CHECKPOINT_NAME, "metrics.csv", RUN_ADAPTER_FOLDER, "tensorboard")
 """Entries whose presence means a folder holds a run."""
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = RUN_CONFIG_NAME
 CONFIG_HEADER = "# heartlora train: the resolved config of this run (written by heartlora)\n"
 """The first line of the ``config.yaml`` a run writes: how a run knows the file is its own."""
 
@@ -40,7 +46,7 @@ process dies, so a lock never outlives its run."""
 
 _TEMPORARY = {
     ".": ("result.json", CHECKPOINT_NAME, "metrics.csv", CONFIG_FILE),
-    "adapter": (WEIGHTS_NAME, CONFIG_NAME, STATE_WEIGHTS_NAME),
+    RUN_ADAPTER_FOLDER: (WEIGHTS_NAME, CONFIG_NAME, STATE_WEIGHTS_NAME),
 }
 
 
@@ -228,7 +234,7 @@ def finished_result(run_dir: Path, method: str, keys: Sequence[str]) -> dict | N
             return None
         if not math.isfinite(value):
             return None
-    adapter = run_dir / "adapter"
+    adapter = run_dir / RUN_ADAPTER_FOLDER
     if not all((adapter / name).is_file() for name in get_method(method).files):
         return None
     return result
