@@ -522,6 +522,49 @@ def test_the_tools_take_a_run_folder_and_say_what_other_methods_stored(
                 assert "vit_mini_patch4_28" in err, err
 
 
+def test_a_merged_export_loads_in_plain_timm_and_predicts_as_heartlora(toy, tmp_path, capsys):
+    """An adapter trained with its own `normalize` used to be exported without it: timm's
+    config (mean 0, std 1) changed most predictions. The recorded and printed loading line
+    now builds the model in plain timm with the preprocessing in its pretrained_cfg."""
+    root, checkpoint = toy
+    run = tmp_path / "run"
+    normalize = "[[0.9, 0.1, 0.5], [0.05, 0.3, 0.1]]"
+    assert main(train_args(root, checkpoint, run, "lora", epochs=1, normalize=normalize)) == 0
+    out = tmp_path / "merged"
+    argv = ["export", "--adapter", str(run), "--format", "merged", "--output-dir", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    info = json.loads((out / "timm_model.json").read_text())
+    assert f"load it with: {info['load']}" in printed
+    assert info["pretrained_cfg"]["mean"] == [0.9, 0.1, 0.5]
+    assert info["pretrained_cfg"]["input_size"] == [3, 28, 28]
+    images = sorted((root / "toy" / "images" / "test").glob("*.png"))
+    assert main(["predict", "--adapter", str(run), "--json", *map(str, images)]) == 0
+    expected = json.loads(capsys.readouterr().out)["predictions"]
+    code = f"""
+import json, sys, timm.data, torch
+from PIL import Image
+{info["load"]}
+model.eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in sys.argv[1:]])
+with torch.no_grad():
+    probabilities = model(batch).softmax(-1)
+print(json.dumps([probabilities.max(-1).values.tolist(), probabilities.argmax(-1).tolist()]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, images)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    probabilities, classes = json.loads(done.stdout)
+    assert classes == [row["class"] for row in expected]
+    assert probabilities == pytest.approx([row["probability"] for row in expected], abs=1e-5)
+
+
 def test_an_export_is_replaced_only_with_overwrite(tmp_path, finished, capsys):
     argv = ["export", "--adapter", str(finished / "adapter"), "--format", "merged"]
     argv += ["--output-dir", str(tmp_path / "merged")]

@@ -7,14 +7,17 @@ from pathlib import Path
 
 from heartlora.adapter_io import adapter_directory, load_adapter, read_adapter_metadata
 from heartlora.commands.arguments import add_base_override_arguments, output_dir
+from heartlora.data.transforms import timm_data_config
+from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.tools.export import (
     EXPORT_FORMATS,
+    MERGED_INFO_NAME,
     export_merged,
     export_peft,
     refuse_existing_export,
 )
-from heartlora.tools.serving import base_model_from_adapter, base_model_kwargs
+from heartlora.tools.serving import adapter_img_size, base_model_from_adapter, base_model_kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,13 +72,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     create_kwargs = base_model_kwargs(metadata)
     path = export_merged(
-        model, args.output_dir, model_name=name, create_kwargs=create_kwargs, overwrite=True
+        model,
+        args.output_dir,
+        model_name=name,
+        create_kwargs=create_kwargs,
+        overwrite=True,
+        data_config=timm_data_config(adapter_img_size(args.adapter, model), metadata.run.normalize),
     )
-    classes = getattr(model, "num_classes", None)
-    kwargs = "".join(f", {k}={v!r}" for k, v in create_kwargs.items())
+    info = read_json(args.output_dir / MERGED_INFO_NAME, "the timm_model.json just written")
     print(f"wrote merged timm checkpoint {path}")
+    print(f"load it with: {info['load']}")
     print(
-        f"load it with: timm.create_model({name!r}, pretrained=True, num_classes={classes}{kwargs}, "
-        f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={classes}))"
+        "preprocess as trained with: "
+        "timm.data.create_transform(**timm.data.resolve_data_config(model=model))"
     )
     return 0
