@@ -949,3 +949,36 @@ def test_a_warm_up_longer_than_the_run_says_where_the_runs_length_comes_from(
         _one_line_error(capsys)
     )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (  # one step: the fitted warm-up is 0 steps, and "train a warm-up first" cannot be done
+            {"batch_size": 1000, "calib_warmup_steps": "null"},
+            "scorer 'taylor' needs 1 warm-up step(s) before heads are scored, but the warm-up "
+            "fitted to this run has 0 (the run's 1 steps are 1 epoch(s) × 1 batch(es) of "
+            "batch_size 1000 from 48 training images); expected a run of at least 2 steps",
+        ),
+        (  # the first warm-up step's sensitivity is zero (B = 0): it used to fail after it
+            {"batch_size": 1000, "epochs": 2, "scorer": "sensitivity", "calib_warmup_steps": "null"},
+            "scorer 'sensitivity' needs 2 warm-up step(s) before heads are scored, but the warm-up "
+            "fitted to this run has 1",
+        ),
+        (
+            {"scorer": "sensitivity", "calib_warmup_steps": 1},
+            "calib_warmup_steps is 1 (the run's 3 steps",
+        ),
+    ],
+)
+def test_a_run_too_short_for_its_scorers_warm_up_says_so_before_writing_anything(
+    toy, tmp_path, capsys, settings, expected
+):
+    root, checkpoint = toy
+    settings = {"epochs": 1, **settings}
+    epochs = settings.pop("epochs")
+    args = train_args(root, checkpoint, tmp_path / "run", "heart-lora", epochs=epochs, **settings)
+    assert main(args) == 2
+    err = _one_line_error(capsys)
+    assert expected in err and "a scorer that needs no warm-up: grad-norm" in err, err
+    assert not (tmp_path / "run").exists()
