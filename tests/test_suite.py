@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from train_fixtures import make_base_checkpoint, make_learnable_task
 
+from heartlora.bundled.protocols import PROTOCOLS
 from heartlora.cli import main
 from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.errors import HeartLoRAError
@@ -16,6 +17,8 @@ from heartlora.training.config import build_config, read_config_file
 from heartlora.training.report import RunResult, markdown_table, summarize
 from heartlora.training.suite import (
     DEFAULT_GROUP,
+    SuiteTask,
+    _run_config,
     discover_tasks,
     parse_method,
     parse_seeds,
@@ -80,6 +83,17 @@ def test_a_reused_run_must_have_its_adapter_and_result_keys_or_it_is_redone(tmp_
     assert json.loads((run / "result.json").read_text())["adapter_bytes"] > 0
     assert main(_one_epoch_suite(tmp_path, "lora")) == 0
     assert "(reused;" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_a_method_label_trains_the_rank_it_says(protocol):
+    """The mini protocol's method defaults made `heart-lora-layer[ne=2]` train rank 10 (and
+    store more bytes than LoRA) under a label that says nothing about it."""
+    base, method_defaults = suite_base_config(None, [], protocol)
+    task = SuiteTask("t", DEFAULT_GROUP, {})
+    for label in (*PROTOCOLS[protocol].methods, "heart-lora-layer[ne=2]", "heart-lora"):
+        config = _run_config(base, task, label, 0, method_defaults)
+        assert config.rank == parse_method(label)[1].get("rank", base["rank"]), label
 
 
 def test_suite_list_and_bad_task(capsys):
