@@ -982,3 +982,26 @@ def test_a_run_too_short_for_its_scorers_warm_up_says_so_before_writing_anything
     err = _one_line_error(capsys)
     assert expected in err and "a scorer that needs no warm-up: grad-norm" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--epochs", "2", "--bogus", "3"], "unrecognized arguments: --bogus 3 (see heartlora train --help)"),
+        (["export", "--adapter", "x", "--frmat", "peft"], "unrecognized arguments: --frmat peft (see heartlora export --help)"),
+        (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+        (["train", "--epochs", "2"], "the following arguments are required: --output-dir"),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_is_named_not_a_missing_required_one(argv, expected, capsys):
+    """argparse checks required options first: `train --epochs 2 --bogus 3` said only that
+    --output-dir was missing."""
+    assert main(argv) == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_version_prints_the_package_version(capsys):
+    import heartlora
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"heartlora {heartlora.__version__}\n"
