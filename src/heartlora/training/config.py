@@ -636,11 +636,19 @@ def build_config(
         _check_keys({key: None}, "--set")
         data[key] = value
     if isinstance(data.get("targets"), str):
-        data["targets"] = [t.strip() for t in data["targets"].split(",") if t.strip()]
+        data["targets"] = _targets_list(data["targets"])
     try:
         return TrainConfig(**data)
     except TypeError as error:
         raise HeartLoRAError(f"bad config: {error}") from None
+
+
+def _targets_list(text: str) -> Any:
+    """``targets`` given as text (``--targets``, or a string in YAML): comma-separated
+    (``q,v``), or the YAML list form the config files use (``[q, v]``)."""
+    if text.strip().startswith("["):
+        return parse_yaml(text, "targets", "a list such as [q, v]")
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 TABLE_START = "<!-- config-table:start -->"
