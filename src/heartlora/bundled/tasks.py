@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from heartlora.atomic import folder_path_problem, new_folder_mode
 from heartlora.bundled.mini_vtab import (
     MINI_VTAB_TASKS,
     SPLITS,
@@ -158,6 +159,7 @@ def _materialize_task(root: Path, spec: TaskSpec, seed: int, overwrite: bool) ->
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=root))
     try:
+        os.chmod(tmp, new_folder_mode())  # it becomes the task folder: the umask's mode
         _write_task(tmp, build_task(spec.name, seed), expected)
         if task_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".old", dir=root))
@@ -202,6 +204,15 @@ def materialize(
         raise HeartLoRAError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     root_path = Path(root).expanduser() if root is not None else default_data_root()
+    problem = folder_path_problem(root_path)
+    if problem is not None:
+        from_environment = os.environ.get("HEARTLORA_DATA")
+        named = (
+            " ($HEARTLORA_DATA)"
+            if from_environment and Path(from_environment).expanduser() == root_path
+            else ""
+        )
+        raise HeartLoRAError(f"{problem}{named} (expected a folder for the mini-VTAB tasks)")
     root_path.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         _materialize_task(root_path, spec, seed, overwrite)
