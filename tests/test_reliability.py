@@ -1005,3 +1005,18 @@ def test_version_prints_the_package_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"heartlora {heartlora.__version__}\n"
+
+
+def test_an_unknown_model_is_refused_before_any_warning_about_its_weights(toy, tmp_path, capsys):
+    """`train --model vit_smal_patch16_224` first warned that it "starts from random weights"."""
+    root, checkpoint = toy
+    args = train_args(root, None, tmp_path / "run", "lora", model="vit_smal_patch16_224")
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "random weights" not in captured.out + captured.err
+    err = captured.err.strip()
+    assert err == (
+        "heartlora: error: unknown timm model 'vit_smal_patch16_224' (did you mean "
+        "'vit_small_patch16_224'? expected a timm architecture name, e.g. vit_base_patch16_224)"
+    )
+    assert not (tmp_path / "run").exists()

@@ -24,6 +24,7 @@ from heartlora.backbone import (
     MAX_IMG_SIZE,
     MODEL_KWARGS_SET_BY_RUN,
     check_model_kwargs,
+    known_architecture,
     pretrained_tag,
     weights_label,
 )
@@ -353,6 +354,7 @@ class TrainConfig:
         for item in fields(self):
             _check_type(item.name, getattr(self, item.name), item.type)
         check_model_kwargs(self.model_kwargs, "model_kwargs")
+        known_architecture(self.model)
         _check_numbers_fit(self)
         if self.method not in METHODS:
             raise HeartLoRAError(_choice_error("method", self.method, METHODS))
