@@ -131,18 +131,15 @@ def run(args: argparse.Namespace) -> int:
     for name, directory in zip(names, args.adapters):
         server.add_task(name, directory)
     server.to(device)
-    images = [open_image(path, hint=None) for path in args.images]
-    inputs = _inputs_per_task(
-        images, names, metadata, adapter_img_size(args.adapters[0], server.model)
-    )
+    img_size = adapter_img_size(args.adapters[0], server.model)
     predictions = []
-    for start in range(0, len(images), args.batch_size):
+    # one batch of images decoded at a time: memory does not grow with the number of images
+    for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start : start + args.batch_size]
+        images = [open_image(path, hint=None) for path in paths]
+        inputs = _inputs_per_task(images, names, metadata, img_size)
         with matmul_precision(dtype, device.type), forward_precision(dtype, device.type):
-            results = {
-                name: server.predict(inputs[name][start : start + args.batch_size], name)
-                for name in names
-            }
+            results = {name: server.predict(inputs[name], name) for name in names}
         for index, path in enumerate(paths):
             for name, meta in zip(names, metadata):
                 label = int(results[name][0][index])
