@@ -177,7 +177,17 @@ def _adapter_report(
             f"--img-size {args.img_size}: {directory} was trained at {trained_at} px, which its "
             "base model takes (expected that size, or no --img-size)"
         )
-    _, batches = _batches(spec, trained_at, args)
+    try:
+        _, batches = _batches(spec, trained_at, args)
+    except HeartLoRAError as error:
+        if args.data_root is not None or args.scorer is not None:
+            raise  # images the user named, or needed to score: an error
+        # the images the adapter was trained on have moved or gone: the docs' skip line
+        print(
+            f"{report.task}: the adapter's training images cannot be read ({error}); no "
+            "redundancy plot (pass --data-root, --task)"
+        )
+        return report
     report.similarity = model_head_report(model, report.task, batches=batches).similarity
     if args.scorer is not None or report.scores is None:
         scorer = args.scorer or "grad-norm"
