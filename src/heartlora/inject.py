@@ -149,6 +149,11 @@ def inject(model: nn.Module, config: HeartLoRAConfig) -> nn.Module:
         HeartLoRAError: if the model has no attention heads, already carries adapters, or the
             rank exceeds the embedding dimension (nothing is allocated then).
     """
+    if is_merged(model):
+        raise HeartLoRAError(
+            "this model's heartlora adapters are merged into its weights (merge()); call "
+            "unmerge(model) to get them back instead of injecting new ones"
+        )
     if has_adapters(model):
         raise HeartLoRAError("this model already carries heartlora adapters; inject once")
     layers = find_attention_layers(model)
@@ -224,9 +229,20 @@ def head_masks(model: nn.Module) -> list[torch.Tensor]:
     for layer in find_attention_layers(model):
         adapters = layer.adapters
         if not adapters:
-            raise HeartLoRAError(f"{layer.name} has no heartlora adapter; call inject() first")
+            raise _no_adapter(model, layer)
         masks.append(adapters[0].head_mask.detach().cpu().clone())
     return masks
+
+
+def _no_adapter(model: nn.Module, layer: AttentionLayer) -> HeartLoRAError:
+    """The error of a head-mask call on a layer without live adapters: merged ones are
+    restored by `unmerge` (`inject` refuses a model whose adapters are merged)."""
+    if is_merged(model):
+        return HeartLoRAError(
+            f"{layer.name}: the adapters are merged into the base weights (merge()); call "
+            "unmerge(model) first, then merge again after changing the heads"
+        )
+    return HeartLoRAError(f"{layer.name} has no heartlora adapter; call inject() first")
 
 
 def set_head_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
@@ -236,7 +252,7 @@ def set_head_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
         raise HeartLoRAError(f"got {len(masks)} head masks for a model with {len(layers)} layers")
     for layer, mask in zip(layers, masks):
         if not layer.adapters:
-            raise HeartLoRAError(f"{layer.name} has no heartlora adapter; call inject() first")
+            raise _no_adapter(model, layer)
         for adapter in layer.adapters:
             adapter.set_head_mask(mask)
 
