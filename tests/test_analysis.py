@@ -65,6 +65,27 @@ def test_heads_cli_plots_an_adapter_on_its_training_images(tmp_path, capsys):
     assert "6 of 8 heads kept" in capsys.readouterr().out
 
 
+def test_heads_skips_redundancy_with_a_line_when_the_training_images_moved(tmp_path, capsys):
+    """docs/heads-and-export.md: redundancy.png is written only when the training images are
+    known, otherwise a line says so; images that moved since training were an error."""
+    make_vtab_task(tmp_path / "data", "toy")
+    dataset = {"kind": "vtab1k", "root": str(tmp_path / "data"), "task": "toy"}
+    directory, _, _ = make_registered_adapter(tmp_path, dataset=dataset)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    out = tmp_path / "out"
+    assert main(["heads", "--adapter", str(directory), "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "taska: the adapter's training images cannot be read (" in printed
+    assert "no redundancy plot (pass --data-root, --task)" in printed
+    assert (out / RESPONSIVENESS_PNG).is_file() and not (out / REDUNDANCY_PNG).exists()
+    # images the user names, or a scorer that needs them, are still an error
+    argv = ["heads", "--adapter", str(directory), "--output-dir", str(out)]
+    assert main([*argv, "--data-root", str(tmp_path / "data")]) == 2
+    assert main([*argv, "--scorer", "grad-norm"]) == 2
+    assert main([*argv, "--data-root", str(tmp_path / "moved")]) == 0
+    assert (out / REDUNDANCY_PNG).is_file()
+
+
 def test_heads_cli_scores_a_base_model_without_an_adapter(tmp_path):
     make_vtab_task(tmp_path / "data", "toy")
     torch.manual_seed(0)

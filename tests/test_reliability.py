@@ -139,6 +139,71 @@ def test_resume_with_other_settings_is_refused(toy, tmp_path, capsys):
     assert "rank" in _one_line_error(capsys)
 
 
+def _own_copy_of_the_task(toy, tmp_path) -> Path:
+    """A copy of the toy data root whose split files a test may change."""
+    root, _ = toy
+    copy = tmp_path / "data"
+    shutil.copytree(root / "toy", copy / "toy")
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("split", "change", "expected"),
+    [
+        ("train800", "halve", "the training data changed since the run started"),
+        ("train800", "permute", "the same 32 images, but other paths, labels or order"),
+        ("test", "halve", "the evaluation data changed since the run started"),
+    ],
+)
+def test_resume_on_changed_data_is_refused_naming_what_changed(
+    toy, tmp_path, capsys, split, change, expected
+):
+    """An interrupted run resumed on a split file cut in half, or with every label permuted,
+    used to train its remaining epochs on the other data and report its image count."""
+    _, checkpoint = toy
+    root = _own_copy_of_the_task(toy, tmp_path)
+    out = tmp_path / "run"
+    args = train_args(root, checkpoint, out, "lora", epochs=1, train_split="train800")
+    assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["data"]["train"]["images"] == 32
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    split_file = root / "toy" / f"{split}.txt"
+    lines = split_file.read_text().splitlines()
+    if change == "halve":
+        lines = lines[: len(lines) // 2]
+    else:
+        labels = [line.rsplit(" ", 1)[1] for line in lines]
+        labels = labels[1:] + labels[:1]
+        lines = [f"{line.rsplit(' ', 1)[0]} {label}" for line, label in zip(lines, labels)]
+    split_file.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = _one_line_error(capsys)
+    assert expected in err and "checkpoint.pt" in err and f"{split}.txt" in err, err
+    after = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    after.pop(out / ".heartlora-run.lock", None)
+    before.pop(out / ".heartlora-run.lock", None)
+    assert after == before
+
+
+def test_resume_with_other_num_workers_is_accepted_other_threads_refused(toy, tmp_path, capsys):
+    """Loader workers cannot change a run's result (each image draws from its own seed), so
+    they do not block a resume on another machine; the CPU thread count changes the rounding
+    of torch's reductions (1e-8 in the adapter weights), so a resume with other ``threads``
+    would not be the run's bit-for-bit continuation and stays refused."""
+    root, checkpoint = toy
+    out = tmp_path / "run"
+    assert main(train_args(root, checkpoint, out, "linear", epochs=1)) == 0
+    capsys.readouterr()
+    resumed = train_args(root, checkpoint, out, "linear", epochs=1, num_workers=1)
+    assert main([*resumed, "--resume"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    resumed = train_args(root, checkpoint, out, "linear", epochs=1, threads=2)
+    assert main([*resumed, "--resume"]) == 2
+    assert "(threads)" in _one_line_error(capsys)
+
+
 def test_debug_shows_the_traceback(toy, tmp_path):
     root, checkpoint = toy
     with pytest.raises(HeartLoRAError):
@@ -416,6 +481,88 @@ def test_a_damaged_adapter_is_one_line_in_every_tool(toy, tmp_path, finished, ca
     config.write_text(json.dumps(data))
     assert main(["export", "--adapter", str(adapter), "--format", "peft", "--output-dir", "x"]) == 2
     assert f"{config}: key config.scale is None (expected a number)" in _one_line_error(capsys)
+
+
+def _tool_commands(adapter: Path, image: str, tmp_path: Path) -> list[list[str]]:
+    """`heads`, `export` (both formats) and `predict` on ``adapter``."""
+    return [
+        ["heads", "--adapter", str(adapter), "--output-dir", str(tmp_path / "h")],
+        ["export", "--adapter", str(adapter), "--format", "peft"]
+        + ["--output-dir", str(tmp_path / "p"), "--overwrite"],
+        ["export", "--adapter", str(adapter), "--format", "merged"]
+        + ["--output-dir", str(tmp_path / "m"), "--overwrite"],
+        ["predict", "--adapter", str(adapter), image],
+    ]
+
+
+def test_the_tools_take_a_run_folder_and_say_what_other_methods_stored(
+    toy, tmp_path, finished, capsys
+):
+    """`predict`, `heads` and `export` used to refuse the run folder (the form the docs show)
+    and said only "no heartlora adapter here" of what linear, full and peft-lora runs store."""
+    root, checkpoint = toy
+    image = str(root / "toy" / "images" / "test" / "0000.png")
+    for argv in _tool_commands(finished, image, tmp_path):
+        assert main(argv) == 0, (argv, capsys.readouterr().err)
+    capsys.readouterr()
+    expected = {
+        "full": ("holds the whole fine-tuned model of a `full` run", "load_state_dict"),
+        "linear": ("holds the classifier of a `linear` run", "strict=False"),
+        "peft-lora": ("holds a peft LoRA adapter (method peft-lora)", "PeftModel.from_pretrained"),
+    }
+    for method, phrases in expected.items():
+        run = tmp_path / method
+        assert main(train_args(root, checkpoint, run, method, epochs=1)) == 0
+        capsys.readouterr()
+        for folder in (run, run / "adapter"):
+            for argv in _tool_commands(folder, image, tmp_path):
+                assert main(argv) == 2, argv
+                err = _one_line_error(capsys)
+                assert f"{run / 'adapter'}: " in err and all(p in err for p in phrases), err
+                assert "vit_mini_patch4_28" in err, err
+
+
+def test_a_merged_export_loads_in_plain_timm_and_predicts_as_heartlora(toy, tmp_path, capsys):
+    """An adapter trained with its own `normalize` used to be exported without it: timm's
+    config (mean 0, std 1) changed most predictions. The recorded and printed loading line
+    now builds the model in plain timm with the preprocessing in its pretrained_cfg."""
+    root, checkpoint = toy
+    run = tmp_path / "run"
+    normalize = "[[0.9, 0.1, 0.5], [0.05, 0.3, 0.1]]"
+    assert main(train_args(root, checkpoint, run, "lora", epochs=1, normalize=normalize)) == 0
+    out = tmp_path / "merged"
+    argv = ["export", "--adapter", str(run), "--format", "merged", "--output-dir", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    info = json.loads((out / "timm_model.json").read_text())
+    assert f"load it with: {info['load']}" in printed
+    assert info["pretrained_cfg"]["mean"] == [0.9, 0.1, 0.5]
+    assert info["pretrained_cfg"]["input_size"] == [3, 28, 28]
+    images = sorted((root / "toy" / "images" / "test").glob("*.png"))
+    assert main(["predict", "--adapter", str(run), "--json", *map(str, images)]) == 0
+    expected = json.loads(capsys.readouterr().out)["predictions"]
+    code = f"""
+import json, sys, timm.data, torch
+from PIL import Image
+{info["load"]}
+model.eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in sys.argv[1:]])
+with torch.no_grad():
+    probabilities = model(batch).softmax(-1)
+print(json.dumps([probabilities.max(-1).values.tolist(), probabilities.argmax(-1).tolist()]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, images)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    probabilities, classes = json.loads(done.stdout)
+    assert classes == [row["class"] for row in expected]
+    assert probabilities == pytest.approx([row["probability"] for row in expected], abs=1e-5)
 
 
 def test_an_export_is_replaced_only_with_overwrite(tmp_path, finished, capsys):
@@ -800,5 +947,76 @@ def test_a_warm_up_longer_than_the_run_says_where_the_runs_length_comes_from(
     assert main([*args, "--set", "batch_size=1000"]) == 2
     assert "1 epoch(s) × 1 batch(es) of batch_size 1000 from 48 training images" in (
         _one_line_error(capsys)
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (  # one step: the fitted warm-up is 0 steps, and "train a warm-up first" cannot be done
+            {"batch_size": 1000, "calib_warmup_steps": "null"},
+            "scorer 'taylor' needs 1 warm-up step(s) before heads are scored, but the warm-up "
+            "fitted to this run has 0 (the run's 1 steps are 1 epoch(s) × 1 batch(es) of "
+            "batch_size 1000 from 48 training images); expected a run of at least 2 steps",
+        ),
+        (  # the first warm-up step's sensitivity is zero (B = 0): it used to fail after it
+            {"batch_size": 1000, "epochs": 2, "scorer": "sensitivity", "calib_warmup_steps": "null"},
+            "scorer 'sensitivity' needs 2 warm-up step(s) before heads are scored, but the warm-up "
+            "fitted to this run has 1",
+        ),
+        (
+            {"scorer": "sensitivity", "calib_warmup_steps": 1},
+            "calib_warmup_steps is 1 (the run's 3 steps",
+        ),
+    ],
+)
+def test_a_run_too_short_for_its_scorers_warm_up_says_so_before_writing_anything(
+    toy, tmp_path, capsys, settings, expected
+):
+    root, checkpoint = toy
+    settings = {"epochs": 1, **settings}
+    epochs = settings.pop("epochs")
+    args = train_args(root, checkpoint, tmp_path / "run", "heart-lora", epochs=epochs, **settings)
+    assert main(args) == 2
+    err = _one_line_error(capsys)
+    assert expected in err and "a scorer that needs no warm-up: grad-norm" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--epochs", "2", "--bogus", "3"], "unrecognized arguments: --bogus 3 (see heartlora train --help)"),
+        (["export", "--adapter", "x", "--frmat", "peft"], "unrecognized arguments: --frmat peft (see heartlora export --help)"),
+        (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+        (["train", "--epochs", "2"], "the following arguments are required: --output-dir"),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_is_named_not_a_missing_required_one(argv, expected, capsys):
+    """argparse checks required options first: `train --epochs 2 --bogus 3` said only that
+    --output-dir was missing."""
+    assert main(argv) == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_version_prints_the_package_version(capsys):
+    import heartlora
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"heartlora {heartlora.__version__}\n"
+
+
+def test_an_unknown_model_is_refused_before_any_warning_about_its_weights(toy, tmp_path, capsys):
+    """`train --model vit_smal_patch16_224` first warned that it "starts from random weights"."""
+    root, checkpoint = toy
+    args = train_args(root, None, tmp_path / "run", "lora", model="vit_smal_patch16_224")
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "random weights" not in captured.out + captured.err
+    err = captured.err.strip()
+    assert err == (
+        "heartlora: error: unknown timm model 'vit_smal_patch16_224' (did you mean "
+        "'vit_small_patch16_224'? expected a timm architecture name, e.g. vit_base_patch16_224)"
     )
     assert not (tmp_path / "run").exists()

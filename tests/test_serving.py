@@ -208,3 +208,34 @@ def test_an_adapter_on_timms_pretrained_weights_rebuilds_them_from_the_cache(tmp
     assert torch.equal(rebuilt(images()), model(images()))
     with pytest.raises(hl.HeartLoRAError, match="this loads 'pretrained:other'"):
         base_model_from_adapter(directory, model_name="test_vit.other")
+
+
+def test_predict_decodes_one_batch_of_images_at_a_time(tmp_path, capsys, monkeypatch):
+    """`predict` decoded every image before the first forward pass: memory grew with the
+    number of images. Now at most --batch-size decoded images are alive at a forward, and
+    the predictions are the same as in one batch."""
+    import heartlora.commands.predict as predict_command
+
+    a, _, _ = make_registered_adapter(tmp_path, "taska", num_classes=3, seed=1)
+    paths = [write_image(tmp_path / f"{i}.png", (20, 14), value=10 * i) for i in range(7)]
+    args = ["predict", "--adapter", str(a), "--json", *map(str, paths)]
+    assert main([*args, "--batch-size", "7"]) == 0
+    expected = json.loads(capsys.readouterr().out)["predictions"]
+    decoded, at_forward = [], []
+    original_open, original_predict = predict_command.open_image, MultiTaskModel.predict
+
+    def counting_open(path, hint=None):
+        decoded.append(path)
+        return original_open(path, hint=hint)
+
+    def counting_predict(self, batch, task):
+        at_forward.append((len(decoded), len(batch)))
+        return original_predict(self, batch, task)
+
+    monkeypatch.setattr(predict_command, "open_image", counting_open)
+    monkeypatch.setattr(MultiTaskModel, "predict", counting_predict)
+    assert main([*args, "--batch-size", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert at_forward == [(3, 3), (6, 3), (7, 1)]
+    assert [r["class"] for r in rows] == [r["class"] for r in expected]
+    assert [r["probability"] for r in rows] == pytest.approx([r["probability"] for r in expected])

@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 from PIL import Image
 from train_fixtures import make_base_checkpoint, make_learnable_task
 
+from heartlora.bundled.protocols import PROTOCOLS
 from heartlora.cli import main
 from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.errors import HeartLoRAError
@@ -15,6 +17,8 @@ from heartlora.training.config import build_config, read_config_file
 from heartlora.training.report import RunResult, markdown_table, summarize
 from heartlora.training.suite import (
     DEFAULT_GROUP,
+    SuiteTask,
+    _run_config,
     discover_tasks,
     parse_method,
     parse_seeds,
@@ -57,6 +61,39 @@ def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
     # the materialised root is a data root like any other: its tasks are found with their group
     assert main(["suite", "--list", "--data-root", str(tmp_path / "data")]) == 0
     assert capsys.readouterr().out.split() == ["sk-digits", "Natural"]
+
+
+def test_a_reused_run_must_have_its_adapter_and_result_keys_or_it_is_redone(tmp_path, capsys):
+    """A finished run whose adapter/ was deleted, or whose result.json lacks a key the suite
+    reads, used to be reused (a table row for an adapter that is gone; a KeyError). Now it is
+    finished again from its checkpoint: the same adapter, byte for byte."""
+    assert main(_one_epoch_suite(tmp_path, "lora")) == 0
+    run = tmp_path / "suite/runs/sk-digits/lora/seed0"
+    adapter = {path.name: path.read_bytes() for path in (run / "adapter").iterdir()}
+    shutil.rmtree(run / "adapter")
+    capsys.readouterr()
+    assert main(_one_epoch_suite(tmp_path, "lora")) == 0
+    assert "(reused;" not in capsys.readouterr().out
+    assert {path.name: path.read_bytes() for path in (run / "adapter").iterdir()} == adapter
+    result = json.loads((run / "result.json").read_text())
+    del result["adapter_bytes"]
+    (run / "result.json").write_text(json.dumps(result))
+    assert main(_one_epoch_suite(tmp_path, "lora")) == 0
+    assert "(reused;" not in capsys.readouterr().out
+    assert json.loads((run / "result.json").read_text())["adapter_bytes"] > 0
+    assert main(_one_epoch_suite(tmp_path, "lora")) == 0
+    assert "(reused;" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_a_method_label_trains_the_rank_it_says(protocol):
+    """The mini protocol's method defaults made `heart-lora-layer[ne=2]` train rank 10 (and
+    store more bytes than LoRA) under a label that says nothing about it."""
+    base, method_defaults = suite_base_config(None, [], protocol)
+    task = SuiteTask("t", DEFAULT_GROUP, {})
+    for label in (*PROTOCOLS[protocol].methods, "heart-lora-layer[ne=2]", "heart-lora"):
+        config = _run_config(base, task, label, 0, method_defaults)
+        assert config.rank == parse_method(label)[1].get("rank", base["rank"]), label
 
 
 def test_suite_list_and_bad_task(capsys):

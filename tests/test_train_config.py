@@ -213,3 +213,15 @@ def test_every_config_key_is_a_train_flag_with_the_key_s_help():
     assert (
         config.compile and config.targets == ["q", "k"] and config.model_kwargs == {"num_heads": 2}
     )
+
+
+@pytest.mark.parametrize("text", ["q,k,v", "[q,k,v]", "[q, k, v]", " [q,k, v] ", "q, k ,v"])
+def test_targets_flag_takes_the_comma_and_the_yaml_list_form(text):
+    """`--targets '[q,k,v]'`, the list form the docs use in YAML, was split on commas into
+    '[q', 'k', 'v]' and refused."""
+    assert build_config(None, [], {"targets": text}).targets == ["q", "k", "v"]
+
+
+def test_a_targets_flag_that_is_no_list_is_one_line():
+    with pytest.raises(HeartLoRAError, match=r"^targets line 1: .*expected a list such as \[q, v\]"):
+        build_config(None, [], {"targets": "[q, k"})

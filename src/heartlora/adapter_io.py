@@ -31,7 +31,7 @@ from heartlora.backbone import (
     classifier_state,
 )
 from heartlora.config import HeartLoRAConfig
-from heartlora.documents import read_json
+from heartlora.documents import parse_yaml, read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
     adapter_modules,
@@ -46,6 +46,16 @@ from heartlora.inject import (
 WEIGHTS_NAME = "heartlora_adapter.safetensors"
 CONFIG_NAME = "heartlora_config.json"
 FORMAT = "heartlora-adapter/1"
+
+RUN_ADAPTER_FOLDER = "adapter"
+"""Where a training run's folder keeps what its method trained."""
+RUN_CONFIG_NAME = "config.yaml"
+"""The resolved config a training run writes in its folder (its ``model``, ``method``, ...)."""
+STATE_WEIGHTS_NAME = "weights.safetensors"
+"""What a ``linear`` run (the classifier) and a ``full`` run (the whole state dict) store."""
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+"""The files of a peft LoRA adapter (a ``peft-lora`` run's, or ``export --format peft``'s)."""
 
 
 @dataclass
@@ -360,16 +370,83 @@ def save_adapter(
     return directory
 
 
+def adapter_directory(path: str | Path) -> Path:
+    """The heartlora adapter directory ``path`` names: the directory itself, or the
+    ``adapter/`` folder of a training run's folder (``heartlora train --output-dir``).
+
+    Raises:
+        HeartLoRAError: no heartlora adapter there. Where the folder holds what another method
+            stored (a ``full`` run's model, a ``linear`` run's classifier, a peft adapter), the
+            message says what it holds and how to load it instead.
+    """
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / RUN_ADAPTER_FOLDER / CONFIG_NAME).is_file():
+        return path / RUN_ADAPTER_FOLDER
+    folder = path / RUN_ADAPTER_FOLDER if (path / RUN_ADAPTER_FOLDER).is_dir() else path
+    other = _other_method_output(folder)
+    if other is not None:
+        raise HeartLoRAError(f"{folder}: {other}")
+    raise HeartLoRAError(
+        f"{path / CONFIG_NAME}: no heartlora adapter here (expected {CONFIG_NAME}, or a run "
+        f"folder with {RUN_ADAPTER_FOLDER}/{CONFIG_NAME})"
+    )
+
+
+def _other_method_output(folder: Path) -> str | None:
+    """What ``folder`` holds when another method than heartlora's adapters stored it, and how
+    to load that; ``None`` when it holds none of them."""
+    run = _run_settings(folder.parent) if folder.name == RUN_ADAPTER_FOLDER else {}
+    model = run.get("model", "<model>")
+    create = f"timm.create_model({model!r}, num_classes=N, img_size={run.get('img_size', 'S')})"
+    if (folder / PEFT_CONFIG_NAME).is_file():
+        return (
+            "holds a peft LoRA adapter (method peft-lora), not a heartlora adapter; load it with "
+            f"peft.PeftModel.from_pretrained({create}, {str(folder)!r}), or turn it into one "
+            "with heartlora.tools.export.import_peft_adapter"
+        )
+    weights = folder / STATE_WEIGHTS_NAME
+    if not weights.is_file():
+        return None
+    load = f"model.load_state_dict(safetensors.torch.load_file({str(weights)!r})"
+    if run.get("method") == "full":
+        return (
+            f"holds the whole fine-tuned model of a `full` run ({STATE_WEIGHTS_NAME}, its state "
+            f"dict), not an adapter: there is nothing to merge, export or share; load it with "
+            f"model = {create}; {load})"
+        )
+    if run.get("method") == "linear":
+        return (
+            f"holds the classifier of a `linear` run ({STATE_WEIGHTS_NAME}), not an adapter: "
+            f"the backbone is the unchanged base; build it as the run did ({create} with the "
+            f"base weights its {RUN_CONFIG_NAME} names) and load it with {load}, strict=False)"
+        )
+    return (
+        f"holds {STATE_WEIGHTS_NAME} (what a `linear` or `full` run stores: the classifier or "
+        f"the whole model's state dict), not a heartlora adapter; load it with {load}, "
+        "strict=False) onto the run's model"
+    )
+
+
+def _run_settings(run_dir: Path) -> dict[str, Any]:
+    """The run's saved config (model, method, img_size) for advice; empty when unreadable."""
+    try:
+        settings = parse_yaml((run_dir / RUN_CONFIG_NAME).read_bytes(), "", "")
+    except (OSError, HeartLoRAError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
 def read_adapter_metadata(directory: str | Path) -> AdapterMetadata:
-    """The checked `AdapterMetadata` of an adapter directory.
+    """The checked `AdapterMetadata` of an adapter directory (or of a run folder's
+    ``adapter/``: `adapter_directory`).
 
     Raises:
         HeartLoRAError: if the directory, the file or its JSON is missing or malformed; the
             message names the file and the key.
     """
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise HeartLoRAError(f"{path}: no heartlora adapter here (expected {CONFIG_NAME})")
+    path = adapter_directory(directory) / CONFIG_NAME
     data = read_json(path, f"the {FORMAT} JSON that save_adapter writes")
     return AdapterMetadata.from_json(data, str(path))
 
@@ -398,7 +475,7 @@ def load_adapter(
             shape, dtype or non-finite value the model cannot use). The file is read and checked
             before any weight is copied.
     """
-    directory = Path(directory)
+    directory = adapter_directory(directory)
     metadata = read_adapter_metadata(directory)
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():

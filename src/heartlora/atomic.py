@@ -35,8 +35,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; a file made by open() would not
         write(tmp)
+        # mkstemp makes 0600, and so do writers that replace the file they are given
+        # (safetensors' save_file); a file made by open() would follow the umask
+        os.chmod(tmp, new_file_mode())
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -47,18 +49,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
-_file_mode: int | None = None
+_umask: int | None = None
 
 
-def _new_file_mode() -> int:
-    """0666 less the process's umask: the mode ``open(path, "w")`` gives a new file. The umask
-    is read once (reading it means setting it, which is not thread-safe)."""
-    global _file_mode
-    if _file_mode is None:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        _file_mode = 0o666 & ~umask
-    return _file_mode
+def _process_umask() -> int:
+    """The process's umask, read once (reading it means setting it, which is not thread-safe)."""
+    global _umask
+    if _umask is None:
+        _umask = os.umask(0o022)
+        os.umask(_umask)
+    return _umask
+
+
+def new_file_mode() -> int:
+    """0666 less the process's umask: the mode ``open(path, "w")`` gives a new file."""
+    return 0o666 & ~_process_umask()
+
+
+def new_folder_mode() -> int:
+    """0777 less the process's umask: the mode ``mkdir`` gives a new folder (``mkdtemp``'s is
+    0700)."""
+    return 0o777 & ~_process_umask()
 
 
 def _naming(error: OSError, path: Path) -> OSError:

@@ -22,6 +22,7 @@ benchmark and adapter files alike:
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -234,7 +235,7 @@ def create_architecture(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         HeartLoRAError: as `check_architecture`.
     """
-    architecture = _known_architecture(name)
+    architecture = known_architecture(name)
     try:
         model = timm.create_model(architecture, pretrained=False, **kwargs)
     except Exception as error:  # timm's families raise TypeError, ValueError, AssertionError...
@@ -252,7 +253,7 @@ def check_architecture(name: str, **kwargs: Any) -> None:
         HeartLoRAError: an unknown model name, an argument the architecture does not take or
             refuses (its message), or an ``img_size`` below the patch size.
     """
-    architecture = _known_architecture(name)
+    architecture = known_architecture(name)
     try:
         try:
             with torch.device("meta"):
@@ -264,14 +265,22 @@ def check_architecture(name: str, **kwargs: Any) -> None:
     _check_one_patch_fits(model, name, kwargs)
 
 
-def _known_architecture(name: str) -> str:
-    """timm's architecture name for ``name`` (a packaged-weights name's own architecture)."""
+def known_architecture(name: str) -> str:
+    """timm's architecture name for ``name`` (a packaged-weights name's own architecture).
+
+    Raises:
+        HeartLoRAError: timm has no such architecture (with the closest name it has).
+    """
     packaged = packaged_weights(name)
     architecture = packaged.architecture if packaged is not None else name
     if not timm.is_model(architecture):
+        close = difflib.get_close_matches(
+            timm.models.split_model_name_tag(architecture)[0], timm.list_models(), n=1
+        )
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise HeartLoRAError(
-            f"unknown timm model {architecture!r} (expected a timm architecture name, e.g. "
-            "vit_base_patch16_224)"
+            f"unknown timm model {architecture!r} ({hint}expected a timm architecture name, "
+            "e.g. vit_base_patch16_224)"
         )
     return architecture
 
@@ -427,6 +436,7 @@ def create_fine_tuning_model(
     }
     if img_size is not None and takes_img_size(name):
         kwargs["img_size"] = img_size
+    known_architecture(name)  # an unknown name first, not a warning about its weights
     weights = weights_label(name, checkpoint, pretrained)
     if weights == RANDOM_WEIGHTS:
         tag = pretrained_tag(name)
@@ -463,7 +473,7 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
         hint = ": model_kwargs must not change its architecture"
         source = f"{name}: packaged weights from {packaged.distribution} {packaged.version}"
         return load_fitting_state(model, state, source, hint)
-    _known_architecture(name)
+    known_architecture(name)
     cfg = _pretrained_cfg(name)
     if cfg is None or not cfg.tag or not (cfg.file or cfg.hf_hub_id or cfg.url):
         raise HeartLoRAError(

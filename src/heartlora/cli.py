@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
+from heartlora import __version__
 from heartlora.commands.console import STDOUT_CLOSED_EXIT, drop_stdout, stdout_closed
 from heartlora.errors import HeartLoRAError, one_line
 
@@ -45,13 +46,70 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class _UsageError(Exception):
+    """A usage error while `OneLineParser.probing`: nothing is printed."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An `argparse.ArgumentParser` whose usage errors are one line, like every other error:
-    ``heartlora: error: argument --epochs: invalid int value: 'x' (see heartlora train --help)``."""
+    ``heartlora: error: argument --epochs: invalid int value: 'x' (see heartlora train --help)``.
+
+    An unknown option is reported as such: argparse checks required options first, so
+    ``heartlora train --epochs 2 --bogus 3`` said only that ``--output-dir`` was missing.
+    """
+
+    probing = False
+    """True while `parse_args` looks for unknown options (errors raise `_UsageError`)."""
 
     def error(self, message: str) -> NoReturn:
+        if OneLineParser.probing:
+            raise _UsageError(message)
         text = " ".join(message.splitlines())
         self.exit(2, f"heartlora: error: {text} (see {self.prog} --help)\n")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if OneLineParser.probing:  # --help, --version: shown by the real parse
+            raise _UsageError(message or "")
+        super().exit(status, message)
+
+    def _print_message(self, message: str, file=None) -> None:
+        if not OneLineParser.probing:
+            super()._print_message(message, file)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's own)
+        unknown, command = self._unknown_options(args)
+        if unknown:
+            parser = _all_parsers(self).get(command, self)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return super().parse_args(args, namespace)
+
+    def _unknown_options(self, args) -> tuple[list[str], str | None]:
+        """The arguments no parser knows and the sub-command given, found with every option
+        made optional; none when another usage error comes first (`parse_args` then reports
+        that one)."""
+        parsers = _all_parsers(self).values()
+        relaxed = [a for p in parsers for a in p._actions if a.required and a.option_strings]
+        for action in relaxed:
+            action.required = False
+        OneLineParser.probing = True
+        try:
+            known, unknown = self.parse_known_args(args)
+        except _UsageError:
+            return [], None
+        finally:
+            OneLineParser.probing = False
+            for action in relaxed:
+                action.required = True
+        return unknown, getattr(known, "command", None)
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> dict[str | None, argparse.ArgumentParser]:
+    """``parser`` (key ``None``) and its sub-command parsers by command name."""
+    found: dict[str | None, argparse.ArgumentParser] = {None: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Head-level low-rank adaptation (Heart-LoRA) for timm Vision Transformers.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"heartlora {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
         module = importlib.import_module(f"heartlora.commands.{module_name}")

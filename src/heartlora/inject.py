@@ -5,7 +5,9 @@ Works on any module tree whose attention modules expose ``num_heads`` and a fuse
 DeiT-III, CLIP ViTs, Swin, SwinV2, BEiT, EVA-02; attention that reads ``qkv.weight`` itself gets
 the adapted weight from `HeadLoRAQKV.weight`) and, for the ``proj`` target, a ``proj``
 ``nn.Linear``. Attention with separate q/k/v projections, or with q, k and v of unequal widths
-(EfficientFormer), is refused by name.
+(EfficientFormer), is refused by name, also where only some layers have it (Twins' sub-sampled
+attention, CaiT's class attention, CrossViT's cross attention): a model is adapted whole or not
+at all.
 """
 
 from __future__ import annotations
@@ -70,11 +72,8 @@ def find_attention_layers(model: nn.Module) -> list[AttentionLayer]:
             layers.append(AttentionLayer(name, module, num_heads))
         elif any(isinstance(getattr(module, part, None), nn.Linear) for part in _SEPARATE_QKV):
             unfused.append(f"{name} ({type(module).__name__})")
-    if not layers and unfused:
-        raise HeartLoRAError(
-            f"{type(model).__name__}: its attention {unfused[0]} projects q, k and v separately, "
-            "not through a fused `qkv` nn.Linear (for EVA models build them with qkv_fused=True)"
-        )
+    if unfused:
+        raise HeartLoRAError(_unfused_message(model, unfused, len(layers)))
     if not layers:
         raise HeartLoRAError(
             f"{type(model).__name__} has no attention heads: expected modules with `num_heads` and "
@@ -83,8 +82,29 @@ def find_attention_layers(model: nn.Module) -> list[AttentionLayer]:
     return layers
 
 
-_SEPARATE_QKV = ("q_proj", "q", "query", "to_q")
-"""Names under which attention modules keep a separate query projection."""
+_SEPARATE_QKV = ("q_proj", "q", "query", "to_q", "wq")
+"""Names under which attention modules keep a separate query projection (EVA ``q_proj``,
+Twins' sub-sampled ``q`` + ``kv``, CaiT's class attention ``q``, CrossViT's ``wq``)."""
+
+
+def _unfused_message(model: nn.Module, unfused: list[str], fused: int) -> str:
+    """The refusal of a model with attention that projects q, k and v separately; when other
+    layers have a fused qkv, it says how many of each (adapting those alone would leave the
+    rest untrained, silently)."""
+    model_name = type(model).__name__
+    hint = " (for EVA models build them with qkv_fused=True)" if model_name == "Eva" else ""
+    if not fused:
+        return (
+            f"{model_name}: its attention {unfused[0]} projects q, k and v separately, not "
+            f"through a fused `qkv` nn.Linear{hint}"
+        )
+    shown = ", ".join(unfused[:3]) + (f" and {len(unfused) - 3} more" if len(unfused) > 3 else "")
+    return (
+        f"{model_name}: {len(unfused)} of its {len(unfused) + fused} attention layers project q, "
+        f"k and v separately, not through a fused `qkv` nn.Linear: {shown}; heartlora adapts "
+        "fused qkv attention only, and adapting the other layers alone would leave these "
+        f"untrained{hint}"
+    )
 
 
 def _qkv_layout_problem(module: nn.Module, out_features: int, num_heads: int) -> str | None:
@@ -129,6 +149,11 @@ def inject(model: nn.Module, config: HeartLoRAConfig) -> nn.Module:
         HeartLoRAError: if the model has no attention heads, already carries adapters, or the
             rank exceeds the embedding dimension (nothing is allocated then).
     """
+    if is_merged(model):
+        raise HeartLoRAError(
+            "this model's heartlora adapters are merged into its weights (merge()); call "
+            "unmerge(model) to get them back instead of injecting new ones"
+        )
     if has_adapters(model):
         raise HeartLoRAError("this model already carries heartlora adapters; inject once")
     layers = find_attention_layers(model)
@@ -204,9 +229,20 @@ def head_masks(model: nn.Module) -> list[torch.Tensor]:
     for layer in find_attention_layers(model):
         adapters = layer.adapters
         if not adapters:
-            raise HeartLoRAError(f"{layer.name} has no heartlora adapter; call inject() first")
+            raise _no_adapter(model, layer)
         masks.append(adapters[0].head_mask.detach().cpu().clone())
     return masks
+
+
+def _no_adapter(model: nn.Module, layer: AttentionLayer) -> HeartLoRAError:
+    """The error of a head-mask call on a layer without live adapters: merged ones are
+    restored by `unmerge` (`inject` refuses a model whose adapters are merged)."""
+    if is_merged(model):
+        return HeartLoRAError(
+            f"{layer.name}: the adapters are merged into the base weights (merge()); call "
+            "unmerge(model) first, then merge again after changing the heads"
+        )
+    return HeartLoRAError(f"{layer.name} has no heartlora adapter; call inject() first")
 
 
 def set_head_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
@@ -216,7 +252,7 @@ def set_head_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
         raise HeartLoRAError(f"got {len(masks)} head masks for a model with {len(layers)} layers")
     for layer, mask in zip(layers, masks):
         if not layer.adapters:
-            raise HeartLoRAError(f"{layer.name} has no heartlora adapter; call inject() first")
+            raise _no_adapter(model, layer)
         for adapter in layer.adapters:
             adapter.set_head_mask(mask)
 

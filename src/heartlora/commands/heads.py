@@ -20,7 +20,13 @@ import torch
 from torch.nn.functional import cross_entropy
 from torch.utils.data import DataLoader
 
-from heartlora.adapter_io import DatasetInfo, RunInfo, load_adapter, read_adapter_metadata
+from heartlora.adapter_io import (
+    DatasetInfo,
+    RunInfo,
+    adapter_directory,
+    load_adapter,
+    read_adapter_metadata,
+)
 from heartlora.backbone import create_base_model
 from heartlora.commands.arguments import (
     add_base_override_arguments,
@@ -60,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         type=Path,
         metavar="DIR",
-        help="adapter directory (repeat to compare tasks)",
+        help="adapter directory, or the run folder holding it in adapter/ (repeat to compare "
+        "tasks)",
     )
     parser.add_argument(
         "--output-dir", required=True, type=output_dir, help="where plots and JSON go"
@@ -170,7 +177,17 @@ def _adapter_report(
             f"--img-size {args.img_size}: {directory} was trained at {trained_at} px, which its "
             "base model takes (expected that size, or no --img-size)"
         )
-    _, batches = _batches(spec, trained_at, args)
+    try:
+        _, batches = _batches(spec, trained_at, args)
+    except HeartLoRAError as error:
+        if args.data_root is not None or args.scorer is not None:
+            raise  # images the user named, or needed to score: an error
+        # the images the adapter was trained on have moved or gone: the docs' skip line
+        print(
+            f"{report.task}: the adapter's training images cannot be read ({error}); no "
+            "redundancy plot (pass --data-root, --task)"
+        )
+        return report
     report.similarity = model_head_report(model, report.task, batches=batches).similarity
     if args.scorer is not None or report.scores is None:
         scorer = args.scorer or "grad-norm"
@@ -223,6 +240,7 @@ def _print_written(written: dict[str, Path]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the head plots and JSON; returns the exit code."""
     _check(args)
+    args.adapters = [adapter_directory(d) for d in args.adapters]
     if not args.adapters:
         report = _base_model_report(args)
         _print_written(write_head_report(report, args.output_dir))

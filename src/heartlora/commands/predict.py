@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from heartlora.adapter_io import AdapterMetadata, read_adapter_metadata
+from heartlora.adapter_io import AdapterMetadata, adapter_directory, read_adapter_metadata
 from heartlora.commands.arguments import add_base_override_arguments, positive_int
 from heartlora.data.base import open_image
 from heartlora.data.transforms import build_transform
@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=Path,
         metavar="DIR",
-        help="task adapter directory (repeat for several tasks on the same backbone)",
+        help="task adapter directory, or the run folder holding it in adapter/ (repeat for "
+        "several tasks on the same backbone)",
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files (png, jpg, ...)")
     add_base_override_arguments(parser, "load", plural=True)
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise HeartLoRAError(f"--device: expected one of {', '.join(DEVICES)}, got {args.device!r}")
     device = resolve_device(args.device)
     dtype = args.dtype if device.type == "cuda" else "fp32"
+    args.adapters = [adapter_directory(d) for d in args.adapters]
     metadata = [read_adapter_metadata(d) for d in args.adapters]
     _check_shared_backbone(args.adapters, metadata, args)
     names = _task_names(args.adapters, metadata)
@@ -129,18 +131,15 @@ def run(args: argparse.Namespace) -> int:
     for name, directory in zip(names, args.adapters):
         server.add_task(name, directory)
     server.to(device)
-    images = [open_image(path, hint=None) for path in args.images]
-    inputs = _inputs_per_task(
-        images, names, metadata, adapter_img_size(args.adapters[0], server.model)
-    )
+    img_size = adapter_img_size(args.adapters[0], server.model)
     predictions = []
-    for start in range(0, len(images), args.batch_size):
+    # one batch of images decoded at a time: memory does not grow with the number of images
+    for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start : start + args.batch_size]
+        images = [open_image(path, hint=None) for path in paths]
+        inputs = _inputs_per_task(images, names, metadata, img_size)
         with matmul_precision(dtype, device.type), forward_precision(dtype, device.type):
-            results = {
-                name: server.predict(inputs[name][start : start + args.batch_size], name)
-                for name in names
-            }
+            results = {name: server.predict(inputs[name], name) for name in names}
         for index, path in enumerate(paths):
             for name, meta in zip(names, metadata):
                 label = int(results[name][0][index])

@@ -9,6 +9,7 @@ resized crop + horizontal flip) are opt-in. Datasets hand the transform RGB PIL 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -90,3 +91,27 @@ def build_transform(
             raise data_error(f"normalize std must be positive (got {std!r})")
         steps.append(T.Normalize(mean, std))
     return T.Compose(steps)
+
+
+def timm_data_config(
+    img_size: int, normalize: tuple[Sequence[float], Sequence[float]] | None = None
+) -> dict[str, Any]:
+    """The evaluation preprocessing of `build_transform` (no augmentation) as timm's data
+    config, for a model's ``pretrained_cfg``: ``timm.data.create_transform(**config)`` (or with
+    ``timm.data.resolve_data_config(model=model)`` once the config is the model's) gives the
+    same tensors: a bicubic resize to ``S × S`` (``crop_mode="squash"``, ``crop_pct`` 1: no
+    crop), then ``(x - mean) / std`` with mean 0 and std 1 when ``normalize`` is ``None``.
+
+    Returns:
+        ``input_size`` ``(3, S, S)``, ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``
+        and ``std`` (tuples of three floats).
+    """
+    mean, std = normalize if normalize is not None else ((0.0,) * 3, (1.0,) * 3)
+    return {
+        "input_size": (3, img_size, img_size),
+        "interpolation": "bicubic",
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+        "mean": tuple(float(v) for v in mean),
+        "std": tuple(float(v) for v in std),
+    }

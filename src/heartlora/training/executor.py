@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from heartlora.documents import parse_yaml, read_json
+from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
+from heartlora.training import run_directory
 from heartlora.training.config import TrainConfig
 
 RESULT_KEYS = ("final_accuracy", "trainable_parameters", "adapter_bytes", "wall_seconds")
@@ -70,20 +71,12 @@ class Executor(Protocol):
 
 
 def finished_result(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
-    """The result of the finished run in ``run_dir`` when it trained ``config``, else None."""
-    result = run_dir / "result.json"
-    if not result.is_file() or saved_config(run_dir) != config.to_dict():
+    """The result of the finished run in ``run_dir`` when it trained ``config``, else None: a
+    result.json without the keys a suite reads, or a run whose ``adapter/`` files are gone, is
+    not finished (`heartlora.training.run_directory.finished_result`) and is finished again."""
+    if not (run_dir / "result.json").is_file() or saved_config(run_dir) != config.to_dict():
         return None
-    finished = read_json(result, "the result.json a finished run writes")
-    if not isinstance(finished, dict):
-        raise HeartLoRAError(f"{result}: expected the JSON object a finished run writes")
-    missing = [key for key in RESULT_KEYS if key not in finished]
-    if missing:
-        raise HeartLoRAError(
-            f"{result}: expected the keys {', '.join(RESULT_KEYS)} a finished run writes, "
-            f"{', '.join(missing)} missing (remove the file to train the run again)"
-        )
-    return finished
+    return run_directory.finished_result(run_dir, config.method, RESULT_KEYS)
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:

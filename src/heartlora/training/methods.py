@@ -22,7 +22,15 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from heartlora.adapter_io import RunInfo, save_adapter
+from heartlora.adapter_io import (
+    CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    STATE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    RunInfo,
+    save_adapter,
+)
 from heartlora.atomic import atomic_write_bytes
 from heartlora.backbone import classifier_path
 from heartlora.config import HeartLoRAConfig
@@ -61,7 +69,7 @@ def _save_trainable(model: nn.Module, directory: Path, whole: bool) -> None:
         else {name: p for name, p in model.named_parameters() if p.requires_grad}
     )
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    atomic_write_bytes(directory / "weights.safetensors", save(tensors))
+    atomic_write_bytes(directory / STATE_WEIGHTS_NAME, save(tensors))
 
 
 def _build_full(model: nn.Module, adapter: HeartLoRAConfig) -> nn.Module:
@@ -99,6 +107,8 @@ class Method:
             linear and full nothing).
         store: ``store(model, directory, run_info)``: write what the method trained (a
             heartlora adapter keeps the `RunInfo` in its metadata).
+        files: the files ``store`` always writes in ``adapter/`` (a run without them has lost
+            what it trained).
         uses_heartlora: it injects heartlora adapters (`HeadLoRAQKV`, ...).
         selection_mode: for methods that score and deactivate heads, their default
             `HeartLoRAConfig.mode`; ``None`` for the others.
@@ -110,6 +120,7 @@ class Method:
     stores: str
     build: Callable[[nn.Module, HeartLoRAConfig], nn.Module]
     store: Callable[[nn.Module, Path, RunInfo], None]
+    files: tuple[str, ...]
     uses_heartlora: bool = False
     selection_mode: str | None = None
 
@@ -151,6 +162,7 @@ _HEARTLORA = dict(
     stores="heartlora adapter directory (active heads only) and classifier",
     build=_build_heartlora,
     store=_store_adapter,
+    files=(WEIGHTS_NAME, CONFIG_NAME),
     uses_heartlora=True,
 )
 
@@ -164,6 +176,7 @@ METHODS: dict[str, Method] = {
             stores="classifier weights",
             build=_build_linear,
             store=_store_state(whole=False),
+            files=(STATE_WEIGHTS_NAME,),
         ),
         Method(
             "full",
@@ -172,6 +185,7 @@ METHODS: dict[str, Method] = {
             stores="the whole state dict",
             build=_build_full,
             store=_store_state(whole=True),
+            files=(STATE_WEIGHTS_NAME,),
         ),
         Method("lora", "heartlora adapters on all heads (plain LoRA)", **_HEARTLORA),
         Method(
@@ -193,6 +207,7 @@ METHODS: dict[str, Method] = {
             stores="peft adapter directory (save_pretrained)",
             build=_build_peft,
             store=_store_peft,
+            files=(PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME),
         ),
     )
 }

@@ -10,25 +10,33 @@ removed), and only then `clear_run_directory` (``--overwrite``) and `write_run_c
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
 
-from heartlora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
+from heartlora.adapter_io import (
+    CONFIG_NAME,
+    RUN_ADAPTER_FOLDER,
+    RUN_CONFIG_NAME,
+    STATE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+)
 from heartlora.atomic import atomic_write_text, folder_path_problem, temporary_files
-from heartlora.documents import parse_yaml
+from heartlora.documents import parse_yaml, read_json
 from heartlora.errors import HeartLoRAError
-from heartlora.training.config import TrainConfig
+from heartlora.training.config import TrainConfig, result_neutral_keys
+from heartlora.training.methods import get_method
 from heartlora.training.run_state import CHECKPOINT_NAME
 
-RUN_FILES = ("result.json", CHECKPOINT_NAME, "metrics.csv", "adapter", "tensorboard")
+RUN_FILES = ("result.json", CHECKPOINT_NAME, "metrics.csv", RUN_ADAPTER_FOLDER, "tensorboard")
 """Entries whose presence means a folder holds a run."""
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = RUN_CONFIG_NAME
 CONFIG_HEADER = "# heartlora train: the resolved config of this run (written by heartlora)\n"
 """The first line of the ``config.yaml`` a run writes: how a run knows the file is its own."""
 
@@ -38,7 +46,7 @@ process dies, so a lock never outlives its run."""
 
 _TEMPORARY = {
     ".": ("result.json", CHECKPOINT_NAME, "metrics.csv", CONFIG_FILE),
-    "adapter": (WEIGHTS_NAME, CONFIG_NAME, "weights.safetensors"),
+    RUN_ADAPTER_FOLDER: (WEIGHTS_NAME, CONFIG_NAME, STATE_WEIGHTS_NAME),
 }
 
 
@@ -69,8 +77,11 @@ def check_run_directory(
                 "config.yaml the run wrote; start again with --overwrite)"
             )
         previous = _read_saved_config(config_file)
+        neutral = result_neutral_keys()
         differing = sorted(
-            k for k, v in config.to_dict().items() if k in previous and previous[k] != v
+            k
+            for k, v in config.to_dict().items()
+            if k in previous and previous[k] != v and k not in neutral
         )
         if differing:
             raise HeartLoRAError(
@@ -201,3 +212,29 @@ def write_run_config(output_dir: Path, config: TrainConfig) -> None:
     """Write the resolved config as ``config.yaml``, marked with `CONFIG_HEADER`."""
     text = CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False)
     atomic_write_text(output_dir / CONFIG_FILE, text)
+
+
+def finished_result(run_dir: Path, method: str, keys: Sequence[str]) -> dict | None:
+    """``result.json`` of the finished run in ``run_dir`` trained with ``method``, or ``None``
+    when the run is not finished: no ``result.json``, one of ``keys`` missing or not a finite
+    number, or a file that ``method`` stores in ``adapter/`` missing (deleted since).
+
+    Raises:
+        HeartLoRAError: ``result.json`` is not JSON or not a JSON object (the file named).
+    """
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    result = read_json(path, "the result.json a finished run writes")
+    if not isinstance(result, dict):
+        raise HeartLoRAError(f"{path}: expected the JSON object a finished run writes")
+    for key in keys:
+        value = result.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if not math.isfinite(value):
+            return None
+    adapter = run_dir / RUN_ADAPTER_FOLDER
+    if not all((adapter / name).is_file() for name in get_method(method).files):
+        return None
+    return result

@@ -165,8 +165,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     Returns:
         The dict: ``progress`` (`RunProgress.to_state`), ``trainable`` (name → tensor),
         ``optimizer`` (its ``state_dict``), ``rng`` (`rng_state`), ``head_masks`` (bool tensors
-        or ``None``) and ``scores`` (a tensor or ``None``); where written, ``sensitivity`` and
-        ``rng_ranks`` (every rank's `rng_state` under torchrun, else ``None``).
+        or ``None``) and ``scores`` (a tensor or ``None``); where written, ``sensitivity``,
+        ``rng_ranks`` (every rank's `rng_state` under torchrun, else ``None``) and ``data``
+        (the fingerprints of the run's splits, `heartlora.training.data_fingerprint`).
 
     Raises:
         HeartLoRAError: the file cannot be read, holds Python objects other than tensors and

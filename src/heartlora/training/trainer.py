@@ -32,7 +32,9 @@ from heartlora.calibration import (
     CALIB_WARMUP_SHARE,
     Calibration,
     WarmupTooLong,
+    fitted_warmup_steps,
 )
+from heartlora.config import SCORERS, WARMUP_NEEDED
 from heartlora.data.factory import build_dataset
 from heartlora.devices import resolve_device
 from heartlora.errors import HeartLoRAError
@@ -43,6 +45,7 @@ from heartlora.inject import (
 )
 from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
 from heartlora.training.config import TrainConfig
+from heartlora.training.data_fingerprint import check_same_data, split_fingerprint
 from heartlora.training.distributed import (
     World,
     all_gather_objects,
@@ -229,6 +232,19 @@ class Trainer:
         self.skipped_images = int(getattr(train, "skipped", 0)) + int(
             getattr(evaluation, "skipped", 0)
         )
+        self.data_fingerprint = {
+            role: split_fingerprint(
+                dataset.samples,
+                dataset.num_classes,
+                config.data_root,
+                getattr(dataset, "split_file", None)
+                or f"{config.data_root} ({config.task}, split {split})",
+            )
+            for role, dataset, split in (
+                ("train", train, config.train_split),
+                ("eval", evaluation, config.eval_split),
+            )
+        }
         if config.cache_images:
             if config.augment:
                 raise HeartLoRAError("cache_images cannot be combined with augment")
@@ -240,19 +256,39 @@ class Trainer:
         """The run's `Calibration`; a warm-up the run is too short for says where the run's
         length comes from (a batch larger than the data makes a one-step epoch)."""
         config = self.config
+        length = (
+            f"the run's {self.total_steps} steps are {config.epochs} epoch(s) × "
+            f"{self.steps_per_epoch} batch(es) of batch_size {config.batch_size} from "
+            f"{len(self.train_set)} training images"
+        )
         try:
-            return Calibration(
+            calibration = Calibration(
                 self.model,
                 self.total_steps,
                 fit_warmup=config.calib_warmup_steps is None,
                 seed=config.seed,
             )
         except WarmupTooLong as error:
+            raise HeartLoRAError(f"{error}; {length}") from None
+        needed = WARMUP_NEEDED.get(config.scorer, 0)
+        warmup = calibration.calib_warmup_steps
+        if warmup < needed:
+            if config.calib_warmup_steps is None:
+                shortest = next(t for t in range(1, 1000) if fitted_warmup_steps(t) >= needed)
+                what = f"the warm-up fitted to this run has {warmup}"
+                remedy = f"a run of at least {shortest} steps (more epochs or a smaller batch_size)"
+            else:
+                what = f"calib_warmup_steps is {warmup}"
+                remedy = f"calib_warmup_steps of at least {needed}" + (
+                    ", or null" if fitted_warmup_steps(self.total_steps) >= needed else ""
+                )
+            others = ", ".join(s for s in SCORERS if s not in WARMUP_NEEDED)
             raise HeartLoRAError(
-                f"{error}; the run's {self.total_steps} steps are {config.epochs} epoch(s) × "
-                f"{self.steps_per_epoch} batch(es) of batch_size {config.batch_size} from "
-                f"{len(self.train_set)} training images"
-            ) from None
+                f"scorer {config.scorer!r} needs {needed} warm-up step(s) before heads are "
+                f"scored, but {what} ({length}); expected {remedy}, or a scorer that needs no "
+                f"warm-up: {others}"
+            )
+        return calibration
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
@@ -312,6 +348,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "rng_ranks": rng_ranks,
+            "data": self.data_fingerprint,
             **self._calibration_state(),
         }
         write_checkpoint(self.output_dir / CHECKPOINT_NAME, state)
@@ -321,6 +358,10 @@ class Trainer:
         """Restore the state saved by `save_resume_state` (read with ``weights_only=True``)."""
         path = self.output_dir / CHECKPOINT_NAME
         state = read_checkpoint(path)
+        if "data" in state:
+            check_same_data(state["data"], self.data_fingerprint, str(path))
+        else:
+            self.log(f"note: {path} predates data fingerprints: the data is not compared")
         progress = RunProgress.from_state(state["progress"], str(path))
         if self.calibration is not None:
             self.calibration.load_state_dict(state, str(path))
@@ -714,6 +755,7 @@ class Trainer:
             "train_images": len(self.train_set),
             "eval_images": len(self.eval_set),
             "skipped_images": self.skipped_images,
+            "data": self.data_fingerprint,
             "epochs": config.epochs,
             "seed": config.seed,
             "weights": config.base_weights(),
