@@ -14,7 +14,12 @@ from test_workers import _alive, _worker_pids
 
 from heartlora.errors import HeartLoRAError
 from heartlora.training.executor import PlannedRun, RunFailed
-from heartlora.training.local_executor import FAILURE_TRACEBACK, LocalExecutor, worker_devices
+from heartlora.training.local_executor import (
+    FAILURE_TRACEBACK,
+    LocalExecutor,
+    _finish,
+    worker_devices,
+)
 
 
 def _runs(tmp_path, count, **settings):
@@ -52,9 +57,8 @@ def test_each_worker_sees_only_its_own_device(tmp_path):
     assert os.getpid() not in by_worker
 
 
-@pytest.mark.parametrize("bug", [False, True])
-def test_a_failing_run_is_one_line_naming_it_and_no_worker_is_left(tmp_path, bug):
-    runs = _runs(tmp_path, 3, message="data_root /nowhere: no such folder", bug=bug)
+def test_a_failing_run_is_one_line_naming_it_and_no_worker_is_left(tmp_path):
+    runs = _runs(tmp_path, 3, message="data_root /nowhere: no such folder")
     for run in runs:
         run.settings["after"] = str(tmp_path / "slow" / "pid")
     runs[0] = PlannedRun("slow run", {"seconds": 60}, tmp_path / "slow")
@@ -63,15 +67,18 @@ def test_a_failing_run_is_one_line_naming_it_and_no_worker_is_left(tmp_path, bug
         LocalExecutor(2, log=lambda _: None, function=_dispatch).run(runs, lambda *_: None)
     message = str(failure.value)
     assert "\n" not in message and message.startswith("run run 1 failed: ")
-    if bug:
-        assert "internal error: RuntimeError: a bug nobody foresaw" in message
-        assert (tmp_path / "run1" / FAILURE_TRACEBACK).is_file()
-    else:
-        assert message.endswith("data_root /nowhere: no such folder")
+    assert message.endswith("data_root /nowhere: no such folder")
     # the slow run was stopped (it saved), not waited for
     assert time.monotonic() - started < 40
     assert (tmp_path / "slow" / "saved").read_text() == "yes"
     assert not _alive(int((tmp_path / "slow" / "pid").read_text()))
+
+
+def test_a_bug_in_a_run_is_one_line_with_its_traceback_in_the_run_folder(tmp_path):
+    outcome, line = _finish(executor_probes.fail, {"bug": True}, tmp_path / "run")
+    assert outcome == "failed" and "\n" not in line
+    assert line.startswith("internal error: RuntimeError: a bug nobody foresaw (traceback in ")
+    assert "a bug nobody foresaw" in (tmp_path / "run" / FAILURE_TRACEBACK).read_text()
 
 
 def _dispatch(settings, run_dir):
@@ -85,7 +92,7 @@ def _dispatch(settings, run_dir):
     return executor_probes.train_until_stopped(settings, run_dir)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, signum):
     runs = _runs(tmp_path, 2, seconds=60)
     result = {}
@@ -119,6 +126,11 @@ def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, si
         assert not _alive(int((tmp_path / run / "pid").read_text()))
 
 
+def _children(pid):
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(child) for child in found.split()]
+
+
 def _suite(tmp_path, out):
     return [
         sys.executable, "-m", "heartlora", "suite", "--tasks", "sk-digits", "--epochs", "40",
@@ -147,8 +159,12 @@ def test_ctrl_c_on_a_terminal_ends_suite_jobs_2_at_once_in_one_line(tmp_path, wh
                 workers = _worker_pids(out / "runs", suite.pid) if (out / "runs").is_dir() else []
             assert len(workers) == 2
             time.sleep(2)
-        else:
-            time.sleep(4)  # the workers are importing torch
+        else:  # Ctrl-C as soon as the workers exist: they are importing torch
+            deadline = time.monotonic() + 120
+            while len(_children(suite.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(_children(suite.pid)) >= 2
+            time.sleep(0.2)
         group = [int(p) for p in subprocess.run(
             ["pgrep", "-s", str(suite.pid)], capture_output=True, text=True
         ).stdout.split()] + workers  # fmt: skip

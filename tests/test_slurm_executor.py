@@ -97,8 +97,8 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(t
     (SIGUSR2): both resume from their checkpoints and end bit-identical to the local runs."""
     require_slurm()
     local, cluster = tmp_path / "local", tmp_path / "cluster"
-    args = ("lora,heart-lora", 3, "2")
-    assert main(_suite(tmp_path, local, *args, "--jobs", "1")) == 0
+    args = ("lora,heart-lora", 2, "2")
+    assert main(_suite(tmp_path, local, *args, "--jobs", "2")) == 0
     suite = subprocess.Popen(
         _slurm(_suite(tmp_path, cluster, *args)), env=ENV, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
@@ -128,43 +128,56 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(t
         assert (run_dir / "slurm.out").is_symlink() and (run_dir / "slurm.err").exists()
 
 
-def test_a_rerun_submits_only_what_is_missing_and_a_cancelled_job_is_one_line(tmp_path):
+def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_is_missing(
+    tmp_path,
+):
+    """Three runs submitted held (``--no-wait``); a second command waits on them without
+    submitting again; one job is cancelled, one fails in its job (an unreadable checkpoint),
+    one finishes: a line each for the two, exit 2. The same command again reuses the finished
+    run and submits only the cancelled one."""
     require_slurm()
-    out = tmp_path / "out"
-    args = _slurm(_suite(tmp_path, out, "lora,linear", 1))
-    first = subprocess.run([*args, "--no-wait"], env=ENV, capture_output=True, text=True)
+    out, bad = tmp_path / "out", tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+    methods = f"linear,lora,lora[checkpoint={bad}]"
+    args = _slurm(_suite(tmp_path, out, methods, 1))
+    first = subprocess.run(
+        [*args, "--no-wait", "--sbatch", "hold=true"], env=ENV, capture_output=True, text=True
+    )
     assert first.returncode == 0, first.stderr
-    assert "2 run(s) submitted, 0 already queued" in first.stdout
+    assert "3 run(s) submitted, 0 already queued" in first.stdout
     assert not (out / "results.csv").exists()
-    cancelled = out / "runs" / "sk-digits" / "linear" / "seed0"
-    subprocess.run(["scancel", _job(cancelled)], check=True)
-    # waiting on a submission with a cancelled job: that run in one line, nothing hangs
-    waiting = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
-    assert waiting.returncode == 2
-    assert "0 run(s) submitted, " in waiting.stdout or "0 run(s) submitted" not in waiting.stdout
-    line = next(x for x in waiting.stdout.splitlines() if "failed:" in x)
-    assert line.startswith("run sk-digits linear seed 0 (SLURM job ")
-    assert "ended without a result (cancelled" in line and "log: " in line
-    assert waiting.stderr.strip().count("\n") == 0 and "1 of " in waiting.stderr
-    # the same command again: the finished run is reused, only the cancelled one goes to SLURM
-    again = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    runs = out / "runs" / "sk-digits"
+    waiting = subprocess.Popen(
+        args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    attached = "".join(waiting.stdout.readline() for _ in range(3))
+    assert "0 run(s) submitted, 3 already queued or running" in attached, attached
+    subprocess.run(["scancel", _job(runs / "lora" / "seed0")], check=True)
+    for method in ("linear", f"lora[checkpoint={bad}]"):
+        subprocess.run(["scontrol", "release", _job(runs / method / "seed0")], check=True)
+    stdout, stderr = waiting.communicate(timeout=300)
+    assert waiting.returncode == 2, stdout + stderr
+    failed = sorted(line for line in stdout.splitlines() if " failed: " in line)
+    assert len(failed) == 2, stdout
+    assert failed[0].startswith("run sk-digits lora seed 0 (SLURM job ")
+    assert "ended without a result (cancelled" in failed[0]
+    assert failed[1].startswith(f"run sk-digits lora[checkpoint={bad}] seed 0 (SLURM job ")
+    assert f"{bad}: cannot read" in failed[1]
+    log = Path(failed[1].rsplit("log: ", 1)[1])
+    assert log.is_file() and "Traceback" in log.read_text()
+    assert stderr.strip() == (
+        "heartlora: error: 2 of 3 SLURM runs failed (each named above, with its log): run the "
+        "same command to submit them again"
+    )
+    # the same command again, without the broken run: the finished run is reused, only the
+    # cancelled one goes to SLURM
+    again = subprocess.run(
+        _slurm(_suite(tmp_path, out, "linear,lora", 1)), env=ENV, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 run(s) submitted, 0 already queued" in again.stdout
     assert "reused" in again.stdout and (out / "results.csv").is_file()
-
-
-def test_a_run_that_fails_in_its_job_is_one_line_naming_it_and_its_log(tmp_path):
-    require_slurm()
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"not safetensors")
-    args = _slurm(_suite(tmp_path, tmp_path / "out", "lora", 1, "1", "--set", f"checkpoint={bad}"))
-    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    line = next(x for x in done.stdout.splitlines() if "failed:" in x)
-    assert "run sk-digits lora seed 0 (SLURM job " in line and f"{bad}: cannot read" in line
-    log = Path(line.rsplit("log: ", 1)[1])
-    assert log.is_file() and "Traceback" in log.read_text()
-    assert done.stderr.startswith("heartlora: error: 1 of 1 SLURM runs failed")
 
 
 def test_a_run_of_two_slurm_tasks_equals_one_process(tmp_path):
