@@ -5,8 +5,9 @@ knobs it lacks in one line, and can be byte-matched (`heartlora.training.budget`
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import make_base_checkpoint, make_learnable_task
+from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
 
+from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config
 from heartlora.training.methods import METHODS, load_trained
@@ -134,14 +135,29 @@ def test_a_knob_the_method_lacks_is_refused_in_one_line(text, message):
     assert str(error.value) == message
 
 
-def test_train_keys_and_peft_options_are_checked_against_the_method(toy):
+def test_train_keys_and_peft_options_are_checked_against_the_method(toy, tmp_path):
     with pytest.raises(HeartLoRAError, match="^peft-ia3 has no rank "):
         _config(toy, "peft-ia3", rank=8)
     with pytest.raises(HeartLoRAError, match="^peft-dora has no block_size "):
         _config(toy, "peft-dora", block_size=8)
     with pytest.raises(HeartLoRAError, match="AdaLoraConfig has no field 'init_rank'.*'init_r'"):
         _config(toy, "peft-adalora", peft_options="{init_rank: 4}")
+    shared = tmp_path / "task.yaml"  # a task's tuned scale is a shared setting
+    shared.write_text("scale: 10\nrank: 4\n")
+    assert build_config(shared, ["method=peft-ia3"], check_method_keys_given=True).scale == 10
+    with pytest.raises(
+        HeartLoRAError, match="^lora has no peft_options .its settings: rank, scale"
+    ):
+        build_config(None, ["method=lora", "peft_options={r: 2}"])
     assert parse_method("peft-adalora[rank=4,peft_options={init_r: 6, tinit: 1}]") == (
         "peft-adalora",
         {"rank": 4, "peft_options": {"init_r": 6, "tinit": 1}},
     )
+
+
+def test_heartlora_train_refuses_a_flag_the_method_lacks_in_one_line(toy, tmp_path, capsys):
+    root, checkpoint = toy
+    assert main(train_args(root, checkpoint, tmp_path / "run", "peft-ia3")) == 2  # --rank 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "peft-ia3 has no rank (its settings: peft_options)" in err[0]
+    assert not (tmp_path / "run").exists()

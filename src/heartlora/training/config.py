@@ -672,17 +672,19 @@ def build_config(
     """Merge defaults < config file < ``flags`` (given CLI flags) < ``--set key=value`` overrides.
 
     Each ``--set`` item assigns in order, so a later item wins, also over an earlier one that
-    used a key's deprecated name. A size or scale key given for a method that does not read it
-    is refused (`heartlora.training.methods.check_method_keys`: ``peft-ia3 has no rank``),
-    unless ``check_method_keys_given`` is false (a suite's shared settings, which every method
-    of the suite receives).
+    used a key's deprecated name. A size or scale key that ``flags`` or ``overrides`` set for a
+    method that does not read it is refused (`heartlora.training.methods.check_method_keys`:
+    ``peft-ia3 has no rank``), unless ``check_method_keys_given`` is false; a config file's
+    keys are shared settings (a task's tuned ``scale``), read by the methods that have them,
+    as are a suite's.
     """
     data: dict[str, Any] = read_config_file(config_file) if config_file else {}
-    data.update({k: v for k, v in (flags or {}).items() if v is not None})
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    data.update(given)
     for item in overrides or []:
         key, value = parse_override(item)
         _check_keys({key: None}, "--set")
-        data[key] = value
+        data[key] = given[key] = value
     if isinstance(data.get("targets"), str):
         data["targets"] = [t.strip() for t in data["targets"].split(",") if t.strip()]
     try:
@@ -690,7 +692,7 @@ def build_config(
     except TypeError as error:
         raise HeartLoRAError(f"bad config: {error}") from None
     if check_method_keys_given:
-        check_method_keys(config.method, data)
+        check_method_keys(config.method, given)
     return config
 
 

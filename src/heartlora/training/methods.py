@@ -611,7 +611,8 @@ def check_method_keys(method: str, keys: Iterable[str]) -> None:
         return
     for key in keys:
         if not known.reads(key):
-            has = ", ".join(known.knobs or ()) or "none"
+            has = ", ".join(known.knobs if known.knobs is not None else ("rank", "scale"))
+            has = has or "none"
             raise HeartLoRAError(f"{method} has no {key} (its settings: {has})")
 
 
