@@ -287,8 +287,9 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "Side of each orthogonal block (peft-oft's `oft_block_size`, peft-boft's "
-            "`boft_block_size`); it must divide the model's width. null: peft's default (32 "
-            "and 4)."
+            "`boft_block_size`), a divisor of the model's width (peft-oft moves another to "
+            "the nearest divisor, with peft's warning; peft-boft refuses it). null: peft's "
+            "default (32 and 4)."
         },
     )
     peft_options: dict[str, Any] = field(
