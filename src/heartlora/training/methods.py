@@ -220,17 +220,6 @@ def wrap_with_peft(model: nn.Module, method: str, settings: MethodSettings) -> n
         ) from None
 
 
-def wrap_with_peft_lora(model: nn.Module, rank: int, scale: float) -> nn.Module:
-    """peft LoRA of rank ``rank`` on every fused ``qkv`` linear, scaling ``scale`` (α = s·r), the
-    classifier trained and saved as a ``modules_to_save`` module.
-
-    Raises:
-        HeartLoRAError: when peft is not installed.
-    """
-    settings = MethodSettings(HeartLoRAConfig(rank=rank, scale=scale))
-    return wrap_with_peft(model, "peft-lora", settings)
-
-
 def _save_trainable(model: nn.Module, directory: Path, whole: bool) -> None:
     state = (
         model.state_dict()
