@@ -2,6 +2,8 @@
 trainer, stores, reloads onto a fresh base with the same logits, resumes exactly, refuses the
 knobs it lacks in one line, and can be byte-matched (`heartlora.training.budget`)."""
 
+import csv
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,7 +13,7 @@ from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config
 from heartlora.training.methods import METHODS, load_trained
-from heartlora.training.suite import parse_method
+from heartlora.training.suite import parse_method, split_top_level
 from heartlora.training.trainer import Trainer, create_run_model
 
 NEW_METHODS = {
@@ -161,3 +163,25 @@ def test_heartlora_train_refuses_a_flag_the_method_lacks_in_one_line(toy, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "peft-ia3 has no rank (its settings: peft_options)" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_suite_runs_the_new_methods_with_shared_settings_and_bracket_sizes(tmp_path, capsys):
+    root = make_learnable_task(tmp_path / "mine", task="alpha")
+    out = tmp_path / "suite"
+    methods = "peft-dora[rank=2],peft-adalora[rank=2,peft_options={init_r: 4, tinit: 1}],peft-ia3"
+    args = ["suite", "--data-root", str(root), "--epochs", "1", "--methods", methods,
+            "--jobs", "1", "--output-dir", str(out), "--set", "batch_size=16",
+            "--set", "scale=2"]  # fmt: skip
+    assert main(args) == 0  # scale, shared, reaches peft-ia3, which has none: no refusal
+    rows = {row["method"]: row for row in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == set(split_top_level(methods))
+    assert all(int(row["adapter_bytes"]) > 0 for row in rows.values())
+    capsys.readouterr()
+    bad = ["suite", "--data-root", str(root), "--methods", "peft-ia3[rank=8]",
+           "--output-dir", str(tmp_path / "bad")]  # fmt: skip
+    assert main(bad) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("peft-ia3 has no rank (its settings: peft_options)")
+    )
