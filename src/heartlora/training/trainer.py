@@ -506,9 +506,13 @@ class Trainer:
         epoch = progress.epoch if epoch is None else epoch
         step_in_epoch = progress.step_in_epoch if step_in_epoch is None else step_in_epoch
         kept = f"; {CHECKPOINT_NAME} keeps epoch {self._saved_epoch}" if self._saved_epoch else ""
+        if get_method(self.config.method).reads("scale"):
+            settings, advice = f"lr {lr:.3g}, scale {self.config.scale:g}", "lr or scale"
+        else:  # a method without a scale (peft-vera, peft-ia3, bitfit, ...)
+            settings, advice = f"lr {lr:.3g}", "lr"
         return TrainingDiverged(
-            f"{what} at epoch {epoch + 1} step {step_in_epoch + 1} "
-            f"(lr {lr:.3g}, scale {self.config.scale:g}): try a lower lr or scale{kept}"
+            f"{what} at epoch {epoch + 1} step {step_in_epoch + 1} ({settings}): try a lower "
+            f"{advice}{kept}"
         )
 
     def _check_finite_weights(self) -> None:
