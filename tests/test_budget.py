@@ -37,7 +37,8 @@ def test_methods_without_a_size_say_so_or_give_their_one_size(model):
 
 
 def test_the_command_prints_a_grid_member(capsys):
-    assert main(["--method", "peft-lora", "--bytes", "55000", "--num-classes", "3"]) == 0
-    assert capsys.readouterr().out.startswith("peft-lora[rank=5]\t")
-    assert main(["--method", "peft-ia3", "--bytes", "1", "--set", "rank=4"]) == 2
+    assert main(["--methods", "peft-lora,bitfit", "--bytes", "55000", "--num-classes", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["peft-lora[rank=5]", "bitfit"]
+    assert main(["--methods", "peft-ia3", "--bytes", "1", "--set", "rank=4"]) == 2
     assert "peft-ia3 has no rank" in capsys.readouterr().err

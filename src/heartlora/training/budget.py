@@ -10,8 +10,9 @@ layer).
 
 `match_bytes` searches the method's size knob (`Method.size_knob`): ``rank``, ``n_frequency``
 (stored bytes grow with both: doubling, then bisection) or ``block_size`` (each divisor of the
-width is tried). ``python -m heartlora.training.budget`` prints the match as a grid member,
-``peft-vera[rank=57]``, for `heartlora suite` and `heartlora frontier` method lists.
+width is tried). ``python -m heartlora.training.budget --methods peft-vera,peft-oft --bytes N``
+prints each match as a grid member, ``peft-vera[rank=57]``, for `heartlora suite` and
+`heartlora frontier` method lists.
 """
 
 from __future__ import annotations
@@ -171,16 +172,19 @@ def match_bytes(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m heartlora.training.budget``: print the byte-matched size of a method."""
+    """``python -m heartlora.training.budget``: print the byte-matched size of each method, one
+    grid member a line."""
     from heartlora.backbone import create_fine_tuning_model
     from heartlora.training.config import build_config
 
     parser = argparse.ArgumentParser(
         prog="python -m heartlora.training.budget",
-        description="The size of a method whose stored adapter is nearest a number of bytes, "
-        "printed as a grid member (NAME[knob=value]).",
+        description="The size of each method whose stored adapter is nearest a number of "
+        "bytes, printed as a grid member (NAME[knob=value]), one a line.",
     )
-    parser.add_argument("--method", required=True, help="the method, e.g. peft-vera")
+    parser.add_argument(
+        "--methods", required=True, help="comma-separated methods, e.g. peft-vera,peft-oft"
+    )
     parser.add_argument("--bytes", type=int, required=True, help="the byte target")
     parser.add_argument("--model", default="vit_mini_patch4_28", help="timm model name")
     parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs")
@@ -190,15 +194,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = build_config(None, [*args.set, f"method={args.method}", f"model={args.model}"])
         model = create_fine_tuning_model(
             args.model, args.num_classes, pretrained=False, img_size=args.img_size, log=_quiet
         )
-        found = match_bytes(args.method, args.bytes, model, config.method_settings())
+        for method in filter(None, (name.strip() for name in args.methods.split(","))):
+            config = build_config(None, [*args.set, f"method={method}", f"model={args.model}"])
+            found = match_bytes(method, args.bytes, model, config.method_settings())
+            print(f"{found.method}\t{found.bytes} bytes (target {found.target_bytes})")
     except HeartLoRAError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{found.method}\t{found.bytes} bytes (target {found.target_bytes})")
     return 0
 
 
