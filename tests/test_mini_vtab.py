@@ -170,7 +170,9 @@ def test_a_data_root_that_is_a_file_is_named_as_one(monkeypatch, tmp_path):
     afile = tmp_path / "data"
     afile.write_text("not a folder")
     monkeypatch.setenv("HEARTLORA_DATA", str(afile))
-    with pytest.raises(HeartLoRAError, match=r"data is not a folder \(\$HEARTLORA_DATA\) \(expected a folder"):
+    with pytest.raises(
+        HeartLoRAError, match=r"data is not a folder \(\$HEARTLORA_DATA\) \(expected a folder"
+    ):
         materialize(tasks=["mnist"])
     with pytest.raises(HeartLoRAError, match="is not a folder"):
         materialize(afile / "below", tasks=["mnist"])

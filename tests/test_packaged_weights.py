@@ -166,9 +166,7 @@ def test_one_epoch_of_train_on_the_real_base_and_its_adapter_rebuilds_the_base(
     assert other is not None and "pretrained:lvd142m" in other
 
 
-def test_heads_without_an_adapter_normalises_as_the_packaged_weights_expect(
-    tmp_path, monkeypatch
-):
+def test_heads_without_an_adapter_normalises_as_the_packaged_weights_expect(tmp_path, monkeypatch):
     import heartlora.commands.heads as heads_command
 
     seen = {}

@@ -939,9 +939,7 @@ def test_timm_pretrained_weights_that_fit_only_in_part_are_refused(
     assert not (tmp_path / "run").exists()
 
 
-def test_a_warm_up_longer_than_the_run_says_where_the_runs_length_comes_from(
-    toy, tmp_path, capsys
-):
+def test_a_warm_up_longer_than_the_run_says_where_the_runs_length_comes_from(toy, tmp_path, capsys):
     root, checkpoint = toy  # 48 training images
     args = train_args(root, checkpoint, tmp_path / "run", "heart-lora", epochs=1)
     assert main([*args, "--set", "batch_size=1000"]) == 2
@@ -961,7 +959,12 @@ def test_a_warm_up_longer_than_the_run_says_where_the_runs_length_comes_from(
             "batch_size 1000 from 48 training images); expected a run of at least 2 steps",
         ),
         (  # the first warm-up step's sensitivity is zero (B = 0): it used to fail after it
-            {"batch_size": 1000, "epochs": 2, "scorer": "sensitivity", "calib_warmup_steps": "null"},
+            {
+                "batch_size": 1000,
+                "epochs": 2,
+                "scorer": "sensitivity",
+                "calib_warmup_steps": "null",
+            },
             "scorer 'sensitivity' needs 2 warm-up step(s) before heads are scored, but the warm-up "
             "fitted to this run has 1",
         ),

@@ -223,5 +223,7 @@ def test_targets_flag_takes_the_comma_and_the_yaml_list_form(text):
 
 
 def test_a_targets_flag_that_is_no_list_is_one_line():
-    with pytest.raises(HeartLoRAError, match=r"^targets line 1: .*expected a list such as \[q, v\]"):
+    with pytest.raises(
+        HeartLoRAError, match=r"^targets line 1: .*expected a list such as \[q, v\]"
+    ):
         build_config(None, [], {"targets": "[q, k"})

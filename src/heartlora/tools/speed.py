@@ -63,7 +63,7 @@ from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import heads_per_layer, merge
 from heartlora.precision import DTYPES, forward_precision, matmul_precision
-from heartlora.training.methods import Method, directory_bytes, get_method
+from heartlora.training.methods import Method, MethodSettings, directory_bytes, get_method
 
 TRAIN_VARIANTS: tuple[str, ...] = ("bound", "peft_lora", "lora_all_heads", "heart_lora", "full")
 """The training variants, in the order of the report."""
@@ -228,7 +228,7 @@ def _make_variant(name: str, config: SpeedConfig) -> _Variant:
     method = get_method(VARIANT_METHODS[name])
     model = _build_model(config)
     heads = heads_per_layer(model)
-    model = method.build(model, _adapter_config(config, method, ne=min(heads) // 2))
+    model = method.build(model, MethodSettings(_adapter_config(config, method, ne=min(heads) // 2)))
     if method.selects_heads:  # half the heads, chosen at random: the cost, not the choice
         generator = torch.Generator().manual_seed(config.seed)
         scores = torch.rand(len(heads), max(heads), generator=generator)

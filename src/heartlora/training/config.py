@@ -36,7 +36,12 @@ from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.packaged_weights import packaged_weights
 from heartlora.precision import DTYPES
-from heartlora.training.methods import METHODS
+from heartlora.training.methods import (
+    METHODS,
+    MethodSettings,
+    check_method_keys,
+    check_peft_options,
+)
 
 MAX_NUM_WORKERS = 256  # each loader worker is a process; more only exhaust the machine
 MAX_THREADS = 1024  # torch.set_num_threads accepts any positive count, and crashes on huge ones
@@ -242,10 +247,18 @@ class TrainConfig:
         },
     )
     # the adapter and its head selection: defaults, help and choices of HeartLoRAConfig
-    rank: int = adapter_field("rank", note=" (heartlora methods and peft-lora)")
-    scale: float = adapter_field("scale", note=" (peft-lora: `lora_alpha` = scale · rank)")
+    rank: int = adapter_field(
+        "rank",
+        note=" (heartlora methods and the peft methods with a rank: peft-lora, -dora, -rslora, "
+        "-pissa, -vera, -loha, -lokr, -hra; peft-adalora's final average rank)",
+    )
+    scale: float = adapter_field(
+        "scale",
+        note=" (peft-lora, -dora, -pissa, -rslora, -loha, -lokr: α = scale · rank; "
+        "peft-adalora: α = scale · init_r)",
+    )
     targets: list[str] = adapter_field(
-        "targets", note=" (heartlora methods; peft-lora adapts the whole fused qkv)"
+        "targets", note=" (heartlora methods; the peft methods adapt the whole fused qkv)"
     )
     layout: str = adapter_field("layout")
     ne: int = adapter_field("ne", note=" (heart-lora methods)")
@@ -266,6 +279,31 @@ class TrainConfig:
         "steps; formerly `warmup_steps`.",
     )
     calib_batches: int = adapter_field("calib_batches")
+    n_frequency: int | None = field(
+        default=None,
+        metadata={
+            "help": "Spectral coefficients learned per adapted linear (peft-fourierft's "
+            "`n_frequency`); null: peft's default, 1000."
+        },
+    )
+    block_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Side of each orthogonal block (peft-oft's `oft_block_size`, peft-boft's "
+            "`boft_block_size`), a divisor of the model's width (peft-oft moves another to "
+            "the nearest divisor, with peft's warning; peft-boft refuses it). null: peft's "
+            "default (32 and 4)."
+        },
+    )
+    peft_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "More keyword arguments of a peft method's config class, over what "
+            "heartlora sets, e.g. `{init_r: 12, tinit: 50}` for peft-adalora or "
+            "`{init_lora_weights: pissa_niter_4}` for peft-pissa; each key must be a field of "
+            "that class (docs/training.md, Methods)."
+        },
+    )
     # optimisation (paper protocol)
     epochs: int = field(default=100, metadata={"help": "Passes over train_split."})
     batch_size: int = field(
@@ -405,6 +443,13 @@ class TrainConfig:
         for key in ("drop_path", "label_smoothing"):  # probabilities: 1 would drop everything
             if not getattr(self, key) < 1:
                 raise HeartLoRAError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
+        for key in ("n_frequency", "block_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise HeartLoRAError(f"{key} must be a positive integer or null, got {value!r}")
+        set_knobs = [k for k in ("n_frequency", "block_size") if getattr(self, k) is not None]
+        check_method_keys(self.method, set_knobs + (["peft_options"] if self.peft_options else []))
+        check_peft_options(self.method, self.peft_options)
         if self.uses_heartlora:
             self.adapter_config()  # validates rank, scale, ne, percent
         if self.pretrained and not self.checkpoint and pretrained_tag(self.model) is None:
@@ -462,6 +507,17 @@ class TrainConfig:
             calib_warmup_steps=CALIB_WARMUP_DEFAULT if warmup is None else warmup,
         )
         return HeartLoRAConfig(**settings)
+
+    def method_settings(self, total_steps: int | None = None) -> MethodSettings:
+        """What the run's method builds from: `adapter_config` and the peft knobs, with the
+        run's ``total_steps`` (AdaLoRA's budget schedule reads them)."""
+        return MethodSettings(
+            self.adapter_config(),
+            n_frequency=self.n_frequency,
+            block_size=self.block_size,
+            peft_options=dict(self.peft_options),
+            total_steps=total_steps,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (YAML/JSON ready)."""
@@ -625,24 +681,33 @@ def build_config(
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    check_method_keys_given: bool = True,
 ) -> TrainConfig:
     """Merge defaults < config file < ``flags`` (given CLI flags) < ``--set key=value`` overrides.
 
     Each ``--set`` item assigns in order, so a later item wins, also over an earlier one that
-    used a key's deprecated name.
+    used a key's deprecated name. A size or scale key that ``flags`` or ``overrides`` set for a
+    method that does not read it is refused (`heartlora.training.methods.check_method_keys`:
+    ``peft-ia3 has no rank``), unless ``check_method_keys_given`` is false; a config file's
+    keys are shared settings (a task's tuned ``scale``), read by the methods that have them,
+    as are a suite's.
     """
     data: dict[str, Any] = read_config_file(config_file) if config_file else {}
-    data.update({k: v for k, v in (flags or {}).items() if v is not None})
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    data.update(given)
     for item in overrides or []:
         key, value = parse_override(item)
         _check_keys({key: None}, "--set")
-        data[key] = value
+        data[key] = given[key] = value
     if isinstance(data.get("targets"), str):
         data["targets"] = _targets_list(data["targets"])
     try:
-        return TrainConfig(**data)
+        config = TrainConfig(**data)
     except TypeError as error:
         raise HeartLoRAError(f"bad config: {error}") from None
+    if check_method_keys_given:
+        check_method_keys(config.method, given)
+    return config
 
 
 def _targets_list(text: str) -> Any:

@@ -37,6 +37,7 @@ from heartlora.training.config import TrainConfig, build_config, parse_override,
 from heartlora.training.executor import Executor, PlannedRun, finished_result
 from heartlora.training.figures import new_figure, save_png
 from heartlora.training.local_executor import LocalExecutor
+from heartlora.training.methods import check_method_keys
 from heartlora.training.report import (
     RunResult,
     group_name,
@@ -47,7 +48,7 @@ from heartlora.training.report import (
 
 DEFAULT_METHODS = MINI.methods
 
-_METHOD_PATTERN = re.compile(r"^([a-z-]+)(?:\[(.*)\])?$")
+_METHOD_PATTERN = re.compile(r"^([a-z0-9-]+)(?:\[(.*)\])?$")
 
 BEST_OF_EVALUATIONS = "results-best-of-evaluations.md"
 """The table of best-of-evaluations accuracies a suite writes when its runs evaluated more than
@@ -73,10 +74,11 @@ class SuiteTask:
 
 
 def split_top_level(text: str) -> list[str]:
-    """Split on commas outside brackets: ``"a,b[x=1,y=[2,3]]"`` → ``["a", "b[x=1,y=[2,3]]"]``."""
+    """Split on commas outside brackets and braces: ``"a,b[x=1,y=[2,3]]"`` →
+    ``["a", "b[x=1,y=[2,3]]"]``, ``"b[o={p: 1, q: 2}]"`` stays whole."""
     items, depth, current = [], 0, ""
     for char in text:
-        depth += {"[": 1, "]": -1}.get(char, 0)
+        depth += {"[": 1, "]": -1, "{": 1, "}": -1}.get(char, 0)
         if char == "," and depth == 0:
             items.append(current.strip())
             current = ""
@@ -89,7 +91,9 @@ def split_top_level(text: str) -> list[str]:
 
 def parse_method(text: str) -> tuple[str, dict[str, Any]]:
     """``"heart-lora[ne=2,scorer=grad-norm]"`` → ``("heart-lora", {"ne": 2, "scorer": ...})``;
-    a list value keeps its commas: ``"lora[targets=[q,k,v]]"``."""
+    a list or mapping value keeps its commas: ``"lora[targets=[q,k,v]]"``,
+    ``"peft-adalora[peft_options={init_r: 12, tinit: 5}]"``. A size or scale key the method
+    does not read is refused (``peft-ia3[rank=8]``: ``peft-ia3 has no rank``)."""
     match = _METHOD_PATTERN.match(text.strip())
     if not match:
         raise HeartLoRAError(f"method {text!r}: expected NAME or NAME[key=value,...]")
@@ -109,6 +113,7 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise HeartLoRAError(f"method {text!r}: cannot read the value of {key}") from None
+    check_method_keys(match.group(1), overrides)
     return match.group(1), overrides
 
 
@@ -314,7 +319,10 @@ def _run_config(
         "method": name,
         "seed": seed,
     }
-    return build_config(None, [f"{k}={json.dumps(v)}" for k, v in data.items()])
+    # the bracket keys were checked against the method by parse_method; the suite's shared
+    # settings reach every method, whether or not it reads them
+    items = [f"{k}={json.dumps(v)}" for k, v in data.items()]
+    return build_config(None, items, check_method_keys_given=False)
 
 
 def run_suite(

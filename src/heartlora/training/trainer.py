@@ -58,7 +58,12 @@ from heartlora.training.distributed import (
     shard,
 )
 from heartlora.training.feed import BatchFeed, CachedImages, epoch_order, iterate_batches
-from heartlora.training.methods import parameters_to_train, prepare_model, save_trained
+from heartlora.training.methods import (
+    get_method,
+    parameters_to_train,
+    prepare_model,
+    save_trained,
+)
 from heartlora.training.run_directory import (
     check_run_directory,
     clear_run_directory,
@@ -159,7 +164,11 @@ class Trainer:
         self._batch_sizes_vary = len(self.train_set) % config.batch_size != 0
         self.total_steps = self.steps_per_epoch * config.epochs
         model = create_run_model(config, self.num_classes, log=log)
-        self.model = prepare_model(model, config.method, config.adapter_config()).to(self.device)
+        settings = config.method_settings(self.total_steps)
+        self.model = prepare_model(model, config.method, settings).to(self.device)
+        # the method's own part in the loop (AdaLoRA's rank budget), for the few that have one
+        step_hook = get_method(config.method).step_hook
+        self.step_hook = step_hook(self.model) if step_hook is not None else None
         # the paper's phase (warm-up → score → select), for the methods that select heads
         self.calibration = self._calibration() if config.selects_heads else None
         fitted = self.calibration.calib_warmup_steps if self.calibration is not None else None
@@ -349,6 +358,7 @@ class Trainer:
             "rng": rng,
             "rng_ranks": rng_ranks,
             "data": self.data_fingerprint,
+            "method_state": self.step_hook.state_dict() if self.step_hook is not None else None,
             **self._calibration_state(),
         }
         write_checkpoint(self.output_dir / CHECKPOINT_NAME, state)
@@ -380,6 +390,8 @@ class Trainer:
                 raise HeartLoRAError(f"{path}: checkpoint does not fit this run's model ({name})")
             with torch.no_grad():
                 params[name].copy_(value)
+        if self.step_hook is not None:
+            self.step_hook.load_state_dict(state.get("method_state"), str(path))
         rng_ranks = state.get("rng_ranks")
         if rng_ranks is not None and not (
             isinstance(rng_ranks, list) and all(isinstance(r, dict) for r in rng_ranks)
@@ -495,6 +507,8 @@ class Trainer:
         if self.calibration is not None:
             self.calibration.after_backward()
         self.optimizer.step()
+        if self.step_hook is not None:
+            self.step_hook.after_step(progress.global_step)
         self.optimizer.zero_grad(set_to_none=True)
         self._pending = numbers
         return stopping
@@ -533,9 +547,13 @@ class Trainer:
         epoch = progress.epoch if epoch is None else epoch
         step_in_epoch = progress.step_in_epoch if step_in_epoch is None else step_in_epoch
         kept = f"; {CHECKPOINT_NAME} keeps epoch {self._saved_epoch}" if self._saved_epoch else ""
+        if get_method(self.config.method).reads("scale"):
+            settings, advice = f"lr {lr:.3g}, scale {self.config.scale:g}", "lr or scale"
+        else:  # a method without a scale (peft-vera, peft-ia3, bitfit, ...)
+            settings, advice = f"lr {lr:.3g}", "lr"
         return TrainingDiverged(
-            f"{what} at epoch {epoch + 1} step {step_in_epoch + 1} "
-            f"(lr {lr:.3g}, scale {self.config.scale:g}): try a lower lr or scale{kept}"
+            f"{what} at epoch {epoch + 1} step {step_in_epoch + 1} ({settings}): try a lower "
+            f"{advice}{kept}"
         )
 
     def _check_finite_weights(self) -> None:
