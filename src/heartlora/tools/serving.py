@@ -159,12 +159,31 @@ def adapter_img_size(adapter_dir: str | Path, model: nn.Module | None = None) ->
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def top_classes(logits: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(classes (B,), probabilities (B,))``: the top class of each row of ``logits`` (B, C)
+    and its softmax probability, on the CPU.
+
+    Raises:
+        HeartLoRAError: NaN or infinite logits (weights that overflow): no class can be read
+            from them; ``task`` names whose they are.
+    """
+    logits = logits.float()
+    if not bool(torch.isfinite(logits).all()):
+        raise HeartLoRAError(
+            f"task {task!r}: the adapter's outputs are NaN or infinite (its weights overflow "
+            "in the forward pass; expected an adapter whose outputs are finite)"
+        )
+    top, classes = logits.softmax(dim=-1).max(dim=-1)
+    return classes.cpu(), top.cpu()
+
+
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _tensor_bytes(tensors: list[torch.Tensor]) -> int:
+def tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of ``tensors``, each counted once (shared tensors appear once)."""
     unique = {id(t): t for t in tensors}
     return sum(t.numel() * t.element_size() for t in unique.values())
 
@@ -317,14 +336,7 @@ class MultiTaskModel:
             HeartLoRAError: the task's outputs are NaN or infinite (weights that overflow):
                 no class can be read from them.
         """
-        logits = self.forward(images, task).float()
-        if not bool(torch.isfinite(logits).all()):
-            raise HeartLoRAError(
-                f"task {task!r}: the adapter's outputs are NaN or infinite (its weights overflow "
-                "in the forward pass; expected an adapter whose outputs are finite)"
-            )
-        top, classes = logits.softmax(dim=-1).max(dim=-1)
-        return classes.cpu(), top.cpu()
+        return top_classes(self.forward(images, task), task)
 
     def to(self, device: torch.device | str) -> MultiTaskModel:
         """Move the backbone and every task's modules to ``device``."""
@@ -357,9 +369,9 @@ class MultiTaskModel:
             if id(t) not in classifier_ids
         ]
         backbone_ids = {id(t) for t in backbone}
-        backbone_bytes = _tensor_bytes(backbone)
+        backbone_bytes = tensor_bytes(backbone)
         task_bytes = {
-            name: _tensor_bytes(task.own_tensors(backbone_ids)) for name, task in self.tasks.items()
+            name: tensor_bytes(task.own_tensors(backbone_ids)) for name, task in self.tasks.items()
         }
         return {
             "backbone_bytes": backbone_bytes,
