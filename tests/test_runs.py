@@ -198,3 +198,19 @@ def test_every_peft_method_merges_to_the_same_logits(method):
         plain = tiny_vit()
         plain.load_state_dict(state)  # strict: exactly timm's keys
         torch.testing.assert_close(plain.eval()(images()), expected, atol=1e-5, rtol=0)
+
+
+def test_a_run_on_other_base_weights_is_refused_unless_told(trained, tmp_path, capsys):
+    """A run's model is its base plus what it trained: `--checkpoint` with other weights would
+    predict silently wrong, so it is refused as for an adapter; a full run needs no base."""
+    paths, runs = trained
+    other = make_base_checkpoint(tmp_path / "other.safetensors", seed=1)
+    image = str(paths[0])
+    argv = ["predict", "--adapter", str(runs["bitfit"][0]), image, "--checkpoint", str(other)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the run was trained on base weights" in err, err
+    assert "--ignore-base-mismatch" in err, err
+    assert main([*argv, "--ignore-base-mismatch"]) == 0
+    full = ["predict", "--adapter", str(runs["full"][0]), image, "--checkpoint", str(other)]
+    assert main(full) == 0, capsys.readouterr().err
