@@ -4,6 +4,7 @@ the trained model itself gives."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -214,3 +215,33 @@ def test_a_run_on_other_base_weights_is_refused_unless_told(trained, tmp_path, c
     assert main([*argv, "--ignore-base-mismatch"]) == 0
     full = ["predict", "--adapter", str(runs["full"][0]), image, "--checkpoint", str(other)]
     assert main(full) == 0, capsys.readouterr().err
+
+
+def test_a_damaged_run_is_one_line_naming_its_adapter_folder(trained, tmp_path, capsys):
+    """A truncated weights file was an internal error (safetensors' own exception type)."""
+    paths, runs = trained
+    for method, name in (
+        ("peft-dora", "adapter_model.safetensors"),
+        ("bitfit", "weights.safetensors"),
+    ):
+        run = tmp_path / method
+        shutil.copytree(runs[method][0], run)
+        weights = run / "adapter" / name
+        weights.write_bytes(weights.read_bytes()[:100])
+        for argv in (
+            ["predict", "--adapter", str(run), str(paths[0])],
+            [
+                "export",
+                "--adapter",
+                str(run),
+                "--format",
+                "merged",
+                "--output-dir",
+                str(tmp_path / "m"),
+            ],
+        ):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and err.startswith("heartlora: error: "), err
+            assert f"{run / 'adapter'}: cannot load what the `{method}` run stored" in err, err
+        assert not (tmp_path / "m" / "model.safetensors").exists()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from heartlora.adapter_io import CONFIG_NAME, RUN_ADAPTER_FOLDER, RUN_CONFIG_NAME
@@ -185,7 +186,8 @@ def load_run_model(
         model = load_trained(base, run.config.method, run.adapter)
     except HeartLoRAError:
         raise
-    except (ValueError, RuntimeError, KeyError, TypeError) as error:  # peft's and torch's own
+    except (ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as error:
+        # peft, torch and safetensors report damaged or foreign files in their own types
         raise HeartLoRAError(
             f"{run.adapter}: cannot load what the `{run.config.method}` run stored "
             f"({_first_line(error)}; expected the files its run wrote, for this base model)"
