@@ -17,7 +17,7 @@ from heartlora.cli import main
 from heartlora.config import HeartLoRAConfig
 from heartlora.data.base import open_image
 from heartlora.data.transforms import build_transform
-from heartlora.tools.runs import merged_state_dict
+from heartlora.tools.runs import merged_run_state
 from heartlora.training.config import build_config
 from heartlora.training.methods import PEFT_METHODS, MethodSettings, wrap_with_peft
 from heartlora.training.run_directory import write_run_config
@@ -193,7 +193,7 @@ def test_every_peft_method_merges_to_the_same_logits(method):
             if param.requires_grad:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.05)
         expected = model.eval()(images())
-        state = merged_state_dict(model, method)
+        state = merged_run_state(model, method)
         base = tiny_vit().state_dict()
         assert any(not torch.equal(state[key], base[key]) for key in base if key != "head.weight")
         plain = tiny_vit()

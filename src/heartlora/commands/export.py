@@ -20,7 +20,7 @@ from heartlora.tools.export import (
     refuse_existing_export,
     write_timm_checkpoint,
 )
-from heartlora.tools.runs import TrainedRun, load_run_model, merged_state_dict, other_method_run
+from heartlora.tools.runs import TrainedRun, load_run_model, merged_run_state, other_method_run
 from heartlora.tools.serving import adapter_img_size, base_model_from_adapter, base_model_kwargs
 from heartlora.training.methods import PEFT_METHODS
 
@@ -131,7 +131,7 @@ def _export_run(run: TrainedRun, args: argparse.Namespace) -> int:
         return 0
     model = load_run_model(run, args.checkpoint, args.model, args.ignore_base_mismatch)
     path = write_timm_checkpoint(
-        merged_state_dict(model, method),
+        merged_run_state(model, method),
         args.output_dir,
         args.model or run.config.model,
         run.num_classes,

@@ -195,7 +195,7 @@ def load_run_model(
     return model.eval().requires_grad_(False)
 
 
-def merged_state_dict(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
+def merged_run_state(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
     """The plain timm state dict of a run's trained model (`load_run_model`): a ``peft-*`` run's
     update folded into the base weights with peft's ``merge_and_unload`` (``safe_merge``: a
     merge that gives NaN is refused); a ``linear``, ``full`` or ``bitfit`` run's model is
