@@ -145,9 +145,8 @@ def run_base_model(
     if config.method == "full":
         config = dataclasses.replace(config, checkpoint=None, pretrained=False)
         return create_run_model(config, run.num_classes, log=_quiet).eval()
-    problem = base_mismatch(config.base_weights(), checkpoint, model_name)
+    problem = base_mismatch(config.base_weights(), checkpoint, model_name, trained="the run")
     if problem is not None and not ignore_base_mismatch:
-        problem = problem.replace("the adapter was", "the run was")
         raise HeartLoRAError(
             f"{run.folder}: {problem} (pass the run's base, or --ignore-base-mismatch / "
             "ignore_base_mismatch=True if you know they are the same weights)"

@@ -104,6 +104,7 @@ def base_mismatch(
     trained_on: str | None,
     checkpoint: str | Path | None = None,
     model_name: str | None = None,
+    trained: str = "the adapter",
 ) -> str | None:
     """Why the base that ``checkpoint`` or ``model_name`` would load is not the one an adapter
     was trained on (``trained_on``: its `RunInfo` ``weights``), or ``None`` when it is.
@@ -112,7 +113,8 @@ def base_mismatch(
     moved to another folder or machine); a model name counts by its pretrained tag, a name
     without one keeps the adapter's. Adapters that predate the ``weights`` record, and
     unchanged bases, are never refused; a randomly initialised base always is, because
-    nothing can rebuild it.
+    nothing can rebuild it. ``trained`` names what was trained in the message (``"the run"``
+    for the run of another method, `heartlora.tools.runs`).
     """
     if trained_on is None:
         return None
@@ -127,7 +129,7 @@ def base_mismatch(
         loading = trained_on
     if trained_on == RANDOM_WEIGHTS and loading == RANDOM_WEIGHTS:
         return (
-            "the adapter was trained on a randomly initialised base (weights: random), which "
+            f"{trained} was trained on a randomly initialised base (weights: random), which "
             "cannot be rebuilt"
         )
     trained_file = trained_on != RANDOM_WEIGHTS and not trained_on.startswith(
@@ -136,7 +138,7 @@ def base_mismatch(
     moved = checkpoint is not None and trained_file and Path(loading).name == Path(trained_on).name
     if loading == trained_on or moved:
         return None
-    return f"the adapter was trained on base weights {trained_on!r}, this loads {loading!r}"
+    return f"{trained} was trained on base weights {trained_on!r}, this loads {loading!r}"
 
 
 def base_model_kwargs(metadata: AdapterMetadata) -> dict[str, Any]:
