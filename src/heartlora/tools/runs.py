@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -59,7 +60,7 @@ class TrainedRun:
         """The task's name, else the run folder's."""
         return self.config.task or self.folder.resolve().name
 
-    def create_kwargs(self) -> dict:
+    def create_kwargs(self) -> dict[str, Any]:
         """The ``timm.create_model`` arguments beyond the name and class count that rebuild the
         architecture (``model_kwargs``, and ``img_size`` for the families that take it)."""
         kwargs = dict(self.config.model_kwargs)
@@ -74,7 +75,8 @@ def other_method_run(path: str | Path) -> TrainedRun | None:
     that is not a run (`heartlora.adapter_io.adapter_directory` then says what it is).
 
     Raises:
-        HeartLoRAError: the run's ``config.yaml`` or ``result.json`` is unreadable.
+        HeartLoRAError: as `read_run`: the run's ``config.yaml`` or ``result.json`` is
+            unreadable, or a file its method stores is missing.
     """
     path = Path(path)
     if (path / CONFIG_NAME).is_file() or (path / RUN_ADAPTER_FOLDER / CONFIG_NAME).is_file():
@@ -151,7 +153,7 @@ def run_base_model(
             f"{run.folder}: {problem} (pass the run's base, or --ignore-base-mismatch / "
             "ignore_base_mismatch=True if you know they are the same weights)"
         )
-    changes: dict = {}
+    changes: dict[str, Any] = {}
     if model_name is not None:
         changes["model"] = model_name
     weights = str(checkpoint) if checkpoint is not None else config.checkpoint
