@@ -498,28 +498,41 @@ def _tool_commands(adapter: Path, image: str, tmp_path: Path) -> list[list[str]]
 def test_the_tools_take_a_run_folder_and_say_what_other_methods_stored(
     toy, tmp_path, finished, capsys
 ):
-    """`predict`, `heads` and `export` used to refuse the run folder (the form the docs show)
-    and said only "no heartlora adapter here" of what linear, full and peft-lora runs store."""
+    """`predict`, `heads` and `export` used to refuse the run folder (the form the docs show).
+    Then every peft run was described as "a peft LoRA adapter (method peft-lora)" with an
+    importer of plain LoRA as the recipe, and a bitfit run's biases as a linear or full run's
+    weights. `heads` reads heartlora adapters only: on another run it names the run's method,
+    what it stored and a recipe for that method (`predict` and `export` take those runs:
+    tests/test_runs.py)."""
     root, checkpoint = toy
     image = str(root / "toy" / "images" / "test" / "0000.png")
     for argv in _tool_commands(finished, image, tmp_path):
         assert main(argv) == 0, (argv, capsys.readouterr().err)
     capsys.readouterr()
     expected = {
-        "full": ("holds the whole fine-tuned model of a `full` run", "load_state_dict"),
-        "linear": ("holds the classifier of a `linear` run", "strict=False"),
-        "peft-lora": ("holds a peft LoRA adapter (method peft-lora)", "PeftModel.from_pretrained"),
+        "full": ("the whole fine-tuned model", "load_state_dict"),
+        "linear": ("the classifier alone", "strict=False"),
+        "bitfit": ("every bias and the classifier", "strict=False"),
+        "peft-dora": ("a peft adapter", "PeftModel.from_pretrained"),
     }
+    heads = ["heads", "--output-dir", str(tmp_path / "h"), "--adapter"]
     for method, phrases in expected.items():
         run = tmp_path / method
-        assert main(train_args(root, checkpoint, run, method, epochs=1)) == 0
+        rank = None if method in ("bitfit", "full", "linear") else 2
+        assert main(train_args(root, checkpoint, run, method, epochs=1, rank=rank)) == 0
         capsys.readouterr()
         for folder in (run, run / "adapter"):
-            for argv in _tool_commands(folder, image, tmp_path):
-                assert main(argv) == 2, argv
-                err = _one_line_error(capsys)
-                assert f"{run / 'adapter'}: " in err and all(p in err for p in phrases), err
-                assert "vit_mini_patch4_28" in err, err
+            assert main([*heads, str(folder)]) == 2
+            err = _one_line_error(capsys)
+            assert f"{run / 'adapter'}: holds what a `{method}` run stores" in err, err
+            assert all(p in err for p in phrases) and "vit_mini_patch4_28" in err, err
+            assert f"heartlora.tools.runs.load_run_model({str(run)!r})" in err, err
+        assert "peft-lora" not in err and "import_peft_adapter" not in err, err
+    moved = tmp_path / "copied-adapter"
+    shutil.copytree(tmp_path / "peft-dora" / "adapter", moved)
+    assert main([*heads, str(moved)]) == 2
+    err = _one_line_error(capsys)
+    assert "no run config.yaml beside it, so the method that stored it is unknown" in err, err
 
 
 def test_a_merged_export_loads_in_plain_timm_and_predicts_as_heartlora(toy, tmp_path, capsys):

@@ -53,10 +53,12 @@ def train_args(
     method: str,
     epochs: int = 2,
     model: str = "vit_mini_patch4_28",
+    rank: int | None = 2,
     **extra,
 ) -> list[str]:
     """`heartlora train` arguments for the toy task (``checkpoint`` None: the model name's own
-    weights); ``extra`` keys are ``--set`` items, which win over the ones here."""
+    weights; ``rank`` None: no ``--rank``, for the methods without one); ``extra`` keys are
+    ``--set`` items, which win over the ones here."""
     args = [
         "train",
         "--model",
@@ -74,8 +76,7 @@ def train_args(
         "16",
         "--img-size",
         "28",
-        "--rank",
-        "2",
+        *(["--rank", str(rank)] if rank is not None else []),
         "--output-dir",
         str(output),
         "--set",

@@ -376,8 +376,9 @@ def adapter_directory(path: str | Path) -> Path:
 
     Raises:
         HeartLoRAError: no heartlora adapter there. Where the folder holds what another method
-            stored (a ``full`` run's model, a ``linear`` run's classifier, a peft adapter), the
-            message says what it holds and how to load it instead.
+            stored (a ``full`` run's model, a ``linear`` run's classifier, a ``bitfit`` run's
+            biases, a ``peft-*`` run's peft adapter), the message names the run's method, what
+            the folder holds and how to load it instead.
     """
     path = Path(path)
     if (path / CONFIG_NAME).is_file():
@@ -395,37 +396,48 @@ def adapter_directory(path: str | Path) -> Path:
 
 
 def _other_method_output(folder: Path) -> str | None:
-    """What ``folder`` holds when another method than heartlora's adapters stored it, and how
-    to load that; ``None`` when it holds none of them."""
+    """What ``folder`` holds when a method other than heartlora's adapters stored it, named by
+    the run's method (its ``config.yaml``), and how to load it; ``None`` when it holds none of
+    those files."""
     run = _run_settings(folder.parent) if folder.name == RUN_ADAPTER_FOLDER else {}
-    model = run.get("model", "<model>")
-    create = f"timm.create_model({model!r}, num_classes=N, img_size={run.get('img_size', 'S')})"
-    if (folder / PEFT_CONFIG_NAME).is_file():
-        return (
-            "holds a peft LoRA adapter (method peft-lora), not a heartlora adapter; load it with "
-            f"peft.PeftModel.from_pretrained({create}, {str(folder)!r}), or turn it into one "
-            "with heartlora.tools.export.import_peft_adapter"
-        )
+    method = run.get("method") if isinstance(run.get("method"), str) else None
+    peft = (folder / PEFT_CONFIG_NAME).is_file()
     weights = folder / STATE_WEIGHTS_NAME
-    if not weights.is_file():
+    if not peft and not weights.is_file():
         return None
-    load = f"model.load_state_dict(safetensors.torch.load_file({str(weights)!r})"
-    if run.get("method") == "full":
+    if method is None:
+        what = "a peft adapter" if peft else f"{STATE_WEIGHTS_NAME} (a state dict)"
         return (
-            f"holds the whole fine-tuned model of a `full` run ({STATE_WEIGHTS_NAME}, its state "
-            f"dict), not an adapter: there is nothing to merge, export or share; load it with "
-            f"model = {create}; {load})"
+            f"holds {what} and no run {RUN_CONFIG_NAME} beside it, so the method that stored it "
+            f"is unknown; not a heartlora adapter (expected the run folder `heartlora train` "
+            f"wrote, whose {RUN_CONFIG_NAME} names the method and the base model)"
         )
-    if run.get("method") == "linear":
-        return (
-            f"holds the classifier of a `linear` run ({STATE_WEIGHTS_NAME}), not an adapter: "
-            f"the backbone is the unchanged base; build it as the run did ({create} with the "
-            f"base weights its {RUN_CONFIG_NAME} names) and load it with {load}, strict=False)"
+    model = run.get("model", "<model>")
+    held = {
+        "full": f"the whole fine-tuned model ({STATE_WEIGHTS_NAME}, its state dict)",
+        "linear": f"the classifier alone ({STATE_WEIGHTS_NAME}: the backbone is the base)",
+        "bitfit": f"every bias and the classifier ({STATE_WEIGHTS_NAME})",
+    }.get(method, f"a peft adapter ({PEFT_CONFIG_NAME}, {PEFT_WEIGHTS_NAME})")
+    base = f"the run's base model ({model} with the base weights its {RUN_CONFIG_NAME} names)"
+    if peft:
+        load = f"peft.PeftModel.from_pretrained(<{base}>, {str(folder)!r})"
+    elif method == "full":
+        load = (
+            f"model.load_state_dict(safetensors.torch.load_file({str(weights)!r})) on "
+            f"timm.create_model({model!r}, num_classes=N, img_size={run.get('img_size', 'S')})"
         )
+    else:
+        load = (
+            f"model.load_state_dict(safetensors.torch.load_file({str(weights)!r}), "
+            f"strict=False) on {base}"
+        )
+    heads = "lora, heart-lora, heart-lora-layer"
     return (
-        f"holds {STATE_WEIGHTS_NAME} (what a `linear` or `full` run stores: the classifier or "
-        f"the whole model's state dict), not a heartlora adapter; load it with {load}, "
-        "strict=False) onto the run's model"
+        f"holds what a `{method}` run stores: {held}, not a heartlora adapter (`heartlora "
+        f"heads` reads the attention heads of the adapters of methods {heads} only); "
+        f"`heartlora predict` and `heartlora export` take this run folder; in Python, "
+        f"heartlora.tools.runs.load_run_model({str(folder.parent)!r}) builds the run's model, "
+        f"or {load}"
     )
 
 

@@ -1,9 +1,12 @@
-"""`heartlora predict`: classify image files with one or more task adapters on one backbone."""
+"""`heartlora predict`: classify image files with one or more task adapters on one backbone, and
+with the runs of the other methods, each its own model."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +19,14 @@ from heartlora.data.transforms import build_transform
 from heartlora.devices import DEVICES, is_device_name, resolve_device
 from heartlora.errors import HeartLoRAError
 from heartlora.precision import DTYPES, forward_precision, matmul_precision
-from heartlora.tools.serving import MultiTaskModel, adapter_img_size, base_model_from_adapter
+from heartlora.tools.runs import TrainedRun, load_run_model, other_method_run
+from heartlora.tools.serving import (
+    MultiTaskModel,
+    adapter_img_size,
+    base_model_from_adapter,
+    tensor_bytes,
+    top_classes,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DIR",
         help="task adapter directory, or the run folder holding it in adapter/ (repeat for "
-        "several tasks on the same backbone)",
+        "several tasks on the same backbone); the run folder of any other method (linear, full, "
+        "bitfit, peft-*) too, each run then its own model",
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files (png, jpg, ...)")
     add_base_override_arguments(parser, "load", plural=True)
@@ -52,16 +63,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _task_names(directories: list[Path], metadata: list[AdapterMetadata]) -> list[str]:
+def _task_names(bases: list[str]) -> list[str]:
+    """``bases`` (one per adapter or run), made unique with ``#2``, ``#3``, ..."""
     names: list[str] = []
-    for directory, meta in zip(directories, metadata):
-        base = meta.run.task or directory.resolve().name
+    for base in bases:
         name, count = base, 1
         while name in names:
             count += 1
             name = f"{base}#{count}"
         names.append(name)
     return names
+
+
+@dataclass
+class _Task:
+    """One ``--adapter``: how its images are prepared and classified."""
+
+    name: str
+    img_size: int
+    normalize: list[list[float]] | None
+    classes: list[str] | None
+    predict: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _check_shared_backbone(
@@ -86,19 +108,17 @@ def _check_shared_backbone(
                 )
 
 
-def _inputs_per_task(
-    images: list[Image.Image], names: list[str], metadata: list[AdapterMetadata], img_size: int
-) -> dict[str, torch.Tensor]:
-    """Each task's input batch, preprocessed as its own adapter was trained (its
-    ``normalize``); tasks that share a preprocessing share one tensor."""
-    by_normalize: dict[str, torch.Tensor] = {}
+def _inputs_per_task(images: list[Image.Image], tasks: list[_Task]) -> dict[str, torch.Tensor]:
+    """Each task's input batch, preprocessed as its own adapter or run was trained (its
+    ``img_size`` and ``normalize``); tasks that share a preprocessing share one tensor."""
+    by_preprocessing: dict[str, torch.Tensor] = {}
     inputs = {}
-    for name, meta in zip(names, metadata):
-        key = json.dumps(meta.run.normalize)
-        if key not in by_normalize:
-            transform = build_transform(img_size, normalize=meta.run.normalize)
-            by_normalize[key] = torch.stack([transform(image) for image in images])
-        inputs[name] = by_normalize[key]
+    for task in tasks:
+        key = json.dumps([task.img_size, task.normalize])
+        if key not in by_preprocessing:
+            transform = build_transform(task.img_size, normalize=task.normalize)
+            by_preprocessing[key] = torch.stack([transform(image) for image in images])
+        inputs[task.name] = by_preprocessing[key]
     return inputs
 
 
@@ -110,65 +130,117 @@ def _format_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _server_predictor(
+    server: MultiTaskModel, name: str
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    return lambda images: server.predict(images, name)
+
+
+def _run_predictor(
+    model: torch.nn.Module, name: str, device: torch.device
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    @torch.no_grad()
+    def predict(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return top_classes(model(images.to(device)), name)
+
+    return predict
+
+
 def run(args: argparse.Namespace) -> int:
     """Classify every image with every task; returns the exit code."""
     if not is_device_name(args.device):
         raise HeartLoRAError(f"--device: expected one of {', '.join(DEVICES)}, got {args.device!r}")
     device = resolve_device(args.device)
     dtype = args.dtype if device.type == "cuda" else "fp32"
-    args.adapters = [adapter_directory(d) for d in args.adapters]
-    metadata = [read_adapter_metadata(d) for d in args.adapters]
-    _check_shared_backbone(args.adapters, metadata, args)
-    names = _task_names(args.adapters, metadata)
-    server = MultiTaskModel(
-        base_model_from_adapter(
-            args.adapters[0],
-            args.checkpoint,
-            args.model,
-            ignore_base_mismatch=args.ignore_base_mismatch,
-        )
+    runs: list[TrainedRun | None] = [other_method_run(d) for d in args.adapters]
+    directories = [adapter_directory(d) for d, r in zip(args.adapters, runs) if r is None]
+    metadata = [read_adapter_metadata(d) for d in directories]
+    if directories:
+        _check_shared_backbone(directories, metadata, args)
+    base_names = iter(
+        meta.run.task or directory.resolve().name for directory, meta in zip(directories, metadata)
     )
-    for name, directory in zip(names, args.adapters):
-        server.add_task(name, directory)
-    server.to(device)
-    img_size = adapter_img_size(args.adapters[0], server.model)
+    labels = [r.task if r is not None else next(base_names) for r in runs]
+    names = _task_names(labels)
+    server, img_size = None, 0
+    if directories:
+        server = MultiTaskModel(
+            base_model_from_adapter(
+                directories[0],
+                args.checkpoint,
+                args.model,
+                ignore_base_mismatch=args.ignore_base_mismatch,
+            )
+        )
+        img_size = adapter_img_size(directories[0], server.model)
+    tasks: list[_Task] = []
+    run_models: dict[str, tuple[TrainedRun, torch.nn.Module]] = {}
+    adapters = iter(zip(directories, metadata))
+    for name, run in zip(names, runs):
+        if run is None:
+            directory, meta = next(adapters)
+            server.add_task(name, directory)
+            predict = _server_predictor(server, name)
+            tasks.append(_Task(name, img_size, meta.run.normalize, meta.run.classes, predict))
+            continue
+        model = load_run_model(run, args.checkpoint, args.model, args.ignore_base_mismatch)
+        run_models[name] = (run, model.to(device))
+        predict = _run_predictor(model, name, device)
+        tasks.append(_Task(name, run.config.img_size, run.config.normalize, None, predict))
+    if server is not None:
+        server.to(device)
     predictions = []
     # one batch of images decoded at a time: memory does not grow with the number of images
     for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start : start + args.batch_size]
         images = [open_image(path, hint=None) for path in paths]
-        inputs = _inputs_per_task(images, names, metadata, img_size)
+        inputs = _inputs_per_task(images, tasks)
         with matmul_precision(dtype, device.type), forward_precision(dtype, device.type):
-            results = {name: server.predict(inputs[name], name) for name in names}
+            results = {task.name: task.predict(inputs[task.name]) for task in tasks}
         for index, path in enumerate(paths):
-            for name, meta in zip(names, metadata):
-                label = int(results[name][0][index])
-                classes = meta.run.classes
+            for task in tasks:
+                label = int(results[task.name][0][index])
+                classes = task.classes
                 predictions.append(
                     {
                         "image": str(path),
-                        "task": name,
+                        "task": task.name,
                         "class": label,
                         "label": classes[label]
                         if isinstance(classes, list) and label < len(classes)
                         else None,
-                        "probability": float(results[name][1][index]),
+                        "probability": float(results[task.name][1][index]),
                     }
                 )
-    memory = server.memory_report()
+    memory = server.memory_report() if server is not None else {}
+    if run_models:
+        own = {
+            name: tensor_bytes([*model.parameters(), *model.buffers()])
+            for name, (_, model) in run_models.items()
+        }
+        memory["run_model_bytes"] = own
+        memory["total_bytes"] = memory.get("total_bytes", 0) + sum(own.values())
     if args.json:
         print(json.dumps({"predictions": predictions, "memory": memory}, indent=2, allow_nan=False))
         return 0
     for row in predictions:
         shown = row["class"] if row["label"] is None else f"{row['class']} ({row['label']})"
         print(f"{row['image']}\t{row['task']}\t{shown}\t{row['probability']:.4f}")
-    print(
-        f"memory: backbone {_format_bytes(memory['backbone_bytes'])}, shared by {len(names)} task(s)"
-    )
-    for name, size in memory["task_bytes"].items():
-        print(f"memory: task {name} adds {_format_bytes(size)}")
-    print(
-        f"memory: total {_format_bytes(memory['total_bytes'])} "
-        f"(one model per task: {_format_bytes(memory['separate_models_bytes'])})"
-    )
+    if server is not None:
+        shared = len(server.tasks)
+        print(
+            f"memory: backbone {_format_bytes(memory['backbone_bytes'])}, shared by {shared} task(s)"
+        )
+        for name, size in memory["task_bytes"].items():
+            print(f"memory: task {name} adds {_format_bytes(size)}")
+        if not run_models:
+            print(
+                f"memory: total {_format_bytes(memory['total_bytes'])} "
+                f"(one model per task: {_format_bytes(memory['separate_models_bytes'])})"
+            )
+            return 0
+    for name, size in memory.get("run_model_bytes", {}).items():
+        method = run_models[name][0].config.method
+        print(f"memory: task {name} ({method} run) holds its own model, {_format_bytes(size)}")
+    print(f"memory: total {_format_bytes(memory['total_bytes'])}")
     return 0

@@ -193,16 +193,39 @@ def export_merged(
     if not overwrite:
         refuse_existing_export(output_dir, "merged")
     state = merged_state_dict(model)
-    output_dir = Path(output_dir)
     if data_config is None:
         data_config = timm_data_config(_input_side(model))
+    return write_timm_checkpoint(
+        state,
+        output_dir,
+        model_name or architecture_name(model),
+        getattr(model, "num_classes", None),
+        create_kwargs or {},
+        data_config,
+    )
+
+
+def write_timm_checkpoint(
+    state: dict[str, torch.Tensor],
+    output_dir: str | Path,
+    model_name: str,
+    num_classes: int | None,
+    create_kwargs: dict[str, Any],
+    data_config: dict[str, Any],
+) -> Path:
+    """Write ``state`` (a plain timm state dict) as ``model.safetensors`` and ``timm_model.json``
+    (`export_merged` says what it holds); what every merged export writes, whatever the method.
+
+    Returns:
+        The path of ``model.safetensors``.
+    """
+    output_dir = Path(output_dir)
     weights = atomic_write_bytes(output_dir / MERGED_WEIGHTS_NAME, save(state))
-    num_classes = getattr(model, "num_classes", None)
     info = {
-        "model": model_name or architecture_name(model),
+        "model": model_name,
         "file": MERGED_WEIGHTS_NAME,
         "num_classes": num_classes,
-        "create_kwargs": create_kwargs or {},
+        "create_kwargs": create_kwargs,
         "pretrained_cfg": {**data_config, "num_classes": num_classes},
     }
     info["load"] = merged_loading_code(info, weights)

@@ -104,6 +104,7 @@ def base_mismatch(
     trained_on: str | None,
     checkpoint: str | Path | None = None,
     model_name: str | None = None,
+    trained: str = "the adapter",
 ) -> str | None:
     """Why the base that ``checkpoint`` or ``model_name`` would load is not the one an adapter
     was trained on (``trained_on``: its `RunInfo` ``weights``), or ``None`` when it is.
@@ -112,7 +113,8 @@ def base_mismatch(
     moved to another folder or machine); a model name counts by its pretrained tag, a name
     without one keeps the adapter's. Adapters that predate the ``weights`` record, and
     unchanged bases, are never refused; a randomly initialised base always is, because
-    nothing can rebuild it.
+    nothing can rebuild it. ``trained`` names what was trained in the message (``"the run"``
+    for the run of another method, `heartlora.tools.runs`).
     """
     if trained_on is None:
         return None
@@ -127,7 +129,7 @@ def base_mismatch(
         loading = trained_on
     if trained_on == RANDOM_WEIGHTS and loading == RANDOM_WEIGHTS:
         return (
-            "the adapter was trained on a randomly initialised base (weights: random), which "
+            f"{trained} was trained on a randomly initialised base (weights: random), which "
             "cannot be rebuilt"
         )
     trained_file = trained_on != RANDOM_WEIGHTS and not trained_on.startswith(
@@ -136,7 +138,7 @@ def base_mismatch(
     moved = checkpoint is not None and trained_file and Path(loading).name == Path(trained_on).name
     if loading == trained_on or moved:
         return None
-    return f"the adapter was trained on base weights {trained_on!r}, this loads {loading!r}"
+    return f"{trained} was trained on base weights {trained_on!r}, this loads {loading!r}"
 
 
 def base_model_kwargs(metadata: AdapterMetadata) -> dict[str, Any]:
@@ -159,12 +161,31 @@ def adapter_img_size(adapter_dir: str | Path, model: nn.Module | None = None) ->
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def top_classes(logits: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(classes (B,), probabilities (B,))``: the top class of each row of ``logits`` (B, C)
+    and its softmax probability, on the CPU.
+
+    Raises:
+        HeartLoRAError: NaN or infinite logits (weights that overflow): no class can be read
+            from them; ``task`` names whose they are.
+    """
+    logits = logits.float()
+    if not bool(torch.isfinite(logits).all()):
+        raise HeartLoRAError(
+            f"task {task!r}: the adapter's outputs are NaN or infinite (its weights overflow "
+            "in the forward pass; expected an adapter whose outputs are finite)"
+        )
+    top, classes = logits.softmax(dim=-1).max(dim=-1)
+    return classes.cpu(), top.cpu()
+
+
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _tensor_bytes(tensors: list[torch.Tensor]) -> int:
+def tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of ``tensors``, each counted once (shared tensors appear once)."""
     unique = {id(t): t for t in tensors}
     return sum(t.numel() * t.element_size() for t in unique.values())
 
@@ -317,14 +338,7 @@ class MultiTaskModel:
             HeartLoRAError: the task's outputs are NaN or infinite (weights that overflow):
                 no class can be read from them.
         """
-        logits = self.forward(images, task).float()
-        if not bool(torch.isfinite(logits).all()):
-            raise HeartLoRAError(
-                f"task {task!r}: the adapter's outputs are NaN or infinite (its weights overflow "
-                "in the forward pass; expected an adapter whose outputs are finite)"
-            )
-        top, classes = logits.softmax(dim=-1).max(dim=-1)
-        return classes.cpu(), top.cpu()
+        return top_classes(self.forward(images, task), task)
 
     def to(self, device: torch.device | str) -> MultiTaskModel:
         """Move the backbone and every task's modules to ``device``."""
@@ -357,9 +371,9 @@ class MultiTaskModel:
             if id(t) not in classifier_ids
         ]
         backbone_ids = {id(t) for t in backbone}
-        backbone_bytes = _tensor_bytes(backbone)
+        backbone_bytes = tensor_bytes(backbone)
         task_bytes = {
-            name: _tensor_bytes(task.own_tensors(backbone_ids)) for name, task in self.tasks.items()
+            name: tensor_bytes(task.own_tensors(backbone_ids)) for name, task in self.tasks.items()
         }
         return {
             "backbone_bytes": backbone_bytes,
