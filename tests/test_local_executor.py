@@ -126,6 +126,32 @@ def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, si
         assert not _alive(int((tmp_path / run / "pid").read_text()))
 
 
+def test_sigterm_to_the_command_stops_every_worker_as_ctrl_c_does(tmp_path):
+    runs = _runs(tmp_path, 2, seconds=60)
+
+    def terminate_this_process():
+        pid_files = [tmp_path / "run0" / "pid", tmp_path / "run1" / "pid"]
+        deadline = time.monotonic() + 60
+        while not all(p.is_file() for p in pid_files) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_this_process)
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(2, log=lambda _: None, function=executor_probes.train_until_stopped).run(
+            runs, lambda *_: None
+        )
+    killer.join()
+    assert time.monotonic() - started < 40
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    for run in ("run0", "run1"):
+        assert (tmp_path / run / "saved").is_file()
+        assert not _alive(int((tmp_path / run / "pid").read_text()))
+
+
 def _children(pid):
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(child) for child in found.split()]
