@@ -32,13 +32,14 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 from heartlora.errors import HeartLoRAError, one_line
 from heartlora.training.executor import PlannedRun, Report, RunFailed, finish_run
+from heartlora.training.run_state import RunInterrupted
 from heartlora.training.workers import ORPHAN_EXIT_CODE, parent_gone, watch_parent
 
 STOP_GRACE_SECONDS = 60.0
@@ -92,7 +93,6 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     connection: Connection
     index: int | None = None  # the run it is busy with
-    stopped: bool = field(default=False)
 
 
 class LocalExecutor:
@@ -173,9 +173,9 @@ class _WorkerPool:
 
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
-        with _ignoring(
-            signal.SIGINT
-        ):  # inherited through exec: a worker never sees a terminal Ctrl-C
+        # SIG_IGN is inherited through exec: a worker never sees a terminal's Ctrl-C, not even
+        # while it imports torch, before it leaves the terminal's process group
+        with _ignoring(signal.SIGINT):
             for device in self.placement:
                 ours, theirs = context.Pipe()
                 process = context.Process(
@@ -247,11 +247,10 @@ def _signal(process: multiprocessing.process.BaseProcess, signum: int) -> None:
 
 
 def _died(run: PlannedRun, exitcode: int | None) -> str:
-    how = (
-        f"signal {signal.Signals(-exitcode).name}"
-        if exitcode and exitcode < 0
-        else (f"exit code {exitcode}")
-    )
+    if exitcode is not None and exitcode < 0:
+        how = f"signal {signal.Signals(-exitcode).name}"
+    else:
+        how = f"exit code {exitcode}"
     return (
         f"run {run.label}: its worker process ended without a result ({how}; killed, or out "
         f"of memory?). Its last checkpoint in {run.run_dir} is kept: run the same command to "
@@ -271,7 +270,6 @@ def _ignoring(signum: int) -> Iterator[None]:
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """While active, SIGTERM to this process stops the workers as Ctrl-C does."""
-    from heartlora.training.run_state import RunInterrupted
 
     def handle(signum: int, _frame: Any) -> None:
         raise RunInterrupted(signum)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import getpass
+import math
 import os
 import signal
 import subprocess
@@ -171,7 +172,7 @@ def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
         raise HeartLoRAError(f"{where}: expected {'an integer' if kind == 'int' else 'a number'}, "
                              f"got {value!r}")  # fmt: skip
     lowest = spec.metadata.get("min")
-    if lowest is not None and not (value >= lowest and value == value and value < float("inf")):
+    if lowest is not None and not (math.isfinite(value) and value >= lowest):
         raise HeartLoRAError(f"{where}: expected at least {lowest}, got {value}")
     return value
 
