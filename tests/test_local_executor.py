@@ -92,21 +92,30 @@ def _dispatch(settings, run_dir):
     return executor_probes.train_until_stopped(settings, run_dir)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, signum):
-    runs = _runs(tmp_path, 2, seconds=60)
-    result = {}
+def _once_both_runs_train(tmp_path, action):
+    """A started thread that calls ``action`` once run0 and run1 have both started."""
 
-    def stop_one_worker():
+    def wait_then_act():
         pid_files = [tmp_path / "run0" / "pid", tmp_path / "run1" / "pid"]
         deadline = time.monotonic() + 60
         while not all(p.is_file() for p in pid_files) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
-        os.kill(int(pid_files[0].read_text()), signum)
+        action()
 
-    killer = threading.Thread(target=stop_one_worker)
-    killer.start()
+    thread = threading.Thread(target=wait_then_act)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, signum):
+    runs = _runs(tmp_path, 2, seconds=60)
+    result = {}
+
+    killer = _once_both_runs_train(
+        tmp_path, lambda: os.kill(int((tmp_path / "run0" / "pid").read_text()), signum)
+    )
     started = time.monotonic()
     with pytest.raises(RunFailed) as failure:
         LocalExecutor(2, log=lambda _: None, function=executor_probes.train_until_stopped).run(
@@ -129,16 +138,7 @@ def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, si
 def test_sigterm_to_the_command_stops_every_worker_as_ctrl_c_does(tmp_path):
     runs = _runs(tmp_path, 2, seconds=60)
 
-    def terminate_this_process():
-        pid_files = [tmp_path / "run0" / "pid", tmp_path / "run1" / "pid"]
-        deadline = time.monotonic() + 60
-        while not all(p.is_file() for p in pid_files) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    killer = threading.Thread(target=terminate_this_process)
-    killer.start()
+    killer = _once_both_runs_train(tmp_path, lambda: os.kill(os.getpid(), signal.SIGTERM))
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         LocalExecutor(2, log=lambda _: None, function=executor_probes.train_until_stopped).run(

@@ -21,3 +21,11 @@ def one_line(error: BaseException) -> str:
     if lines[0].startswith("Caught ") and len(lines) > 1 and ": " in lines[-1]:
         return lines[-1].split(": ", 1)[1]
     return lines[0]
+
+
+def did_you_mean(name: object, known) -> str:
+    """`` (did you mean 'x'?)`` for the entry of ``known`` closest to ``name``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -20,7 +20,6 @@ others in one line (``peft-ia3 has no rank``).
 
 from __future__ import annotations
 
-import difflib
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -44,7 +43,7 @@ from heartlora.adapter_io import (
 from heartlora.atomic import atomic_write_bytes
 from heartlora.backbone import classifier_path
 from heartlora.config import HeartLoRAConfig
-from heartlora.errors import HeartLoRAError
+from heartlora.errors import HeartLoRAError, did_you_mean
 from heartlora.inject import inject, mark_trainable
 
 KNOB_KEYS: tuple[str, ...] = ("rank", "scale", "n_frequency", "block_size", "peft_options")
@@ -181,10 +180,9 @@ def check_peft_options(method: str, options: Mapping[str, Any]) -> None:
     known = [item.name for item in fields(getattr(_import_peft(), spec.config_class))]
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise HeartLoRAError(
-                f"peft_options: {spec.config_class} has no field {key!r}{hint}; expected "
+                f"peft_options: {spec.config_class} has no field {key!r}"
+                f"{did_you_mean(key, known)}; expected "
                 f"fields of peft's {spec.config_class}"
             )
 

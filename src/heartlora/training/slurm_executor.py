@@ -24,7 +24,6 @@ k SLURM tasks that join one torch.distributed group from SLURM's environment —
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import getpass
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Any
 
 from heartlora.atomic import atomic_write_json, atomic_write_text
 from heartlora.documents import parse_yaml, read_json
-from heartlora.errors import HeartLoRAError, one_line
+from heartlora.errors import HeartLoRAError, did_you_mean, one_line
 from heartlora.training.config import TrainConfig
 from heartlora.training.executor import PlannedRun, Report, RunFailed, finish_run, finished_result
 
@@ -120,10 +119,9 @@ class SlurmSettings:
         values: dict[str, Any] = {}
         for key, value in data.items():
             if key not in fields:
-                close = difflib.get_close_matches(str(key), fields, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise HeartLoRAError(
-                    f"{where}: unknown SLURM setting {key!r}{hint}; expected one of "
+                    f"{where}: unknown SLURM setting {key!r}{did_you_mean(key, fields)}; "
+                    "expected one of "
                     f"{', '.join(fields)}"
                 )
             values[key] = _checked(fields[key], value, f"{where}: {key}")
