@@ -26,7 +26,7 @@ def _suite(tmp_path, out, methods, epochs, seeds="1", *extra):
     return [
         "suite", "--tasks", "sk-digits", "--epochs", str(epochs), "--methods", methods,
         "--seeds", seeds, "--data-root", str(tmp_path / "data"), "--output-dir", str(out),
-        "--set", "threads=1", *extra,
+        "--set", "threads=1", "--set", "batch_size=128", *extra,
     ]  # fmt: skip
 
 
