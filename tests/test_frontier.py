@@ -13,6 +13,7 @@ from heartlora.training.frontier import (
     compare_methods,
     format_method,
     methods_for_test,
+    run_frontier,
     summarize_methods,
     vtab_tasks,
 )
@@ -176,3 +177,29 @@ def test_the_real_base_grid_builds_valid_runs_with_its_controls_in_the_grid():
     for scorer in ("taylor", "head-gate", "weight-taylor"):
         spec = next(s for s, p in grid.items() if p.scorer == scorer and p.is_candidate)
         assert grid[spec].control("inverse") in grid and grid[spec].control("random") in grid
+
+
+class _SubmittedOnly:
+    """An executor that submits and does not wait (SLURM's ``--no-wait``)."""
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, runs, report):
+        self.runs += runs
+        return False
+
+
+def test_a_frontier_that_does_not_wait_stops_before_choosing_and_writes_nothing(tmp_path):
+    make_learnable_task(tmp_path / "data", task="toy")
+    tasks = vtab_tasks(["toy:natural"], tmp_path / "data", ("train800", "val200"))
+    executor = _SubmittedOnly()
+    base = {"data_root": str(tmp_path / "data"), "epochs": 1, "model": "vit_mini_patch4_28"}
+    outcome = run_frontier(
+        tasks, ["lora[rank=2]", "heart-lora[rank=2,ne=2]"], [0], tmp_path / "out", base,
+        executor=executor, log=lambda _: None,
+    )  # fmt: skip
+    assert outcome is None
+    assert len(executor.runs) == 2 and all("val200" in str(r.run_dir) for r in executor.runs)
+    assert not (tmp_path / "out" / "choice.json").exists()
+    assert not (tmp_path / "out" / "val200" / "frontier.md").exists()
