@@ -40,8 +40,13 @@ def test_named_devices_are_dealt_out_and_several_gpus_are_never_shared_silently(
     assert worker_devices(2, None, gpus=0) == [None, None]
     with pytest.raises(HeartLoRAError, match="more than the 2 GPUs here.*--devices 0,1,0"):
         worker_devices(3, None, gpus=2)
-    with pytest.raises(HeartLoRAError, match="expected GPU indices"):
+    with pytest.raises(HeartLoRAError, match="expected indices of the GPUs this process sees"):
         worker_devices(2, ["cuda:0"], gpus=0)
+    # indices count the GPUs this process sees, as cuda:N does
+    assert worker_devices(2, None, gpus=2, visible="2,3") == ["2", "3"]
+    assert worker_devices(2, ["1"], gpus=0, visible="4,6") == ["6", "6"]
+    with pytest.raises(HeartLoRAError, match="got '2'; CUDA_VISIBLE_DEVICES=4,6"):
+        worker_devices(1, ["2"], gpus=0, visible="4,6")
 
 
 def test_each_worker_sees_only_its_own_device(tmp_path):

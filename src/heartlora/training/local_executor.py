@@ -59,33 +59,41 @@ def visible_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def worker_devices(jobs: int, devices: Sequence[str] | None, gpus: int) -> list[str | None]:
+def worker_devices(
+    jobs: int, devices: Sequence[str] | None, gpus: int, visible: str | None = None
+) -> list[str | None]:
     """The ``CUDA_VISIBLE_DEVICES`` of each of ``jobs`` workers (None: leave it as it is).
 
     Named ``devices`` are dealt out in turn (naming fewer than ``jobs`` shares them, as asked);
     without them, ``gpus`` > 1 visible GPUs give each worker its own, and one GPU or none leaves
-    the environment alone.
+    the environment alone. Indices count the GPUs this process sees: with ``visible`` (this
+    process's own ``CUDA_VISIBLE_DEVICES``, e.g. ``"2,3"``) index 0 is its first entry.
 
     Raises:
         HeartLoRAError: more jobs than visible GPUs and no devices named, or a bad device name.
     """
+    seen = [entry.strip() for entry in visible.split(",")] if visible else None
     if devices:
         for device in devices:
-            if not device.isdigit():
+            if not device.isdigit() or (seen is not None and int(device) >= len(seen)):
                 raise HeartLoRAError(
-                    f"--devices {','.join(devices)}: expected GPU indices such as 0,1 "
-                    f"(got {device!r})"
+                    f"--devices {','.join(devices)}: expected indices of the GPUs this process "
+                    f"sees, such as 0,1 (got {device!r}"
+                    + (f"; CUDA_VISIBLE_DEVICES={visible}" if seen is not None else "")
+                    + ")"
                 )
-        return [devices[index % len(devices)] for index in range(jobs)]
-    if gpus <= 1:
+        chosen = [devices[index % len(devices)] for index in range(jobs)]
+    elif gpus <= 1:
         return [None] * jobs
-    if jobs > gpus:
+    elif jobs > gpus:
         raise HeartLoRAError(
             f"--jobs {jobs} is more than the {gpus} GPUs here: runs would share a GPU. Use "
             f"--jobs {gpus}, or name the devices to share with --devices (e.g. "
             f"--devices {','.join(str(i % gpus) for i in range(jobs))})"
         )
-    return [str(index) for index in range(jobs)]
+    else:
+        chosen = [str(index) for index in range(jobs)]
+    return [seen[int(index)] if seen is not None else index for index in chosen]
 
 
 @dataclass
@@ -130,7 +138,9 @@ class LocalExecutor:
                 report(index, *self.function(run.settings, run.run_dir))
             return True
         gpus = 0 if self.devices else visible_gpu_count()
-        placement = worker_devices(min(self.jobs, len(runs)), self.devices, gpus)
+        placement = worker_devices(
+            min(self.jobs, len(runs)), self.devices, gpus, os.environ.get("CUDA_VISIBLE_DEVICES")
+        )
         if any(device is not None for device in placement):
             self.log(f"workers on GPUs {', '.join(str(d) for d in placement)}")
         with _terminate_as_interrupt():
