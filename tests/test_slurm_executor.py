@@ -84,12 +84,13 @@ def test_slurm_settings_come_from_a_yaml_block_and_flags_checked_by_key(tmp_path
         (["--no-wait"], "--no-wait is a SLURM setting"),
         (["--executor", "slurm", "--devices", "0,1"], "under --executor slurm ask for GPUs"),
         (["--executor", "slurm", "--sbatch", "nokey"], "--sbatch 'nokey': expected KEY=VALUE"),
+        (["--devices", "a,b", "--jobs", "2"], "--devices a,b: expected indices of the GPUs"),
     ],
 )
 def test_executor_options_that_contradict_each_other_are_one_line(tmp_path, capsys, extra, message):
     assert main(_suite(tmp_path, tmp_path / "out", "lora", 1, "1", *extra)) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
 
 def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(tmp_path):

@@ -124,6 +124,7 @@ class LocalExecutor:
     ) -> None:
         if jobs < 1:
             raise HeartLoRAError(f"jobs must be at least 1, got {jobs}")
+        worker_devices(jobs, devices, gpus=0)  # a bad name is refused before any work
         self.jobs = jobs
         self.devices = list(devices) if devices else None
         self.log = log
