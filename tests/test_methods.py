@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
+from train_fixtures import make_learnable_task, train_args
 
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
@@ -32,14 +32,6 @@ NEW_METHODS = {
     "bitfit": {},
 }
 """Every method added with the peft field, with a small size."""
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_learnable_task(root)
-    checkpoint = make_base_checkpoint(root / "base.safetensors")
-    return root, checkpoint
 
 
 def _config(toy, method: str, epochs: int = 1, **knobs):

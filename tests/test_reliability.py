@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
+from train_fixtures import make_learnable_task, train_args
 
 import heartlora.training.trainer as train_module
 from heartlora.cli import main
@@ -25,13 +25,6 @@ from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config, known_keys
 from heartlora.training.run_directory import CONFIG_HEADER, lock_run_directory
 from heartlora.training.run_state import CHECKPOINT_FORMAT
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_learnable_task(root)
-    return root, make_base_checkpoint(root / "base.safetensors")
 
 
 def _one_line_error(capsys) -> str:

@@ -8,20 +8,12 @@ import timm
 import torch
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
-from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
+from train_fixtures import train_args
 
 from heartlora.cli import main
 from heartlora.training.trainer import Trainer
 
 METHODS = ["linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora"]
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_learnable_task(root)
-    checkpoint = make_base_checkpoint(root / "base.safetensors")
-    return root, checkpoint
 
 
 @pytest.mark.parametrize("method", METHODS)
