@@ -19,16 +19,14 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from heartlora.adapter_io import CONFIG_NAME, RUN_ADAPTER_FOLDER, RUN_CONFIG_NAME
+from heartlora.adapter_io import CONFIG_NAME, RUN_ADAPTER_FOLDER, RUN_CONFIG_NAME, RUN_RESULT_NAME
 from heartlora.backbone import takes_img_size
 from heartlora.documents import read_json
-from heartlora.errors import HeartLoRAError
+from heartlora.errors import HeartLoRAError, one_line
 from heartlora.tools.serving import base_mismatch
 from heartlora.training.config import TrainConfig, read_config_file
 from heartlora.training.methods import PEFT_METHODS, Method, get_method, load_trained
 from heartlora.training.trainer import create_run_model
-
-RESULT_NAME = "result.json"
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,7 @@ def read_run(run_dir: str | Path) -> TrainedRun:
     except TypeError as error:
         raise HeartLoRAError(f"{path}: {error} (expected the config.yaml a run writes)") from None
     num_classes = config.num_classes
-    result_path = run_dir / RESULT_NAME
+    result_path = run_dir / RUN_RESULT_NAME
     if result_path.is_file():
         result = read_json(result_path, "the result.json a finished run writes")
         value = result.get("num_classes") if isinstance(result, dict) else None
@@ -191,7 +189,7 @@ def load_run_model(
         # peft, torch and safetensors report damaged or foreign files in their own types
         raise HeartLoRAError(
             f"{run.adapter}: cannot load what the `{run.config.method}` run stored "
-            f"({_first_line(error)}; expected the files its run wrote, for this base model)"
+            f"({one_line(error)[:200]}; expected the files its run wrote, for this base model)"
         ) from None
     return model.eval().requires_grad_(False)
 
@@ -213,14 +211,9 @@ def merged_run_state(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
         except (ValueError, RuntimeError, NotImplementedError, TypeError, AttributeError) as error:
             raise HeartLoRAError(
                 f"{method}: peft cannot merge this adapter into the base weights "
-                f"({_first_line(error)}); export it with --format peft instead"
+                f"({one_line(error)[:200]}); export it with --format peft instead"
             ) from None
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _quiet(*_args, **_kwargs) -> None:

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from heartlora.documents import parse_yaml
+from heartlora.adapter_io import RUN_RESULT_NAME
 from heartlora.errors import HeartLoRAError
 from heartlora.training import run_directory
 from heartlora.training.config import TrainConfig
+from heartlora.training.run_directory import saved_config
+from heartlora.training.run_state import CHECKPOINT_NAME
 
 RESULT_KEYS = ("final_accuracy", "trainable_parameters", "adapter_bytes", "wall_seconds")
 """The keys of ``result.json`` a suite reads from each run."""
@@ -74,17 +76,9 @@ def finished_result(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None
     """The result of the finished run in ``run_dir`` when it trained ``config``, else None: a
     result.json without the keys a suite reads, or a run whose ``adapter/`` files are gone, is
     not finished (`heartlora.training.run_directory.finished_result`) and is finished again."""
-    if not (run_dir / "result.json").is_file() or saved_config(run_dir) != config.to_dict():
+    if not (run_dir / RUN_RESULT_NAME).is_file() or saved_config(run_dir) != config.to_dict():
         return None
     return run_directory.finished_result(run_dir, config.method, RESULT_KEYS)
-
-
-def saved_config(run_dir: Path) -> dict[str, Any] | None:
-    """The ``config.yaml`` a run wrote in ``run_dir``, or None."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return None
-    return parse_yaml(saved.read_bytes(), str(saved), "the config.yaml a run writes")
 
 
 def finish_run(settings: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], str]:
@@ -101,6 +95,6 @@ def finish_run(settings: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any],
     result = finished_result(run_dir, config)
     if result is not None:
         return result, "reused"
-    resume = (run_dir / "checkpoint.pt").is_file() and saved_config(run_dir) == config.to_dict()
+    resume = (run_dir / CHECKPOINT_NAME).is_file() and saved_config(run_dir) == config.to_dict()
     result = run_training(config, run_dir, resume=resume, overwrite=not resume, log=lambda *_: None)
     return result, f"{result['wall_seconds']:.0f}s"

@@ -43,7 +43,7 @@ from heartlora.adapter_io import (
 from heartlora.atomic import atomic_write_bytes
 from heartlora.backbone import classifier_path
 from heartlora.config import HeartLoRAConfig
-from heartlora.errors import HeartLoRAError, did_you_mean
+from heartlora.errors import HeartLoRAError, did_you_mean, one_line
 from heartlora.inject import inject, mark_trainable
 
 KNOB_KEYS: tuple[str, ...] = ("rank", "scale", "n_frequency", "block_size", "peft_options")
@@ -79,11 +79,6 @@ def _import_peft():
             "the peft methods need the peft package: install it with `pip install heartlora[peft]`"
         ) from None
     return peft
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -207,7 +202,7 @@ def peft_config(method: str, settings: MethodSettings, model: nn.Module):
         return config_class(**kwargs)
     except (TypeError, ValueError) as error:
         raise HeartLoRAError(
-            f"{method}: peft's {spec.config_class} refuses the settings ({_first_line(error)})"
+            f"{method}: peft's {spec.config_class} refuses the settings ({one_line(error)[:200]})"
         ) from None
 
 
@@ -223,7 +218,7 @@ def wrap_with_peft(model: nn.Module, method: str, settings: MethodSettings) -> n
         return _import_peft().get_peft_model(model, config)
     except (TypeError, ValueError, RuntimeError) as error:
         raise HeartLoRAError(
-            f"{method}: peft cannot adapt this model with these settings ({_first_line(error)})"
+            f"{method}: peft cannot adapt this model with these settings ({one_line(error)[:200]})"
         ) from None
 
 
@@ -363,13 +358,14 @@ class Method:
         """True for the methods that score heads and deactivate some of them."""
         return self.selection_mode is not None
 
+    @property
+    def knob_keys(self) -> tuple[str, ...]:
+        """The `KNOB_KEYS` the method takes (``rank`` and ``scale`` where ``knobs`` is None)."""
+        return ("rank", "scale") if self.knobs is None else self.knobs
+
     def reads(self, key: str) -> bool:
         """Whether the method reads `KNOB_KEYS` member ``key`` (other keys: always true)."""
-        if key not in KNOB_KEYS:
-            return True
-        if self.knobs is None:
-            return key in ("rank", "scale")
-        return key in self.knobs
+        return key not in KNOB_KEYS or key in self.knob_keys
 
 
 def _store_adapter(model: nn.Module, directory: Path, run_info: RunInfo) -> None:
@@ -615,8 +611,7 @@ def check_method_keys(method: str, keys: Iterable[str]) -> None:
         return
     for key in keys:
         if not known.reads(key):
-            has = ", ".join(known.knobs if known.knobs is not None else ("rank", "scale"))
-            has = has or "none"
+            has = ", ".join(known.knob_keys) or "none"
             raise HeartLoRAError(f"{method} has no {key} (its settings: {has})")
 
 

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,6 +24,7 @@ from heartlora.adapter_io import (
     CONFIG_NAME,
     RUN_ADAPTER_FOLDER,
     RUN_CONFIG_NAME,
+    RUN_RESULT_NAME,
     STATE_WEIGHTS_NAME,
     WEIGHTS_NAME,
 )
@@ -33,7 +35,7 @@ from heartlora.training.config import TrainConfig, result_neutral_keys
 from heartlora.training.methods import get_method
 from heartlora.training.run_state import CHECKPOINT_NAME
 
-RUN_FILES = ("result.json", CHECKPOINT_NAME, "metrics.csv", RUN_ADAPTER_FOLDER, "tensorboard")
+RUN_FILES = (RUN_RESULT_NAME, CHECKPOINT_NAME, "metrics.csv", RUN_ADAPTER_FOLDER, "tensorboard")
 """Entries whose presence means a folder holds a run."""
 
 CONFIG_FILE = RUN_CONFIG_NAME
@@ -45,7 +47,7 @@ LOCK_FILE = ".heartlora-run.lock"
 process dies, so a lock never outlives its run."""
 
 _TEMPORARY = {
-    ".": ("result.json", CHECKPOINT_NAME, "metrics.csv", CONFIG_FILE),
+    ".": (RUN_RESULT_NAME, CHECKPOINT_NAME, "metrics.csv", CONFIG_FILE),
     RUN_ADAPTER_FOLDER: (WEIGHTS_NAME, CONFIG_NAME, STATE_WEIGHTS_NAME),
 }
 
@@ -122,8 +124,16 @@ def is_run_config(path: Path) -> bool:
         return False
 
 
+def saved_config(run_dir: Path) -> Any:
+    """The ``config.yaml`` a run wrote in ``run_dir``, as parsed, or None when there is none."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    return parse_yaml(path.read_bytes(), str(path), "the YAML mapping the run wrote")
+
+
 def _read_saved_config(path: Path) -> dict:
-    data = parse_yaml(path.read_bytes(), str(path), "the YAML mapping the run wrote")
+    data = saved_config(path.parent)
     if not isinstance(data, dict):
         raise HeartLoRAError(
             f"{path}: cannot read the saved config of the run (expected the YAML mapping the "
@@ -222,7 +232,7 @@ def finished_result(run_dir: Path, method: str, keys: Sequence[str]) -> dict | N
     Raises:
         HeartLoRAError: ``result.json`` is not JSON or not a JSON object (the file named).
     """
-    path = run_dir / "result.json"
+    path = run_dir / RUN_RESULT_NAME
     if not path.is_file():
         return None
     result = read_json(path, "the result.json a finished run writes")

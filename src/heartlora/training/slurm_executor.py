@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heartlora.adapter_io import RUN_RESULT_NAME
 from heartlora.atomic import atomic_write_json, atomic_write_text
 from heartlora.documents import parse_yaml, read_json
 from heartlora.errors import HeartLoRAError, did_you_mean, one_line
@@ -214,7 +215,7 @@ class SlurmRun:
             raise
         if main and requeues:
             result = {**result, "slurm_requeues": requeues}
-            atomic_write_json(folder / "result.json", result)
+            atomic_write_json(folder / RUN_RESULT_NAME, result)
         return result
 
     def checkpoint(self, settings: dict[str, Any], run_dir: str) -> Any:

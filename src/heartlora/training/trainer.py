@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from heartlora.adapter_io import DatasetInfo, RunInfo
+from heartlora.adapter_io import RUN_RESULT_NAME, DatasetInfo, RunInfo
 from heartlora.atomic import atomic_write_json, atomic_write_text
 from heartlora.backbone import create_fine_tuning_model
 from heartlora.calibration import (
@@ -802,7 +802,7 @@ class Trainer:
             result["adapter_bytes"] = save_trained(
                 self.model, config.method, self.output_dir / "adapter", run_info
             )
-            atomic_write_json(self.output_dir / "result.json", result)
+            atomic_write_json(self.output_dir / RUN_RESULT_NAME, result)
             if self.writer is not None:
                 self.writer.close()
         barrier(self.world)
