@@ -11,6 +11,9 @@ pretrained on Fashion-MNIST, which no task uses) can be adapted on a laptop in s
   (`animal-rotation`, `digits-count`, `mnist-location`, `animal-scale`), built the way dSprites
   and CLEVR tasks ask about orientation, count, position and size.
 
+A tenth task, `digit-order` (which of two digits is larger), is held out of the nine
+(`HELD_OUT_TASKS`): a relational task that the short protocols find hard, run only by name.
+
 Every task has `train` (800), `val` (200) and a disjoint `test` split, all built deterministically
 from a seed. Within a task, train, val and test draw on disjoint source pictures (or, for
 `photo-patches`, disjoint regions of each photo), so no test image is a copy, crop or transform of
@@ -340,6 +343,42 @@ def _build_digits_count(rng: np.random.Generator) -> TaskData:
     return data
 
 
+_ORDER_DIGIT_SIDE = 13
+"""The longer side, in pixels, of each of the two digits of `digit-order`."""
+
+
+def _build_digit_order(rng: np.random.Generator) -> TaskData:
+    """Two different MNIST digits side by side; the label says whether the left one is larger.
+
+    A relational task: neither digit alone says the label, so a model must read both and
+    compare them. Each sample uses two pictures no other sample uses; train, val and test draw
+    from disjoint pools.
+    """
+    images, digits = src.load_mnist_5k()
+    sizes = [2 * n for n in _DEFAULT_SIZES.values()]
+    pools = _disjoint_pools(len(images), sizes, rng)
+    data: TaskData = {}
+    for (split, n), pool in zip(_DEFAULT_SIZES.items(), pools, strict=True):
+        samples: list[tuple[np.ndarray, int]] = []
+        unused = list(pool)
+        for label in _balanced_labels(n, 2, rng):
+            left = unused.pop()
+            # The right digit: the next unused picture of another digit value.
+            pick = next(k for k in range(len(unused) - 1, -1, -1) if digits[unused[k]] != digits[left])
+            right = unused.pop(pick)
+            if (digits[left] > digits[right]) != bool(label):
+                left, right = right, left
+            canvas = _blank()
+            for index, column in ((left, 1), (right, IMAGE_SIZE // 2 + 1)):
+                obj = _fit_object(images[index], _ORDER_DIGIT_SIDE)
+                top = (IMAGE_SIZE - obj.shape[0]) // 2 + int(rng.integers(-3, 4))
+                offset = (IMAGE_SIZE // 2 - 2 - obj.shape[1]) // 2
+                _paste(canvas, obj, top, column + offset)
+            samples.append((canvas, int(label)))
+        data[split] = samples
+    return data
+
+
 # --------------------------------------------------------------------------- registry
 
 _DIGITS = tuple(str(d) for d in range(10))
@@ -462,6 +501,18 @@ MINI_VTAB_TASKS: dict[str, TaskSpec] = {
             license=_ANIMAL_LICENSE,
             sizes=dict(_DEFAULT_SIZES),
         ),
+        _spec(
+            "digit-order",
+            "structured",
+            ("left-smaller", "left-larger"),
+            description=f"Two different MNIST digits, each shrunk to {_ORDER_DIGIT_SIDE} px, in "
+            "the left and right halves of the canvas (heights jittered by up to 3 px); predict "
+            "whether the left digit is the larger number. Relational; held out of the nine "
+            "(not in the suite's default tasks).",
+            source=_MNIST_SRC,
+            license=_MNIST_LICENSE,
+            sizes=dict(_DEFAULT_SIZES),
+        ),
     )
 }
 """Every mini-VTAB task, by name, in VTAB group order (natural, specialized, structured)."""
@@ -476,7 +527,15 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], TaskData]] = {
     "digits-count": _build_digits_count,
     "mnist-location": _build_mnist_location,
     "animal-scale": _build_animal_scale,
+    "digit-order": _build_digit_order,
 }
+
+HELD_OUT_TASKS: tuple[str, ...] = ("digit-order",)
+"""Tasks of `MINI_VTAB_TASKS` that are not among the nine of mini-VTAB proper: built and run
+by name only, never by default."""
+
+NINE_TASKS: tuple[str, ...] = tuple(n for n in MINI_VTAB_TASKS if n not in HELD_OUT_TASKS)
+"""The nine mini-VTAB tasks, three per group: the default of `heartlora suite --base mini`."""
 
 
 def list_tasks(group: str | None = None) -> list[str]:

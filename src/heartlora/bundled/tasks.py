@@ -33,7 +33,9 @@ from PIL import Image
 
 from heartlora.atomic import folder_path_problem, new_folder_mode
 from heartlora.bundled.mini_vtab import (
+    HELD_OUT_TASKS,
     MINI_VTAB_TASKS,
+    NINE_TASKS,
     SPLITS,
     Sample,
     TaskData,
@@ -46,7 +48,9 @@ from heartlora.errors import HeartLoRAError
 
 __all__ = [
     "FORMAT_VERSION",
+    "HELD_OUT_TASKS",
     "MINI_VTAB_TASKS",
+    "NINE_TASKS",
     "SPLIT_FILES",
     "Sample",
     "TaskData",

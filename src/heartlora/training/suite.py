@@ -30,7 +30,7 @@ import yaml
 from heartlora.atomic import atomic_write_text
 from heartlora.backbone import RANDOM_WEIGHTS
 from heartlora.bundled.protocols import DEFAULT_PROTOCOL, MINI, PROTOCOLS, SuiteProtocol
-from heartlora.bundled.tasks import MINI_VTAB_TASKS, materialize
+from heartlora.bundled.tasks import MINI_VTAB_TASKS, NINE_TASKS, materialize
 from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
@@ -147,8 +147,8 @@ MAX_SEEDS = 1000
 
 
 def mini_vtab_tasks(names: list[str] | None, data_root: Path) -> list[SuiteTask]:
-    """The mini-VTAB tasks (all by default), materialised under ``data_root``."""
-    names = names or list(MINI_VTAB_TASKS)
+    """The mini-VTAB tasks (the nine by default), materialised under ``data_root``."""
+    names = names or list(NINE_TASKS)
     unknown = [n for n in names if n not in MINI_VTAB_TASKS]
     if unknown:
         raise HeartLoRAError(
