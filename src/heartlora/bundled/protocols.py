@@ -47,6 +47,7 @@ class SuiteProtocol:
             that changes what the method's label says it trains (``rank``: put it in the label).
         tasks: the suite's default tasks.
         methods: the suite's default methods.
+        seeds: the suite's default number of seeds.
     """
 
     name: str
@@ -55,6 +56,7 @@ class SuiteProtocol:
     method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
+    seeds: int = 1
 
 
 REAL_DEFAULTS: dict[str, Any] = {
@@ -100,7 +102,8 @@ REAL = SuiteProtocol(
     defaults=REAL_DEFAULTS,
     method_defaults=REAL_METHOD_DEFAULTS,
     tasks=("mnist", "photo-patches", "animal-rotation"),
-    methods=("linear", "lora", "heart-lora", "heart-lora-layer", "peft-lora"),
+    methods=("lora", "heart-lora", "heart-lora[scorer=random]"),
+    seeds=3,
 )
 
 MINI = SuiteProtocol(

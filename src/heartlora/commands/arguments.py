@@ -81,11 +81,11 @@ def add_base_override_arguments(
 
 
 def add_grid_arguments(
-    parser: argparse.ArgumentParser, methods_help: str, seeds: int, output: str
+    parser: argparse.ArgumentParser, methods_help: str, seeds: int | None, output: str
 ) -> None:
     """The options of the commands that train a grid of runs (`suite`, `frontier`): which
     protocol (``--base``), which methods (``methods_help`` says the command's default, which
-    depends on the protocol), epochs, seeds (default ``seeds``), where (default ``output``),
+    depends on the protocol), epochs, seeds (default ``seeds``; None: the protocol's), where (default ``output``),
     how many at once, and the config overrides of every run."""
     from heartlora.bundled.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
@@ -105,10 +105,14 @@ def add_grid_arguments(
     parser.add_argument(
         "--epochs",
         type=positive_int,
-        help="epochs per run (default: the protocol's, 8 mini, 6 real)",
+        help="epochs per run (default: the protocol's, 8 mini, 5 real)",
     )
     parser.add_argument(
-        "--seeds", default=str(seeds), help="a count (3 → seeds 0,1,2) or a list (0,7)"
+        "--seeds",
+        default=None if seeds is None else str(seeds),
+        help="a count (3 → seeds 0,1,2) or a list (0,7) (default "
+        + ("the protocol's: 1 mini, 3 real" if seeds is None else str(seeds))
+        + ")",
     )
     parser.add_argument(
         "--output-dir", default=output, type=output_dir, help="where runs and reports go"

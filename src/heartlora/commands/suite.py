@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "protocol's: all of mini-VTAB for mini, three for real); a mini-VTAB name without a "
         "folder is built there",
     )
-    add_grid_arguments(parser, "default: the protocol's", seeds=1, output="runs/suite")
+    add_grid_arguments(parser, "default: the protocol's", seeds=None, output="runs/suite")
     parser.add_argument(
         "--data-root",
         help="a VTAB-layout root (<task>/train800val200.txt, test.txt and images) whose task "
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"epochs={args.epochs}"] if args.epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
     methods = listed(args.methods, protocol.methods, "--methods")
-    seeds = parse_seeds(args.seeds)
+    seeds = parse_seeds(args.seeds or str(protocol.seeds))
     data_root = Path(args.data_root) if args.data_root else default_data_root()
     if names is None and not args.data_root:
         names = list(protocol.tasks)
