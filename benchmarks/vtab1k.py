@@ -39,13 +39,13 @@ from heartlora.commands.arguments import add_executor_arguments, build_executor
 from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import parse_override, read_config_file
+from heartlora.training.method_specs import split_top_level
 from heartlora.training.suite import (
     BEST_OF_EVALUATIONS,
     SuiteTask,
     discover_tasks,
     parse_seeds,
     run_suite,
-    split_top_level,
     write_reports,
 )
 

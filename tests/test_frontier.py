@@ -6,19 +6,16 @@ from PIL import Image
 from train_fixtures import make_learnable_task
 
 from heartlora.cli import main
+from heartlora.training.comparisons import GridMethod, compare_methods, summarize_methods
 from heartlora.training.frontier import (
     DEFAULT_GRID,
-    GridMethod,
     choose_candidate,
-    compare_methods,
-    format_method,
     methods_for_test,
     run_frontier,
-    summarize_methods,
     vtab_tasks,
 )
+from heartlora.training.method_specs import format_method, parse_method
 from heartlora.training.report import RunResult
-from heartlora.training.suite import parse_method
 
 BASE = {"scorer": "taylor"}
 # (method, stored bytes, accuracy offset from the base accuracy of a (task, seed) pair)

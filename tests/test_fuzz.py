@@ -539,7 +539,7 @@ def test_yaml_documents_are_read_strictly_or_refused_in_one_line(text):
 )
 def test_method_strings_parse_or_are_refused_in_one_line(text):
     from heartlora.errors import HeartLoRAError
-    from heartlora.training.suite import parse_method
+    from heartlora.training.method_specs import parse_method
 
     try:
         name, overrides = parse_method(text)

@@ -12,8 +12,8 @@ from train_fixtures import make_learnable_task, train_args
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config
+from heartlora.training.method_specs import parse_method, split_top_level
 from heartlora.training.methods import METHODS, load_trained
-from heartlora.training.suite import parse_method, split_top_level
 from heartlora.training.trainer import Trainer, create_run_model
 
 NEW_METHODS = {

@@ -14,13 +14,13 @@ from heartlora.cli import main
 from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config, read_config_file
+from heartlora.training.method_specs import parse_method
 from heartlora.training.report import RunResult, markdown_table, summarize
 from heartlora.training.suite import (
     DEFAULT_GROUP,
     SuiteTask,
     _run_config,
     discover_tasks,
-    parse_method,
     parse_seeds,
     suite_base_config,
 )

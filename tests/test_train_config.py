@@ -21,7 +21,8 @@ from heartlora.training.config import (
     read_config_file,
     replace_config_table,
 )
-from heartlora.training.suite import parse_method, suite_base_config
+from heartlora.training.method_specs import parse_method
+from heartlora.training.suite import suite_base_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_DOC = ROOT / "docs" / "training.md"

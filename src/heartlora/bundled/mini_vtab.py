@@ -364,7 +364,9 @@ def _build_digit_order(rng: np.random.Generator) -> TaskData:
         for label in _balanced_labels(n, 2, rng):
             left = unused.pop()
             # The right digit: the next unused picture of another digit value.
-            pick = next(k for k in range(len(unused) - 1, -1, -1) if digits[unused[k]] != digits[left])
+            pick = next(
+                k for k in range(len(unused) - 1, -1, -1) if digits[unused[k]] != digits[left]
+            )
             right = unused.pop(pick)
             if (digits[left] > digits[right]) != bool(label):
                 left, right = right, left

@@ -133,7 +133,7 @@ def listed(text: str | None, default: tuple[str, ...], option: str) -> list[str]
         HeartLoRAError: the option was given but names nothing (``--methods ""``).
     """
     from heartlora.errors import HeartLoRAError
-    from heartlora.training.suite import split_top_level
+    from heartlora.training.method_specs import split_top_level
 
     if text is None:
         return list(default)

@@ -64,12 +64,8 @@ def run(args: argparse.Namespace) -> int:
         run_frontier,
         vtab_tasks,
     )
-    from heartlora.training.suite import (
-        parse_method,
-        parse_seeds,
-        suite_base_config,
-        suite_protocol,
-    )
+    from heartlora.training.method_specs import parse_method
+    from heartlora.training.suite import parse_seeds, suite_base_config, suite_protocol
 
     executor = build_executor(args, args.output_dir, lambda line: print(line, flush=True))
     protocol = suite_protocol(args.base)

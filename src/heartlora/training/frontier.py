@@ -29,21 +29,27 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from heartlora.atomic import atomic_write_json, atomic_write_text
-from heartlora.config import INVERSE_OF, resolve_inverse
 from heartlora.errors import HeartLoRAError
+from heartlora.training.comparisons import (
+    CONTROL_SCORERS,
+    Comparison,
+    GridMethod,
+    MethodSummary,
+    compare_methods,
+    summarize_methods,
+    verdict,
+)
 from heartlora.training.executor import Executor
 from heartlora.training.figures import new_figure, save_png
 from heartlora.training.report import GROUP_ORDER, RunResult
-from heartlora.training.stats import PairedComparison, mean_std, paired_comparison, pareto_front
-from heartlora.training.suite import SuiteTask, discover_tasks, parse_method, run_suite
+from heartlora.training.stats import mean_std
+from heartlora.training.suite import SuiteTask, discover_tasks, run_suite
 
 DEFAULT_TASKS: tuple[str, ...] = ("mnist", "photo-patches", "animal-rotation")
 """One mini-VTAB task per group: the three on which lr and scale were tuned (on val200)."""
@@ -134,30 +140,9 @@ FRONTIER_DEFAULTS: dict[str, FrontierDefaults] = {
 }
 """``--base`` protocol name → the frontier's defaults."""
 
-BASELINES: tuple[str, ...] = ("lora", "peft-lora")
-"""Methods whose grid members are byte-matched partners of the Heart-LoRA variants."""
-
-CANDIDATES: tuple[str, ...] = ("heart-lora", "heart-lora-layer")
-"""Methods that select heads."""
-
-CONTROL_SCORERS: tuple[str, ...] = ("random", "inverse")
-
 SELECTION_SPLITS = {"train_split": "train800", "eval_split": "val200"}
 TEST_SPLITS = {"train_split": "train800val200", "eval_split": "test"}
 _GROUPS = {group.lower(): group for group in GROUP_ORDER}
-
-
-def format_method(name: str, overrides: dict[str, Any]) -> str:
-    """The inverse of `parse_method`: ``("lora", {"rank": 4})`` → ``"lora[rank=4]"``."""
-    if not overrides:
-        return name
-
-    def text(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"  # as YAML and parse_method spell them
-        return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
-
-    return f"{name}[{','.join(f'{k}={text(v)}' for k, v in overrides.items())}]"
 
 
 def vtab_tasks(names: list[str], data_root: Path, splits: tuple[str, ...]) -> list[SuiteTask]:
@@ -182,165 +167,9 @@ def vtab_tasks(names: list[str], data_root: Path, splits: tuple[str, ...]) -> li
     return discover_tasks(data_root, [name for name, _ in entries], given or None, splits=splits)
 
 
-@dataclass(frozen=True)
-class GridMethod:
-    """What a grid entry is: its method name, overrides, scorer and baseline line."""
-
-    spec: str
-    name: str
-    overrides: dict[str, Any]
-    scorer: str
-
-    @classmethod
-    def parse(cls, spec: str, base: dict[str, Any]) -> GridMethod:
-        name, overrides = parse_method(spec)
-        return cls(spec, name, overrides, str(overrides.get("scorer", base.get("scorer"))))
-
-    @property
-    def is_baseline(self) -> bool:
-        """A ``lora`` or ``peft-lora`` method: a byte-matched partner."""
-        return self.name in BASELINES
-
-    @property
-    def control_kind(self) -> str | None:
-        """``random`` or ``inverse`` when this method is a control (``scorer: inverse`` or
-        ``invert_scores: true``), else ``None``."""
-        if self.scorer == "random":
-            return self.scorer
-        inverted = resolve_inverse(self.scorer, False)[1] or self.overrides.get("invert_scores")
-        return "inverse" if inverted is True else None
-
-    @property
-    def is_candidate(self) -> bool:
-        """A head-selecting method that is not a control."""
-        return self.name in CANDIDATES and self.control_kind is None
-
-    @property
-    def line(self) -> str:
-        """The method without its rank: members of one line differ only in budget."""
-        return format_method(self.name, {k: v for k, v in self.overrides.items() if k != "rank"})
-
-    def control(self, kind: str) -> str:
-        """This candidate's ``random`` or ``inverse`` control: the same method and overrides
-        with the heads chosen at random, or by its own scores negated (``taylor``'s inverse is
-        spelled ``scorer=inverse``, any other scorer's ``invert_scores=true``)."""
-        if kind == "inverse" and self.scorer != INVERSE_OF:
-            return format_method(self.name, {**self.overrides, "invert_scores": True})
-        return format_method(self.name, {**self.overrides, "scorer": kind})
-
-
-@dataclass(frozen=True)
-class MethodSummary:
-    """One method over tasks and seeds.
-
-    Attributes:
-        accuracy, accuracy_std: mean and std over seeds of the per-seed mean over tasks (%).
-        per_seed: that per-seed mean over tasks, by seed.
-        stored_bytes, stored_std: mean and std over runs of the stored bytes.
-        pareto: no other method stores fewer bytes with at least its accuracy (or more).
-    """
-
-    method: str
-    accuracy: float
-    accuracy_std: float
-    per_seed: dict[int, float]
-    stored_bytes: float
-    stored_std: float
-    trainable_parameters: float
-    pareto: bool
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """``candidate`` against ``baseline`` (``relation``: ``nearest bytes`` or ``control``)."""
-
-    candidate: str
-    baseline: str
-    relation: str
-    bytes_ratio: float
-    result: PairedComparison
-
-
 NOTHING_TO_CHOOSE = (
     "nothing to choose: the grid needs a Heart-LoRA variant and a lora or peft-lora method"
 )
-
-
-def summarize_methods(results: list[RunResult]) -> list[MethodSummary]:
-    """Per method: task-mean accuracy per seed (mean ± std over seeds), stored bytes (mean ±
-    std over runs; the classifier's size differs by task) and whether it is on the Pareto
-    frontier of (mean stored bytes, mean accuracy)."""
-    by_method: dict[str, list[RunResult]] = defaultdict(list)
-    for r in results:
-        by_method[r.method].append(r)
-    rows = []
-    for method, runs in by_method.items():
-        per_seed: dict[int, list[float]] = defaultdict(list)
-        for r in runs:
-            per_seed[r.seed].append(r.accuracy)
-        seed_means = {seed: statistics.fmean(values) for seed, values in sorted(per_seed.items())}
-        accuracy, accuracy_std = mean_std(list(seed_means.values()))
-        stored, stored_std = mean_std([float(r.adapter_bytes) for r in runs])
-        rows.append(
-            MethodSummary(
-                method,
-                accuracy,
-                accuracy_std,
-                seed_means,
-                stored,
-                stored_std,
-                statistics.fmean(r.trainable_parameters for r in runs),
-                False,
-            )
-        )
-    front = set(pareto_front([(row.stored_bytes, row.accuracy) for row in rows]))
-    return [replace(row, pareto=index in front) for index, row in enumerate(rows)]
-
-
-def _nearest(target: float, members: list[MethodSummary]) -> MethodSummary:
-    return min(members, key=lambda m: (abs(m.stored_bytes - target), m.stored_bytes))
-
-
-def compare_methods(
-    results: list[RunResult], base: dict[str, Any], seed: int = 0
-) -> list[Comparison]:
-    """The paired comparisons of the module docstring, for every candidate in ``results``."""
-    summaries = {s.method: s for s in summarize_methods(results)}
-    grid = {m: GridMethod.parse(m, base) for m in summaries}
-    scores: dict[str, dict[tuple[str, int], float]] = defaultdict(dict)
-    for r in results:
-        scores[r.method][(r.task, r.seed)] = r.accuracy
-    lines: dict[str, list[MethodSummary]] = defaultdict(list)
-    for method, parsed in grid.items():
-        if parsed.is_baseline:
-            lines[parsed.line].append(summaries[method])
-    comparisons = []
-    for method, parsed in grid.items():
-        if not parsed.is_candidate:
-            continue
-        own = summaries[method]
-        partners = [
-            (_nearest(own.stored_bytes, members), "nearest bytes") for members in lines.values()
-        ]
-        for kind in CONTROL_SCORERS:
-            wanted = parse_method(parsed.control(kind))
-            control = next(
-                (summaries[m] for m, p in grid.items() if (p.name, p.overrides) == wanted),
-                None,
-            )
-            if control is not None:
-                partners.append((control, "control"))
-        for partner, relation in partners:
-            comparisons.append(
-                Comparison(
-                    method,
-                    partner.method,
-                    relation,
-                    own.stored_bytes / partner.stored_bytes,
-                    paired_comparison(scores[method], scores[partner.method], seed=seed),
-                )
-            )
-    return comparisons
 
 
 def choose_candidate(comparisons: list[Comparison]) -> str:
@@ -388,17 +217,34 @@ def frontier_markdown(
     tasks = sorted({r.task for r in results})
     seeds = sorted({r.seed for r in results})
     lines = [
-        f"Accuracy (%) on {split}: per seed the mean over tasks {', '.join(tasks)}; mean ± std "
-        f"over seeds {seeds}. Stored: the method's saved files per task (mean ± std over runs).",
+        f"Accuracy (%) on {split}: per task mean ± std over seeds {seeds}; Accuracy: per seed "
+        f"the mean over the tasks, mean ± std over the seeds. Stored: the method's saved files per task (mean ± std over runs). "
+        "At chance: runs whose accuracy is within two binomial standard errors of guessing.",
         "",
-        "| Method | Params (k) | Stored (KB) | Accuracy | Pareto |",
-        "|---|---|---|---|---|",
+        "| Method | Params (k) | Stored (KB) | "
+        + "".join(f"{task} | " for task in tasks)
+        + "Accuracy | At chance | Pareto |",
+        "|---|---|---|" + "---|" * len(tasks) + "---|---|---|",
     ]
+    chance = {s.method: [0, 0] for s in summaries}
+    per_task: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        chance[r.method][0] += r.at_chance
+        chance[r.method][1] += 1
+        per_task.setdefault((r.method, r.task), []).append(r.accuracy)
     for s in sorted(summaries, key=lambda s: s.stored_bytes):
+        cells = [
+            "{:.1f} ± {:.1f}".format(*mean_std(per_task[(s.method, t)]))
+            if (s.method, t) in per_task
+            else "–"
+            for t in tasks
+        ]
         lines.append(
             f"| {s.method} | {s.trainable_parameters / 1e3:.1f} | {s.stored_bytes / 1024:.1f} ± "
-            f"{s.stored_std / 1024:.1f} | {s.accuracy:.1f} ± {s.accuracy_std:.1f} | "
-            f"{'yes' if s.pareto else ''} |"
+            f"{s.stored_std / 1024:.1f} | "
+            + "".join(f"{cell} | " for cell in cells)
+            + f"{s.accuracy:.1f} ± {s.accuracy_std:.1f} | "
+            f"{chance[s.method][0]}/{chance[s.method][1]} | {'yes' if s.pareto else ''} |"
         )
     if comparisons:
         lines += [
@@ -415,6 +261,7 @@ def frontier_markdown(
                 f"| {c.candidate} | {c.baseline} | {c.relation} | {c.bytes_ratio:.2f} | "
                 f"{r.pairs} | {r.mean:+.2f} | [{r.low:+.2f}, {r.high:+.2f}] | {r.wins}/{r.pairs} |"
             )
+        lines += ["", *[f"- {verdict(c)}" for c in comparisons]]
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from heartlora.training.stats import mean_std
+from heartlora.training.stats import at_chance, mean_std
 
 GROUP_ORDER = ("Natural", "Specialized", "Structured")
 
@@ -37,7 +37,8 @@ class RunResult:
 
     ``accuracy`` is the held-out number: after the last epoch. ``best_accuracy`` is the best of
     the run's ``evaluations`` during training; on a test split it is chosen on test (as the
-    PETL-ViT code reports it) and is shown only under that label.
+    PETL-ViT code reports it) and is shown only under that label. ``num_classes`` and
+    ``eval_images`` (0: not known) say whether the run stayed at chance (`at_chance`).
     """
 
     method: str
@@ -50,6 +51,15 @@ class RunResult:
     wall_seconds: float = 0.0
     best_accuracy: float | None = None
     evaluations: int = 1
+    num_classes: int = 0
+    eval_images: int = 0
+
+    @property
+    def at_chance(self) -> bool:
+        """The run's accuracy is no better than guessing (False when that is not known)."""
+        return bool(self.num_classes > 1 and self.eval_images > 0) and at_chance(
+            self.accuracy, self.num_classes, self.eval_images
+        )
 
 
 def _cell(values: list[float]) -> str:

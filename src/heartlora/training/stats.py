@@ -99,6 +99,29 @@ def paired_comparison(
     )
 
 
+CHANCE_MARGIN_SE = 2.0
+"""How many binomial standard errors above chance an accuracy must be to count as learned."""
+
+
+def at_chance(accuracy: float, num_classes: int, images: int) -> bool:
+    """Whether an accuracy (%) on ``images`` evaluation images is no better than guessing.
+
+    Chance is 100 / ``num_classes`` (the mini-VTAB and VTAB-1k evaluation splits are close to
+    balanced); a run is *at chance* when its accuracy is within `CHANCE_MARGIN_SE` binomial
+    standard errors of it: 50 % ± 3.2 on 1000 images of two classes, 10 % ± 1.9 on ten.
+
+    Raises:
+        HeartLoRAError: ``num_classes`` < 2 or ``images`` < 1.
+    """
+    if num_classes < 2 or images < 1:
+        raise HeartLoRAError(
+            f"at_chance needs at least 2 classes and 1 image, got {num_classes} and {images}"
+        )
+    p = 1.0 / num_classes
+    margin = CHANCE_MARGIN_SE * 100.0 * (p * (1.0 - p) / images) ** 0.5
+    return accuracy <= 100.0 * p + margin
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the (cost, value) points that no other point dominates.
 

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from heartlora.atomic import atomic_write_text
 from heartlora.backbone import RANDOM_WEIGHTS
@@ -33,11 +30,12 @@ from heartlora.bundled.protocols import DEFAULT_PROTOCOL, MINI, PROTOCOLS, Suite
 from heartlora.bundled.tasks import MINI_VTAB_TASKS, NINE_TASKS, materialize
 from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
+from heartlora.training.comparisons import compare_methods, verdict_markdown
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
 from heartlora.training.executor import Executor, PlannedRun, finished_result
 from heartlora.training.figures import new_figure, save_png
 from heartlora.training.local_executor import LocalExecutor
-from heartlora.training.methods import check_method_keys
+from heartlora.training.method_specs import NOT_PER_SUITE, parse_method
 from heartlora.training.report import (
     RunResult,
     group_name,
@@ -47,8 +45,6 @@ from heartlora.training.report import (
 )
 
 DEFAULT_METHODS = MINI.methods
-
-_METHOD_PATTERN = re.compile(r"^([a-z0-9-]+)(?:\[(.*)\])?$")
 
 BEST_OF_EVALUATIONS = "results-best-of-evaluations.md"
 """The table of best-of-evaluations accuracies a suite writes when its runs evaluated more than
@@ -71,59 +67,6 @@ class SuiteTask:
     name: str
     group: str
     settings: dict[str, Any]
-
-
-def split_top_level(text: str) -> list[str]:
-    """Split on commas outside brackets and braces: ``"a,b[x=1,y=[2,3]]"`` →
-    ``["a", "b[x=1,y=[2,3]]"]``, ``"b[o={p: 1, q: 2}]"`` stays whole."""
-    items, depth, current = [], 0, ""
-    for char in text:
-        depth += {"[": 1, "]": -1, "{": 1, "}": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            items.append(current.strip())
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        items.append(current.strip())
-    return items
-
-
-def parse_method(text: str) -> tuple[str, dict[str, Any]]:
-    """``"heart-lora[ne=2,scorer=grad-norm]"`` → ``("heart-lora", {"ne": 2, "scorer": ...})``;
-    a list or mapping value keeps its commas: ``"lora[targets=[q,k,v]]"``,
-    ``"peft-adalora[peft_options={init_r: 12, tinit: 5}]"``. A size or scale key the method
-    does not read is refused (``peft-ia3[rank=8]``: ``peft-ia3 has no rank``)."""
-    match = _METHOD_PATTERN.match(text.strip())
-    if not match:
-        raise HeartLoRAError(f"method {text!r}: expected NAME or NAME[key=value,...]")
-    overrides: dict[str, Any] = {}
-    for item in filter(None, split_top_level(match.group(2) or "")):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise HeartLoRAError(f"method {text!r}: expected key=value inside the brackets")
-        if key in NOT_PER_SUITE:
-            raise HeartLoRAError(
-                f"method {text!r}: {key} cannot be set in brackets ({NOT_PER_SUITE[key]})"
-            )
-        if key in overrides:
-            raise HeartLoRAError(f"method {text!r}: {key} is set twice inside the brackets")
-        try:
-            overrides[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise HeartLoRAError(f"method {text!r}: cannot read the value of {key}") from None
-    check_method_keys(match.group(1), overrides)
-    return match.group(1), overrides
-
-
-NOT_PER_SUITE = {
-    "method": "the --methods names choose the method",
-    "task": "the suite's --tasks choose the tasks",
-    "seed": "the suite's --seeds choose the seeds",
-}
-"""Keys neither ``--set`` nor a method's brackets may set in a suite: each run's method, task and
-seed come from the suite's own options."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -375,6 +318,8 @@ def run_suite(
             result["wall_seconds"],
             result.get("best_accuracy"),
             result.get("evaluations", 1),
+            result.get("num_classes", 0),
+            result.get("eval_images", 0),
         )
         elapsed = time.perf_counter() - started
         remaining = elapsed / len(finished) * (len(plan) - len(finished))
@@ -406,12 +351,18 @@ def run_suite(
         return None
     results = [finished[index] for index in range(len(plan))]
     splits = {config.eval_split for *_, config in plan}
-    write_reports(results, output_dir, splits.pop() if len(splits) == 1 else "evaluation")
+    write_reports(results, output_dir, splits.pop() if len(splits) == 1 else "evaluation", base)
     return results
 
 
-def write_reports(results: list[RunResult], output_dir: Path, split: str = "test") -> None:
-    """results.csv, results.md and the accuracy-vs-storage plot."""
+def write_reports(
+    results: list[RunResult],
+    output_dir: Path,
+    split: str = "test",
+    base: dict[str, Any] | None = None,
+) -> None:
+    """results.csv, results.md (the table, then what the runs say: `runs_say`) and the
+    accuracy-vs-storage plot. ``base``: the runs' shared settings (the default scorer)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     atomic_write_text(output_dir / "results.csv", results_csv(results))
@@ -420,7 +371,7 @@ def write_reports(results: list[RunResult], output_dir: Path, split: str = "test
         f"# Results\n\nTop-1 {split} accuracy (%) after the last epoch"
         + (f", mean ± std over seeds {seeds}" if len(seeds) > 1 else f", seed {seeds[0]}")
         + ". Params: trainable parameters (classifier included); Stored: bytes the method "
-        "saves per task.\n\n" + markdown_table(summary)
+        "saves per task.\n\n" + markdown_table(summary) + runs_say(results, base or {})
     )
     atomic_write_text(output_dir / "results.md", text)
     plot_accuracy_vs_storage(summary, output_dir / "accuracy_vs_storage.png")
@@ -435,6 +386,33 @@ def write_reports(results: list[RunResult], output_dir: Path, split: str = "test
             "— and is not a held-out estimate; results.md holds the final-epoch accuracy.\n\n"
             + markdown_table(summarize(best)),
         )
+
+
+def runs_say(results: list[RunResult], base: dict[str, Any]) -> str:
+    """The suite's own verdict, as Markdown ("" when it has nothing to compare): each
+    head-selecting method against the nearest-bytes member of every other method's line and
+    against its controls, paired over (task, seed) (`heartlora.training.comparisons`), one
+    sentence each; then the runs that stayed at chance."""
+    comparisons = compare_methods(results, base)
+    text = ""
+    if comparisons:
+        pairs = max(c.result.pairs for c in comparisons)
+        text += (
+            "\n## What these runs say\n\nPaired differences (points) over the "
+            f"{pairs} (task, seed) pairs the two methods share, with percentile-bootstrap 95 % "
+            "intervals; *level* means the interval includes zero.\n\n"
+            + verdict_markdown(comparisons)
+        )
+    chance = [r for r in results if r.at_chance]
+    if chance:
+        text += (
+            f"\n{len(chance)} of {len(results)} runs stayed at chance: "
+            + ", ".join(
+                f"{r.method} on {r.task} seed {r.seed} ({r.accuracy:.1f} %)" for r in chance
+            )
+            + ".\n"
+        )
+    return text
 
 
 def plot_accuracy_vs_storage(summary, path: Path) -> Path:
