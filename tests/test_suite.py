@@ -281,10 +281,10 @@ def test_petl_configs_are_the_bi_lora_code_protocol():
 def test_best_of_evaluations_is_a_separate_table_labelled_as_chosen_on_test(tmp_path):
     from heartlora.training.suite import BEST_OF_EVALUATIONS, write_reports
 
-    once = [RunResult("m", "a", "natural", 0, 80.0, 10, 100, 0.0, 80.0, 1)]
+    once = [RunResult("lora", "a", "natural", 0, 80.0, 10, 100, 0.0, 80.0, 1)]
     write_reports(once, tmp_path / "once")
     assert not (tmp_path / "once" / BEST_OF_EVALUATIONS).exists()
-    often = [RunResult("m", "a", "natural", 0, 80.0, 10, 100, 0.0, 84.5, 10)]
+    often = [RunResult("lora", "a", "natural", 0, 80.0, 10, 100, 0.0, 84.5, 10)]
     write_reports(often, tmp_path / "often")
     assert "| 80.0 |" in (tmp_path / "often" / "results.md").read_text()
     best = (tmp_path / "often" / BEST_OF_EVALUATIONS).read_text()

@@ -81,11 +81,16 @@ def add_base_override_arguments(
 
 
 def add_grid_arguments(
-    parser: argparse.ArgumentParser, methods_help: str, seeds: int | None, output: str
+    parser: argparse.ArgumentParser,
+    methods_help: str,
+    seeds: int | None,
+    output: str,
+    seeds_help: str = "the protocol's: 1 mini, 3 real",
 ) -> None:
     """The options of the commands that train a grid of runs (`suite`, `frontier`): which
     protocol (``--base``), which methods (``methods_help`` says the command's default, which
-    depends on the protocol), epochs, seeds (default ``seeds``; None: the protocol's), where (default ``output``),
+    depends on the protocol), epochs, seeds (default ``seeds``; None: decided later, as
+    ``seeds_help`` says), where (default ``output``),
     how many at once, and the config overrides of every run."""
     from heartlora.bundled.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
@@ -111,7 +116,7 @@ def add_grid_arguments(
         "--seeds",
         default=None if seeds is None else str(seeds),
         help="a count (3 → seeds 0,1,2) or a list (0,7) (default "
-        + ("the protocol's: 1 mini, 3 real" if seeds is None else str(seeds))
+        + (seeds_help if seeds is None else str(seeds))
         + ")",
     )
     parser.add_argument(

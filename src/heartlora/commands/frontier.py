@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "there (default ~/.cache/heartlora/mini-vtab or $HEARTLORA_DATA)",
     )
     add_grid_arguments(
-        parser, "default: the protocol's grid, docs/frontier.md", DEFAULT_SEEDS, "runs/frontier"
+        parser,
+        "default: the --grid file's, else the protocol's grid, docs/frontier.md",
+        None,
+        "runs/frontier",
+        seeds_help=f"the --grid file's, else {DEFAULT_SEEDS}",
     )
     parser.add_argument(
         "--selection-seeds",
@@ -43,10 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--selection",
         choices=("val200", "none"),
-        default="val200",
+        default=None,
         help="val200: run the grid on train800 → val200, choose there, then report the chosen "
         "variant, its byte-matched partners and controls once on test; none: run the grid "
-        "once on the config's splits (default val200)",
+        "once on the config's splits (default: the --grid file's, else val200)",
+    )
+    parser.add_argument(
+        "--grid",
+        metavar="FILE",
+        help="a YAML experiment (configs/frontier/*.yaml) setting tasks, methods, seeds, epochs "
+        "and selection; an option given on the command line wins over the file's key",
     )
     parser.add_argument(
         "--bootstrap-seed",
@@ -61,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from heartlora.training.frontier import (
         SELECTION_SPLITS,
         TEST_SPLITS,
+        GridFile,
+        read_grid_file,
         run_frontier,
         vtab_tasks,
     )
@@ -70,23 +82,27 @@ def run(args: argparse.Namespace) -> int:
     executor = build_executor(args, args.output_dir, lambda line: print(line, flush=True))
     protocol = suite_protocol(args.base)
     defaults = FRONTIER_DEFAULTS[protocol.name]
-    epochs = args.epochs or defaults.epochs
+    grid = read_grid_file(args.grid) if args.grid else GridFile()
+    epochs = args.epochs or grid.epochs or defaults.epochs
     overrides = list(args.set) + ([f"epochs={epochs}"] if epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
-    methods = listed(args.methods, defaults.grid, "--methods")
+    methods = listed(args.methods, grid.methods or defaults.grid, "--methods")
     for method in methods:
         parse_method(method)
-    seeds = parse_seeds(args.seeds)
+    seeds = parse_seeds(args.seeds or str(grid.seeds or DEFAULT_SEEDS))
     selection_seeds = args.selection_seeds or (
         str(defaults.selection_seeds) if defaults.selection_seeds else None
     )
-    selection = None if args.selection == "none" else args.selection
+    chosen_selection = args.selection or grid.selection or "val200"
+    selection = None if chosen_selection == "none" else chosen_selection
     if selection:
         splits = tuple(dict.fromkeys([*SELECTION_SPLITS.values(), *TEST_SPLITS.values()]))
     else:
         splits = (base["train_split"], base["eval_split"])
     data_root = Path(args.data_root) if args.data_root else default_data_root()
-    tasks = vtab_tasks(listed(args.tasks, defaults.tasks, "--tasks"), data_root, splits)
+    tasks = vtab_tasks(
+        listed(args.tasks, grid.tasks or defaults.tasks, "--tasks"), data_root, splits
+    )
     grid_seeds = parse_seeds(selection_seeds) if selection and selection_seeds else seeds
     grid_runs = len(tasks) * len(methods) * len(grid_seeds)
     print(

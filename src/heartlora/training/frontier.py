@@ -28,6 +28,7 @@ config's splits and nothing is chosen.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.atomic import atomic_write_json, atomic_write_text
+from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.training.comparisons import (
     CONTROL_SCORERS,
@@ -47,6 +49,7 @@ from heartlora.training.comparisons import (
 )
 from heartlora.training.executor import Executor
 from heartlora.training.figures import new_figure, save_png
+from heartlora.training.method_specs import parse_method
 from heartlora.training.report import GROUP_ORDER, RunResult
 from heartlora.training.stats import mean_std
 from heartlora.training.suite import SuiteTask, discover_tasks, run_suite
@@ -339,6 +342,80 @@ def write_frontier(
         f"Accuracy vs storage on {split} ({tasks} tasks × {seeds} seeds, error bars: std over seeds)",
     )
     return comparisons
+
+
+GRID_FILE_KEYS: dict[str, str] = {
+    "tasks": "a list of task names",
+    "methods": "a list of method specs (NAME or NAME[key=value,...])",
+    "seeds": "a positive whole number",
+    "epochs": "a positive whole number",
+    "selection": "val200 or none",
+}
+"""What a grid file (``heartlora frontier --grid FILE``) may set, and what each key takes."""
+
+
+@dataclass(frozen=True)
+class GridFile:
+    """A frontier experiment kept as a file (``configs/frontier/*.yaml``): the keys it sets.
+
+    Attributes:
+        tasks, methods: the grid's tasks and method specs, or None to keep the protocol's.
+        seeds, epochs: counts, or None.
+        selection: ``"val200"`` or ``"none"``, or None.
+    """
+
+    tasks: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    seeds: int | None = None
+    epochs: int | None = None
+    selection: str | None = None
+
+
+def read_grid_file(path: str | Path) -> GridFile:
+    """The `GridFile` in the YAML mapping at ``path`` (keys: `GRID_FILE_KEYS`).
+
+    Raises:
+        HeartLoRAError: a missing file, invalid YAML, an unknown key (with the closest known
+            one) or a value of the wrong kind — one line naming the file and the key. Method
+            specs are parsed here, so a bad one is refused before anything trains.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HeartLoRAError(f"{path}: grid file not found")
+    data = parse_yaml(path.read_bytes(), str(path), "a mapping of grid keys") or {}
+    if not isinstance(data, dict):
+        raise HeartLoRAError(f"{path}: expected a mapping of grid keys, got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in GRID_FILE_KEYS:
+            close = difflib.get_close_matches(str(key), GRID_FILE_KEYS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise HeartLoRAError(
+                f"{path}: unknown key {key!r}{hint}; expected {', '.join(GRID_FILE_KEYS)}"
+            )
+        wrong = HeartLoRAError(f"{path}: key {key} must be {GRID_FILE_KEYS[key]}, got {value!r}")
+        if key in ("tasks", "methods"):
+            if not isinstance(value, list) or not value:
+                raise wrong
+            if not all(isinstance(item, str) and item.strip() for item in value):
+                raise wrong
+            if key == "methods":
+                for spec in value:
+                    try:
+                        parse_method(spec)
+                    except HeartLoRAError as error:
+                        said = str(error) if spec in str(error) else f"{spec}: {error}"
+                        raise HeartLoRAError(f"{path}: key methods: {said}") from None
+            values[key] = tuple(item.strip() for item in value)
+        elif key in ("seeds", "epochs"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise wrong
+            values[key] = value
+        else:
+            if value not in ("val200", "none"):
+                raise wrong
+            values[key] = value
+    return GridFile(**values)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,64 @@
+"""Frontier experiments kept as files (`heartlora frontier --grid FILE`)."""
+
+from pathlib import Path
+
+import pytest
+
+from heartlora.errors import HeartLoRAError
+from heartlora.training.comparisons import GridMethod
+from heartlora.training.frontier import GridFile, read_grid_file
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "frontier"
+
+
+def test_the_petl_field_grid_holds_ten_peft_methods_besides_heart_lora_and_its_control():
+    grid = read_grid_file(CONFIGS / "petl-field.yaml")
+    assert grid.selection == "none" and grid.seeds == 3 and grid.epochs == 5
+    assert grid.tasks == ("mnist", "photo-patches", "digit-order")
+    parsed = [GridMethod.parse(spec, {"scorer": "taylor"}) for spec in grid.methods]
+    candidates = [p.spec for p in parsed if p.is_candidate]
+    assert candidates == ["heart-lora[rank=10,ne=2]"]
+    assert [p.control_kind for p in parsed if p.control_kind] == ["random"]
+    field = {p.name for p in parsed if p.is_baseline} - {"lora"}
+    assert len(field) >= 10 and "peft-adalora" in field and "bitfit" in field
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("method: [lora]\n", "unknown key 'method' (did you mean methods?)"),
+        ("methods: lora\n", "key methods must be a list of method specs"),
+        ("methods: [lora, 'peft-ia3[rank=8]']\n", "key methods: peft-ia3[rank=8]: peft-ia3 has no"),
+        ("methods: ['lora[rank]']\n", "key methods: method 'lora[rank]': expected key=value"),
+        ("tasks: []\n", "key tasks must be a list of task names"),
+        ("seeds: 0\n", "key seeds must be a positive whole number, got 0"),
+        ("epochs: true\n", "key epochs must be a positive whole number, got True"),
+        ("selection: test\n", "key selection must be val200 or none, got 'test'"),
+        ("- lora\n", "expected a mapping of grid keys, got list"),
+    ],
+)
+def test_a_bad_grid_file_is_one_line_naming_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    with pytest.raises(HeartLoRAError) as caught:
+        read_grid_file(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_empty_grid_file_keeps_every_default_and_a_missing_one_is_named(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_grid_file(tmp_path / "empty.yaml") == GridFile()
+    with pytest.raises(HeartLoRAError, match="nothing.yaml: grid file not found"):
+        read_grid_file(tmp_path / "nothing.yaml")
+
+
+def test_the_frontier_command_reads_the_grid_file_before_anything_trains(tmp_path, capsys):
+    from heartlora.cli import main
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("methods: [lora, 'heart-lora[ne]']\nseeds: 2\n")
+    assert main(["frontier", "--grid", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"heartlora: error: {path}: key methods: method 'heart-lora[ne]'")
+    assert not (tmp_path / "out").exists()
