@@ -276,6 +276,14 @@ def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Pat
         "heart-lora": "tab:red",
         "heart-lora-layer": "tab:purple",
     }
+    others = iter(
+        ["#2ca02c", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#000000", "#98df8a"]
+        + ["#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#7f7f7f", "#aec7e8", "#ffbb78"] * 3
+    )
+    for s in summaries:  # the rest of the field: a colour per method name, in grid order
+        name = GridMethod.parse(s.method, {}).name
+        if name not in colours:
+            colours[name] = next(others)
     control_markers = {"random": "x", "inverse": "v"}
     figure, axis = new_figure((7.2, 4.8))
     legend: dict[str, dict[str, Any]] = {}
@@ -285,7 +293,7 @@ def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Pat
         style = (
             {"marker": control_markers[control], "color": "grey"}
             if control
-            else {"marker": "o", "color": colours.get(name, "tab:green")}
+            else {"marker": "o", "color": colours[name]}
         )
         legend[f"{name}, {control} control" if control else name] = style
         axis.errorbar(
@@ -300,7 +308,7 @@ def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Pat
         )
         if not control:
             axis.annotate(
-                s.method.replace(f"{name}[", "["), (s.stored_bytes / 1024, s.accuracy),
+                s.method, (s.stored_bytes / 1024, s.accuracy),
                 fontsize=5, xytext=(3, 2), textcoords="offset points",
             )  # fmt: skip
     front = sorted((s for s in summaries if s.pareto), key=lambda s: s.stored_bytes)
@@ -319,7 +327,7 @@ def plot_frontier(summaries: list[MethodSummary], path: Path, title: str) -> Pat
     axis.set_ylabel("mean accuracy over tasks (%)")
     axis.set_title(title, fontsize=9)
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=7, loc="lower right")
+    axis.legend(fontsize=6 if len(legend) > 8 else 7, loc="lower right", ncol=1 + len(legend) // 9)
     return save_png(figure, path)
 
 
