@@ -11,7 +11,7 @@ from heartlora.training.frontier import GridFile, read_grid_file
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "frontier"
 
 
-def test_the_petl_field_grid_holds_ten_peft_methods_besides_heart_lora_and_its_control():
+def test_the_petl_field_grid_holds_ten_petl_methods_besides_heart_lora_and_its_control():
     grid = read_grid_file(CONFIGS / "petl-field.yaml")
     assert grid.selection == "none" and grid.seeds == 3 and grid.epochs == 5
     assert grid.tasks == ("mnist", "photo-patches", "digit-order")
@@ -19,8 +19,8 @@ def test_the_petl_field_grid_holds_ten_peft_methods_besides_heart_lora_and_its_c
     candidates = [p.spec for p in parsed if p.is_candidate]
     assert candidates == ["heart-lora[rank=10,ne=2]"]
     assert [p.control_kind for p in parsed if p.control_kind] == ["random"]
-    field = {p.name for p in parsed if p.is_baseline} - {"lora"}
-    assert len(field) >= 10 and "peft-adalora" in field and "bitfit" in field
+    field = {p.name for p in parsed if p.is_baseline}
+    assert len(field) >= 10 and {"lora", "peft-adalora", "bitfit"} <= field
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,7 @@ def test_the_petl_field_grid_holds_ten_peft_methods_besides_heart_lora_and_its_c
         ("methods: ['lora[rank]']\n", "key methods: method 'lora[rank]': expected key=value"),
         ("tasks: []\n", "key tasks must be a list of task names"),
         ("seeds: 0\n", "key seeds must be a positive whole number, got 0"),
+        ("selection_seeds: 1.5\n", "key selection_seeds must be a positive whole number"),
         ("epochs: true\n", "key epochs must be a positive whole number, got True"),
         ("selection: test\n", "key selection must be val200 or none, got 'test'"),
         ("- lora\n", "expected a mapping of grid keys, got list"),
@@ -44,6 +45,15 @@ def test_a_bad_grid_file_is_one_line_naming_the_file_and_key(tmp_path, text, mes
         read_grid_file(path)
     assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_the_bundled_default_grids_are_grid_files():
+    from heartlora.training.frontier import FRONTIER_DEFAULTS
+
+    real, mini = FRONTIER_DEFAULTS["real"], FRONTIER_DEFAULTS["mini"]
+    assert (real.epochs, real.selection_seeds, len(real.methods)) == (4, 2, 16)
+    assert (mini.epochs, mini.seeds, len(mini.methods)) == (None, 3, 14)
+    assert real.tasks == mini.tasks == ("mnist", "photo-patches", "animal-rotation")
 
 
 def test_an_empty_grid_file_keeps_every_default_and_a_missing_one_is_named(tmp_path):

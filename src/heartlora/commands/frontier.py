@@ -11,12 +11,7 @@ from heartlora.commands.arguments import (
     listed,
     non_negative_int,
 )
-from heartlora.training.frontier import (
-    DEFAULT_SEEDS,
-    DEFAULT_TASKS,
-    FRONTIER_DEFAULTS,
-    REAL_BASE_SELECTION_SEEDS,
-)
+from heartlora.training.frontier import DEFAULT_SEEDS, DEFAULT_TASKS, FRONTIER_DEFAULTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--selection-seeds",
         default=None,
         help="seeds of the selection grid on val200, a count or a list (default: --seeds; "
-        f"{REAL_BASE_SELECTION_SEEDS} with --base real)",
+        f"{FRONTIER_DEFAULTS['real'].selection_seeds} with --base real)",
     )
     parser.add_argument(
         "--selection",
@@ -86,12 +81,13 @@ def run(args: argparse.Namespace) -> int:
     epochs = args.epochs or grid.epochs or defaults.epochs
     overrides = list(args.set) + ([f"epochs={epochs}"] if epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
-    methods = listed(args.methods, grid.methods or defaults.grid, "--methods")
+    methods = listed(args.methods, grid.methods or defaults.methods or (), "--methods")
     for method in methods:
         parse_method(method)
-    seeds = parse_seeds(args.seeds or str(grid.seeds or DEFAULT_SEEDS))
+    seeds = parse_seeds(args.seeds or str(grid.seeds or defaults.seeds or DEFAULT_SEEDS))
+    grid_selection_seeds = grid.selection_seeds or defaults.selection_seeds
     selection_seeds = args.selection_seeds or (
-        str(defaults.selection_seeds) if defaults.selection_seeds else None
+        str(grid_selection_seeds) if grid_selection_seeds else None
     )
     chosen_selection = args.selection or grid.selection or "val200"
     selection = None if chosen_selection == "none" else chosen_selection

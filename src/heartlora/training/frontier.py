@@ -32,6 +32,7 @@ import difflib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -54,94 +55,101 @@ from heartlora.training.report import GROUP_ORDER, RunResult
 from heartlora.training.stats import mean_std
 from heartlora.training.suite import SuiteTask, discover_tasks, run_suite
 
-DEFAULT_TASKS: tuple[str, ...] = ("mnist", "photo-patches", "animal-rotation")
-"""One mini-VTAB task per group: the three on which lr and scale were tuned (on val200)."""
-
 DEFAULT_SEEDS = 3
+"""Seeds of a frontier whose grid file does not say."""
 
-DEFAULT_GRID: tuple[str, ...] = (
-    "lora[rank=6]",
-    "lora[rank=8]",
-    "peft-lora[rank=6]",
-    "peft-lora[rank=8]",
-    "lora[rank=4,targets=[q,k,v]]",
-    "lora[rank=8,layout=shared,targets=[q,k,v]]",
-    "heart-lora[rank=8,ne=2]",
-    "heart-lora-layer[rank=8,ne=2]",
-    "heart-lora[rank=8,ne=2,scorer=sensitivity]",
-    "heart-lora[rank=8,ne=2,normalize_layers=true]",
-    "heart-lora[rank=10,ne=2]",
-    "heart-lora[rank=8,ne=2,layout=shared,targets=[q,k,v]]",
-    "heart-lora[rank=8,ne=2,scorer=random]",
-    "heart-lora[rank=8,ne=2,scorer=inverse]",
-)
-"""The default budget grid, 14 methods (docs/frontier.md says how it was sized): LoRA and peft
-LoRA at ranks 6 and 8; LoRA on q, k, v at rank 4 (the bytes of rank 6 on q, v) and with one A
-shared by q, k, v at rank 8 (peft's layout); Heart-LoRA at rank 8 with 2 of 6 heads
-deactivated per layer and Heart-LoRA† at ne = 2; the variants that give responsiveness its best
-chance — the smoothed `sensitivity` scorer, per-layer normalisation, the freed bytes re-spent on
-rank 10, and the shared-A layout; and the two controls at ne = 2."""
-
-REAL_BASE_TASKS: tuple[str, ...] = DEFAULT_TASKS
-"""The real base's frontier runs on the same three tasks (one per group)."""
-
-REAL_BASE_GRID: tuple[str, ...] = (
-    "lora[rank=6]",
-    "lora[rank=8]",
-    "peft-lora[rank=6]",
-    "peft-lora[rank=8]",
-    "heart-lora[rank=8,ne=2]",
-    "heart-lora[rank=8,ne=2,scorer=head-gate]",
-    "heart-lora[rank=8,ne=2,scorer=weight-taylor]",
-    "heart-lora[rank=8,ne=2,scorer=sensitivity]",
-    "heart-lora[rank=10,ne=2]",
-    "heart-lora[rank=8,ne=1]",
-    "heart-lora[rank=8,ne=2,selection_mode=budget]",
-    "heart-lora[rank=8,ne=2,layout=shared,targets=[q,k,v]]",
-    "heart-lora[rank=8,ne=2,scorer=random]",
-    "heart-lora[rank=8,ne=2,scorer=inverse]",
-    "heart-lora[rank=8,ne=2,scorer=head-gate,invert_scores=true]",
-    "heart-lora[rank=8,ne=2,scorer=weight-taylor,invert_scores=true]",
-)
-"""The real base's budget grid, 16 methods (docs/frontier.md says how it was sized): LoRA and
-peft LoRA (one A shared by q, k, v, as peft does on a fused qkv) at ranks 6 and 8, around the
-bytes of Heart-LoRA at rank 8 with 2 of 6 heads off; Heart-LoRA with the adapter scorer
-`taylor`, the two scorers on the pretrained heads (`head-gate`, `weight-taylor`) and AdaLoRA's
-smoothed `sensitivity`; the freed bytes re-spent on rank 10; one head off instead of two; the
-`budget` mode (the lowest (layer, head) pairs anywhere); the shared-A layout; and the controls:
-random heads, and the inverse of each of the three scorers that read gradients of the task."""
-
-REAL_BASE_EPOCHS = 4
-"""Epochs of every real-base frontier run: 16 methods × 3 tasks × 2 selection seeds, then
-about 5 methods × 3 tasks × 3 seeds on test, within 100 minutes on 2 cores."""
-
-REAL_BASE_SELECTION_SEEDS = 2
-"""Seeds of the real base's selection grid on val200 (its test phase takes ``--seeds``, 3)."""
+GRID_FILE_KEYS: dict[str, str] = {
+    "tasks": "a list of task names",
+    "methods": "a list of method specs (NAME or NAME[key=value,...])",
+    "seeds": "a positive whole number",
+    "epochs": "a positive whole number",
+    "selection": "val200 or none",
+    "selection_seeds": "a positive whole number",
+}
+"""What a grid file (``heartlora frontier --grid FILE``) may set, and what each key takes."""
 
 
 @dataclass(frozen=True)
-class FrontierDefaults:
-    """What `heartlora frontier --base NAME` runs when its options do not say.
+class GridFile:
+    """A frontier experiment kept as a file (``configs/frontier/*.yaml``): the keys it sets.
 
     Attributes:
-        tasks, grid: the default tasks and methods.
-        epochs: epochs per run, or ``None`` for the protocol's own.
-        selection_seeds: seeds of the selection grid, or ``None`` for the test phase's.
+        tasks, methods: the grid's tasks and method specs, or None to keep the protocol's.
+        seeds, epochs: counts, or None (epochs: the protocol's own).
+        selection: ``"val200"`` or ``"none"``, or None.
+        selection_seeds: seeds of the selection grid on val200, or None for ``seeds``.
     """
 
-    tasks: tuple[str, ...]
-    grid: tuple[str, ...]
+    tasks: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    seeds: int | None = None
     epochs: int | None = None
+    selection: str | None = None
     selection_seeds: int | None = None
 
 
-FRONTIER_DEFAULTS: dict[str, FrontierDefaults] = {
-    "mini": FrontierDefaults(DEFAULT_TASKS, DEFAULT_GRID),
-    "real": FrontierDefaults(
-        REAL_BASE_TASKS, REAL_BASE_GRID, REAL_BASE_EPOCHS, REAL_BASE_SELECTION_SEEDS
-    ),
-}
-"""``--base`` protocol name → the frontier's defaults."""
+def read_grid_file(path: str | Path) -> GridFile:
+    """The `GridFile` in the YAML mapping at ``path`` (keys: `GRID_FILE_KEYS`).
+
+    Raises:
+        HeartLoRAError: a missing file, invalid YAML, an unknown key (with the closest known
+            one) or a value of the wrong kind — one line naming the file and the key. Method
+            specs are parsed here, so a bad one is refused before anything trains.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HeartLoRAError(f"{path}: grid file not found")
+    data = parse_yaml(path.read_bytes(), str(path), "a mapping of grid keys") or {}
+    if not isinstance(data, dict):
+        raise HeartLoRAError(f"{path}: expected a mapping of grid keys, got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in GRID_FILE_KEYS:
+            close = difflib.get_close_matches(str(key), GRID_FILE_KEYS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise HeartLoRAError(
+                f"{path}: unknown key {key!r}{hint}; expected {', '.join(GRID_FILE_KEYS)}"
+            )
+        wrong = HeartLoRAError(f"{path}: key {key} must be {GRID_FILE_KEYS[key]}, got {value!r}")
+        if key in ("tasks", "methods"):
+            if not isinstance(value, list) or not value:
+                raise wrong
+            if not all(isinstance(item, str) and item.strip() for item in value):
+                raise wrong
+            if key == "methods":
+                for spec in value:
+                    try:
+                        parse_method(spec)
+                    except HeartLoRAError as error:
+                        said = str(error) if spec in str(error) else f"{spec}: {error}"
+                        raise HeartLoRAError(f"{path}: key methods: {said}") from None
+            values[key] = tuple(item.strip() for item in value)
+        elif key in ("seeds", "epochs", "selection_seeds"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise wrong
+            values[key] = value
+        else:
+            if value not in ("val200", "none"):
+                raise wrong
+            values[key] = value
+    return GridFile(**values)
+
+
+def _bundled_grid(name: str) -> GridFile:
+    """The grid file shipped in ``heartlora/bundled/grids/<name>.yaml``."""
+    return read_grid_file(
+        Path(str(resources.files("heartlora.bundled") / "grids" / f"{name}.yaml"))
+    )
+
+
+FRONTIER_DEFAULTS: dict[str, GridFile] = {name: _bundled_grid(name) for name in ("mini", "real")}
+"""``--base`` protocol name → what `heartlora frontier` runs when its options and ``--grid``
+do not say: the grid files in ``heartlora/bundled/grids/`` (their comments say how each was
+sized)."""
+
+DEFAULT_TASKS: tuple[str, ...] = FRONTIER_DEFAULTS["mini"].tasks or ()
+DEFAULT_GRID: tuple[str, ...] = FRONTIER_DEFAULTS["mini"].methods or ()
+REAL_BASE_GRID: tuple[str, ...] = FRONTIER_DEFAULTS["real"].methods or ()
 
 SELECTION_SPLITS = {"train_split": "train800", "eval_split": "val200"}
 TEST_SPLITS = {"train_split": "train800val200", "eval_split": "test"}
@@ -350,80 +358,6 @@ def write_frontier(
         f"Accuracy vs storage on {split} ({tasks} tasks × {seeds} seeds, error bars: std over seeds)",
     )
     return comparisons
-
-
-GRID_FILE_KEYS: dict[str, str] = {
-    "tasks": "a list of task names",
-    "methods": "a list of method specs (NAME or NAME[key=value,...])",
-    "seeds": "a positive whole number",
-    "epochs": "a positive whole number",
-    "selection": "val200 or none",
-}
-"""What a grid file (``heartlora frontier --grid FILE``) may set, and what each key takes."""
-
-
-@dataclass(frozen=True)
-class GridFile:
-    """A frontier experiment kept as a file (``configs/frontier/*.yaml``): the keys it sets.
-
-    Attributes:
-        tasks, methods: the grid's tasks and method specs, or None to keep the protocol's.
-        seeds, epochs: counts, or None.
-        selection: ``"val200"`` or ``"none"``, or None.
-    """
-
-    tasks: tuple[str, ...] | None = None
-    methods: tuple[str, ...] | None = None
-    seeds: int | None = None
-    epochs: int | None = None
-    selection: str | None = None
-
-
-def read_grid_file(path: str | Path) -> GridFile:
-    """The `GridFile` in the YAML mapping at ``path`` (keys: `GRID_FILE_KEYS`).
-
-    Raises:
-        HeartLoRAError: a missing file, invalid YAML, an unknown key (with the closest known
-            one) or a value of the wrong kind — one line naming the file and the key. Method
-            specs are parsed here, so a bad one is refused before anything trains.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise HeartLoRAError(f"{path}: grid file not found")
-    data = parse_yaml(path.read_bytes(), str(path), "a mapping of grid keys") or {}
-    if not isinstance(data, dict):
-        raise HeartLoRAError(f"{path}: expected a mapping of grid keys, got {type(data).__name__}")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in GRID_FILE_KEYS:
-            close = difflib.get_close_matches(str(key), GRID_FILE_KEYS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise HeartLoRAError(
-                f"{path}: unknown key {key!r}{hint}; expected {', '.join(GRID_FILE_KEYS)}"
-            )
-        wrong = HeartLoRAError(f"{path}: key {key} must be {GRID_FILE_KEYS[key]}, got {value!r}")
-        if key in ("tasks", "methods"):
-            if not isinstance(value, list) or not value:
-                raise wrong
-            if not all(isinstance(item, str) and item.strip() for item in value):
-                raise wrong
-            if key == "methods":
-                for spec in value:
-                    try:
-                        parse_method(spec)
-                    except HeartLoRAError as error:
-                        said = str(error) if spec in str(error) else f"{spec}: {error}"
-                        raise HeartLoRAError(f"{path}: key methods: {said}") from None
-            values[key] = tuple(item.strip() for item in value)
-        elif key in ("seeds", "epochs"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise wrong
-            values[key] = value
-        else:
-            if value not in ("val200", "none"):
-                raise wrong
-            values[key] = value
-    return GridFile(**values)
 
 
 @dataclass(frozen=True)
