@@ -6,8 +6,9 @@
     heads), on three mini-VTAB tasks, one per group, their 28-px images upsampled to 56 px (a
     4 × 4 grid of 14-px patches), normalised with ImageNet's mean and std. Sized for 2 CPU
     cores: at 56 px one epoch of 800 images takes about 7 s per core pair (two runs at once,
-    one thread each; 84 px: 16 s), and the demo's 15 runs of 5 epochs fit in 20 minutes
-    (docs/results.md gives the measured time).
+    one thread each; 84 px: 16 s), and the demo's 27 runs of 5 epochs (LoRA, Heart-LoRA and
+    its random-heads control, 3 seeds) fit in 20 minutes (docs/results.md gives the measured
+    time).
     ``lr`` and ``scale`` were chosen on val200 (docs/results.md, "On a real pretrained ViT"):
     lr 1e-3 rather than 3e-3, at which LoRA stayed at chance on the held-out relational task
     `digit-order` in 3 of 3 seeds (1e-3: 55.5-63.5 %, above chance in all three) and which
