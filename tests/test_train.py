@@ -18,11 +18,26 @@ from heartlora.training.trainer import Trainer
 METHODS = ["linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora"]
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_end_to_end(toy, tmp_path, method):
+@pytest.fixture(scope="module")
+def method_runs(toy, tmp_path_factory):
+    """Two-epoch runs of the toy task (ne=2), one per method, each made once per module:
+    ``method_runs(method)`` gives the run's folder."""
     root, checkpoint = toy
-    out = tmp_path / method
-    assert main(train_args(root, checkpoint, out, method, ne=2)) == 0
+    made = {}
+
+    def run(method):
+        if method not in made:
+            out = tmp_path_factory.mktemp("methods") / method
+            assert main(train_args(root, checkpoint, out, method, ne=2)) == 0
+            made[method] = out
+        return made[method]
+
+    return run
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_end_to_end(method_runs, method):
+    out = method_runs(method)
     result = json.loads((out / "result.json").read_text())
     for key in (
         "method",
@@ -56,12 +71,11 @@ def test_every_method_runs_end_to_end(toy, tmp_path, method):
         PeftModel.from_pretrained(base, out / "adapter")  # loads as peft wrote it
 
 
-def test_heart_lora_stores_fewer_parameters_than_lora(toy, tmp_path):
-    root, checkpoint = toy
-    results = {}
-    for method in ("lora", "heart-lora-layer"):
-        assert main(train_args(root, checkpoint, tmp_path / method, method, epochs=1, ne=3)) == 0
-        results[method] = json.loads((tmp_path / method / "result.json").read_text())
+def test_heart_lora_stores_fewer_parameters_than_lora(method_runs):
+    results = {
+        method: json.loads((method_runs(method) / "result.json").read_text())
+        for method in ("lora", "heart-lora-layer")
+    }
     assert (
         results["heart-lora-layer"]["trainable_parameters"]
         < results["lora"]["trainable_parameters"]
@@ -411,11 +425,8 @@ def test_compiled_heart_lora_compiles_after_calibration_and_matches_eager(
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
-def test_metrics_split_each_epoch_into_steps_and_data_waiting(toy, tmp_path):
-    root, checkpoint = toy
-    out = tmp_path / "run"
-    assert main(train_args(root, checkpoint, out, "lora", epochs=2)) == 0
-    with open(out / "metrics.csv") as handle:
+def test_metrics_split_each_epoch_into_steps_and_data_waiting(method_runs):
+    with open(method_runs("lora") / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         seconds, step, data = (float(row[k]) for k in ("seconds", "step_seconds", "data_seconds"))
