@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 from train_fixtures import make_learnable_task, train_args
 
 import heartlora.training.trainer as train_module
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
-from heartlora.training.config import build_config, known_keys
 from heartlora.training.run_directory import CONFIG_HEADER, lock_run_directory
 from heartlora.training.run_state import CHECKPOINT_FORMAT
 
@@ -201,55 +198,6 @@ def test_debug_shows_the_traceback(toy, tmp_path):
     root, checkpoint = toy
     with pytest.raises(HeartLoRAError):
         main(["--debug", *train_args(tmp_path / "nowhere", checkpoint, tmp_path / "r", "lora")])
-
-
-_values = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-5, 300),
-    st.floats(allow_nan=True),
-    st.text(max_size=12),
-    st.lists(st.sampled_from(["q", "k", "v", "proj", "x"]), max_size=4),
-)
-_keys = st.one_of(st.sampled_from(known_keys()), st.text(min_size=1, max_size=10))
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(data=st.dictionaries(_keys, _values, max_size=6))
-def test_random_configs_are_accepted_or_rejected_cleanly(tmp_path, data):
-    path = tmp_path / "random.yaml"
-    path.write_text(yaml.safe_dump(data))
-    try:
-        build_config(path)
-    except HeartLoRAError as error:
-        assert "\n" not in str(error)
-
-
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    data=st.dictionaries(_keys, _values, max_size=4),
-    extra=st.lists(st.text(min_size=1, max_size=8), max_size=3),
-)
-def test_random_cli_input_never_crashes(tmp_path, capsys, data, extra):
-    path = tmp_path / "random.yaml"
-    path.write_text(yaml.safe_dump({**data, "data_root": str(tmp_path / "absent")}))
-    code = main(
-        [
-            "train",
-            "--config",
-            str(path),
-            "--output-dir",
-            str(tmp_path / "o"),
-            "--overwrite",
-            *[f"--set={item}" for item in extra],
-        ]
-    )
-    assert code == 2
-    _one_line_error(capsys)
 
 
 def test_image_too_small_or_grey_is_fine(tmp_path):
