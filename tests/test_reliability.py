@@ -476,6 +476,7 @@ def test_the_tools_take_a_run_folder_and_say_what_other_methods_stored(
     assert "no run config.yaml beside it, so the method that stored it is unknown" in err, err
 
 
+@pytest.mark.slow
 def test_a_merged_export_loads_in_plain_timm_and_predicts_as_heartlora(toy, tmp_path, capsys):
     """An adapter trained with its own `normalize` used to be exported without it: timm's
     config (mean 0, std 1) changed most predictions. The recorded and printed loading line
@@ -546,6 +547,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_during_training_is_one_line_naming_the_file(toy, tmp_path):
     """The issue's probe: a process that may not write big files (as a full disk)."""
     root, checkpoint = toy
@@ -565,6 +567,7 @@ def test_a_file_size_limit_during_training_is_one_line_naming_the_file(toy, tmp_
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_does_not_stop_training(toy, tmp_path):
     root, checkpoint = toy
     out = tmp_path / "run"
@@ -648,14 +651,9 @@ def test_a_failed_peft_save_is_one_line_naming_the_folder(toy, tmp_path, monkeyp
         ("model_kwargs={foo: 1}", "cannot build this architecture with .*foo=1"),
         ("model_kwargs={pretrained_cfg_overlay: {}}", "pretrained_cfg_overlay is set by the run"),
         ("img_size=2", "img_size 2 is smaller than one patch"),
-        ("scale=0", "scale must be a finite non-zero number"),
-        ("lr=.nan", "lr must be .*got nan"),
-        ("epochs=100000000000000000000", "epochs must be below 2\\*\\*63"),
         ("ne=1000", "ne=1000 must be smaller than the heads in every layer"),
-        ("num_classes=1000000000000", "num_classes must be an integer in 1..1000000"),
-        ("num_workers=100000", "num_workers must be at most 256"),
         ("model_kwargs={in_chans: 1}", "in_chans is set by the run itself"),
-        ("lr=0", "lr must be positive"),
+        ("lr=0", "lr must be positive"),  # the config's own ranges: tests/test_train_config.py
     ],
 )
 def test_values_out_of_range_are_one_line_before_anything_is_written(
