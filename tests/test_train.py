@@ -83,6 +83,7 @@ def test_heart_lora_stores_fewer_parameters_than_lora(method_runs):
     assert results["heart-lora-layer"]["adapter_bytes"] < results["lora"]["adapter_bytes"]
 
 
+@pytest.mark.slow
 def test_training_learns_the_toy_task(toy, tmp_path):
     root, checkpoint = toy
     assert main(train_args(root, checkpoint, tmp_path / "run", "full", epochs=6)) == 0
@@ -361,6 +362,7 @@ _INTERRUPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("interrupt", "code", "settings", "extra", "check"), _INTERRUPTIONS)
 def test_an_interrupted_run_resumes_bit_for_bit(
     toy, tmp_path, monkeypatch, capsys, reference_runs, interrupt, code, settings, extra, check
@@ -399,6 +401,7 @@ def test_one_epoch_heart_lora_fits_the_head_scoring_warm_up_to_the_run(toy, tmp_
     assert "calib_warmup_steps=3 must be smaller than the run's 3 steps" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compiled_heart_lora_compiles_after_calibration_and_matches_eager(
     toy, tmp_path, monkeypatch, reference_run
 ):
@@ -503,6 +506,7 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scorer", ["taylor", "sensitivity"])
 def test_the_loop_reads_each_step_once_while_the_next_is_queued(toy, tmp_path, monkeypatch, scorer):
     """One host read per step, of the previous step's numbers after the next backward is
@@ -530,6 +534,7 @@ def test_the_loop_reads_each_step_once_while_the_next_is_queued(toy, tmp_path, m
     assert steps == ["backward"] + ["backward", "read"] * 5 + ["read"], steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [16, 20])  # 48 images: 16 × 3, or 20 + 20 + 8
 def test_compiled_training_compiles_once_whatever_the_batch_sizes(toy, tmp_path, batch_size):
     """An epoch whose last batch is smaller compiles one graph, batch size dynamic, not one
