@@ -282,6 +282,7 @@ def test_petl_configs_are_the_bi_lora_code_protocol():
     assert config.normalize is None and config.eval_every == 10 and protocol["eval_split"] == "test"
 
 
+@pytest.mark.slow
 def test_best_of_evaluations_is_a_separate_table_labelled_as_chosen_on_test(tmp_path):
     from heartlora.training.suite import BEST_OF_EVALUATIONS, write_reports
 

@@ -35,6 +35,7 @@ def method_runs(toy, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_end_to_end(method_runs, method):
     out = method_runs(method)
@@ -71,6 +72,7 @@ def test_every_method_runs_end_to_end(method_runs, method):
         PeftModel.from_pretrained(base, out / "adapter")  # loads as peft wrote it
 
 
+@pytest.mark.slow
 def test_heart_lora_stores_fewer_parameters_than_lora(method_runs):
     results = {
         method: json.loads((method_runs(method) / "result.json").read_text())
@@ -91,6 +93,7 @@ def test_training_learns_the_toy_task(toy, tmp_path):
     assert result["best_accuracy"] > 60  # chance is 33 %
 
 
+@pytest.mark.slow
 def test_refuses_a_directory_with_another_run(toy, tmp_path, capsys):
     root, checkpoint = toy
     args = train_args(root, checkpoint, tmp_path / "run", "linear", epochs=1)
@@ -428,6 +431,7 @@ def test_compiled_heart_lora_compiles_after_calibration_and_matches_eager(
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_metrics_split_each_epoch_into_steps_and_data_waiting(method_runs):
     with open(method_runs("lora") / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -444,6 +448,7 @@ def test_cache_device_needs_the_cache(toy, tmp_path, capsys):
     assert "cache_device 'cuda' needs cache_images: true" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_model_kwargs_build_the_base_and_travel_with_the_adapter(toy, tmp_path, capsys):
     from heartlora.tools.serving import base_model_from_adapter
 
