@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: demo demo-mini test lint venv clean
+.PHONY: demo demo-mini test test-quick lint venv clean
 
 $(VENV_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -24,6 +24,10 @@ demo-mini: $(VENV_STAMP)
 
 test: $(VENV_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# every test but those marked slow (pyproject.toml): under a minute on a quiet machine
+test-quick: $(VENV_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV_STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -26,6 +26,7 @@ def _step(model, x):
     return out.detach(), grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deactivate", [False, True])
 @pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v", "proj")])
 def test_fullgraph_compile_matches_eager_and_never_recompiles(targets, deactivate):
@@ -46,6 +47,7 @@ def test_fullgraph_compile_matches_eager_and_never_recompiles(targets, deactivat
     assert counters["stats"]["calls_captured"] > 0
 
 
+@pytest.mark.slow
 def test_inductor_compiles_heart_lora_with_deactivated_heads():
     model = _injected(("q", "v"), deactivate=True)
     x = images()

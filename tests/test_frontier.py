@@ -124,6 +124,7 @@ def test_vtab_tasks_take_groups_as_the_suite_does_and_need_the_split_files(tmp_p
         vtab_tasks(["toy:natural"], tmp_path, ("train800", "val200"))
 
 
+@pytest.mark.slow
 def test_frontier_chooses_on_val200_and_reports_test_once(tmp_path, capsys):
     make_learnable_task(tmp_path / "data", task="toy")
     out = tmp_path / "frontier"

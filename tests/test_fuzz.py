@@ -203,6 +203,47 @@ def test_random_yaml_configs_fail_cleanly_and_keep_the_run(
     _assert_clean_failure(main(args), capsys, world["run"], before)
 
 
+# Keys and values as a user's own config may hold them (from tests/test_reliability.py).
+_CONFIG_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 300),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.sampled_from(["q", "k", "v", "proj", "x"]), max_size=4),
+)
+_CONFIG_KEYS = st.one_of(st.sampled_from(known_keys()), st.text(min_size=1, max_size=10))
+
+
+@settings(FUZZ, max_examples=4 * EXAMPLES)  # build_config alone: milliseconds an example
+@given(data=st.dictionaries(_CONFIG_KEYS, _CONFIG_VALUES, max_size=6))
+def test_random_configs_are_accepted_or_rejected_in_one_line(tmp_path, data):
+    from heartlora.errors import HeartLoRAError
+    from heartlora.training.config import build_config
+
+    path = tmp_path / "random.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        build_config(path)
+    except HeartLoRAError as error:
+        assert "\n" not in str(error)
+
+
+@FUZZ
+@given(
+    data=st.dictionaries(_CONFIG_KEYS, _CONFIG_VALUES, max_size=4),
+    extra=st.lists(st.text(min_size=1, max_size=8), max_size=3),
+)
+def test_random_configs_and_set_items_without_data_fail_in_one_line(
+    tmp_path, capsys, keep_threads, data, extra
+):
+    path = tmp_path / "random.yaml"
+    path.write_text(yaml.safe_dump({**data, "data_root": str(tmp_path / "absent")}))
+    output = ["--output-dir", str(tmp_path / "o"), "--overwrite"]
+    code = main(["train", "--config", str(path), *output, *[f"--set={item}" for item in extra]])
+    _assert_clean_failure(code, capsys)
+
+
 # --- adapter JSON --------------------------------------------------------------------------------
 
 _JSON_VALUES = st.one_of(

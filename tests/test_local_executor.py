@@ -49,6 +49,7 @@ def test_named_devices_are_dealt_out_and_several_gpus_are_never_shared_silently(
         worker_devices(1, ["2"], gpus=0, visible="4,6")
 
 
+@pytest.mark.slow
 def test_each_worker_sees_only_its_own_device(tmp_path):
     executor = LocalExecutor(
         2, ["3", "5"], log=lambda _: None, function=executor_probes.report_placement
@@ -62,6 +63,7 @@ def test_each_worker_sees_only_its_own_device(tmp_path):
     assert os.getpid() not in by_worker
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_one_line_naming_it_and_no_worker_is_left(tmp_path):
     runs = _runs(tmp_path, 3, message="data_root /nowhere: no such folder")
     for run in runs:
@@ -113,6 +115,7 @@ def _once_both_runs_train(tmp_path, action):
     return thread
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, signum):
     runs = _runs(tmp_path, 2, seconds=60)
@@ -140,6 +143,7 @@ def test_a_worker_stopped_from_outside_ends_the_command_in_one_line(tmp_path, si
         assert not _alive(int((tmp_path / run / "pid").read_text()))
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_command_stops_every_worker_as_ctrl_c_does(tmp_path):
     runs = _runs(tmp_path, 2, seconds=60)
 
@@ -170,6 +174,7 @@ def _suite(tmp_path, out):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["training", "starting"])
 def test_ctrl_c_on_a_terminal_ends_suite_jobs_2_at_once_in_one_line(tmp_path, when):
     """A terminal's Ctrl-C is SIGINT to the whole foreground process group."""

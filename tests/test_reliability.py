@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 from train_fixtures import make_learnable_task, train_args
 
 import heartlora.training.trainer as train_module
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
-from heartlora.training.config import build_config, known_keys
 from heartlora.training.run_directory import CONFIG_HEADER, lock_run_directory
 from heartlora.training.run_state import CHECKPOINT_FORMAT
 
@@ -201,55 +198,6 @@ def test_debug_shows_the_traceback(toy, tmp_path):
     root, checkpoint = toy
     with pytest.raises(HeartLoRAError):
         main(["--debug", *train_args(tmp_path / "nowhere", checkpoint, tmp_path / "r", "lora")])
-
-
-_values = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-5, 300),
-    st.floats(allow_nan=True),
-    st.text(max_size=12),
-    st.lists(st.sampled_from(["q", "k", "v", "proj", "x"]), max_size=4),
-)
-_keys = st.one_of(st.sampled_from(known_keys()), st.text(min_size=1, max_size=10))
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(data=st.dictionaries(_keys, _values, max_size=6))
-def test_random_configs_are_accepted_or_rejected_cleanly(tmp_path, data):
-    path = tmp_path / "random.yaml"
-    path.write_text(yaml.safe_dump(data))
-    try:
-        build_config(path)
-    except HeartLoRAError as error:
-        assert "\n" not in str(error)
-
-
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    data=st.dictionaries(_keys, _values, max_size=4),
-    extra=st.lists(st.text(min_size=1, max_size=8), max_size=3),
-)
-def test_random_cli_input_never_crashes(tmp_path, capsys, data, extra):
-    path = tmp_path / "random.yaml"
-    path.write_text(yaml.safe_dump({**data, "data_root": str(tmp_path / "absent")}))
-    code = main(
-        [
-            "train",
-            "--config",
-            str(path),
-            "--output-dir",
-            str(tmp_path / "o"),
-            "--overwrite",
-            *[f"--set={item}" for item in extra],
-        ]
-    )
-    assert code == 2
-    _one_line_error(capsys)
 
 
 def test_image_too_small_or_grey_is_fine(tmp_path):
@@ -528,6 +476,7 @@ def test_the_tools_take_a_run_folder_and_say_what_other_methods_stored(
     assert "no run config.yaml beside it, so the method that stored it is unknown" in err, err
 
 
+@pytest.mark.slow
 def test_a_merged_export_loads_in_plain_timm_and_predicts_as_heartlora(toy, tmp_path, capsys):
     """An adapter trained with its own `normalize` used to be exported without it: timm's
     config (mean 0, std 1) changed most predictions. The recorded and printed loading line
@@ -598,6 +547,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_during_training_is_one_line_naming_the_file(toy, tmp_path):
     """The issue's probe: a process that may not write big files (as a full disk)."""
     root, checkpoint = toy
@@ -617,6 +567,7 @@ def test_a_file_size_limit_during_training_is_one_line_naming_the_file(toy, tmp_
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_does_not_stop_training(toy, tmp_path):
     root, checkpoint = toy
     out = tmp_path / "run"
@@ -700,14 +651,9 @@ def test_a_failed_peft_save_is_one_line_naming_the_folder(toy, tmp_path, monkeyp
         ("model_kwargs={foo: 1}", "cannot build this architecture with .*foo=1"),
         ("model_kwargs={pretrained_cfg_overlay: {}}", "pretrained_cfg_overlay is set by the run"),
         ("img_size=2", "img_size 2 is smaller than one patch"),
-        ("scale=0", "scale must be a finite non-zero number"),
-        ("lr=.nan", "lr must be .*got nan"),
-        ("epochs=100000000000000000000", "epochs must be below 2\\*\\*63"),
         ("ne=1000", "ne=1000 must be smaller than the heads in every layer"),
-        ("num_classes=1000000000000", "num_classes must be an integer in 1..1000000"),
-        ("num_workers=100000", "num_workers must be at most 256"),
         ("model_kwargs={in_chans: 1}", "in_chans is set by the run itself"),
-        ("lr=0", "lr must be positive"),
+        ("lr=0", "lr must be positive"),  # the config's own ranges: tests/test_train_config.py
     ],
 )
 def test_values_out_of_range_are_one_line_before_anything_is_written(

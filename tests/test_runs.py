@@ -107,6 +107,7 @@ def test_predict_on_the_run_folder_of_every_method_gives_the_trained_models_clas
     )
 
 
+@pytest.mark.slow
 def test_merged_exports_of_peft_dora_and_bitfit_predict_in_plain_timm_as_the_trained_model(
     trained, tmp_path, capsys
 ):

@@ -4,6 +4,7 @@ import pytest
 from slurm_cluster import require_slurm
 
 
+@pytest.mark.slow
 def test_the_cluster_runs_a_batch_job(tmp_path):
     require_slurm()
     command = [

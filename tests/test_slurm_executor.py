@@ -93,6 +93,7 @@ def test_executor_options_that_contradict_each_other_are_one_line(tmp_path, caps
     assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(tmp_path):
     """4 runs; SLURM requeues one mid-training (SIGTERM) and gives another its time-limit notice
     (SIGUSR2): both resume from their checkpoints and end bit-identical to the local runs."""
@@ -129,6 +130,7 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(t
         assert (run_dir / "slurm.out").is_symlink() and (run_dir / "slurm.err").exists()
 
 
+@pytest.mark.slow
 def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_is_missing(
     tmp_path,
 ):
@@ -181,6 +183,7 @@ def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_i
     assert "reused" in again.stdout and (out / "results.csv").is_file()
 
 
+@pytest.mark.slow
 def test_a_run_of_two_slurm_tasks_equals_one_process(tmp_path):
     """``--tasks-per-run 2``: two ranks (gloo, CPU) in one torch.distributed group set up from
     SLURM's environment, the code path torchrun uses, match one process with the same batch."""

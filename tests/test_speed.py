@@ -107,6 +107,7 @@ def test_invalid_settings_are_named():
         SpeedConfig(dtype="fp16")
 
 
+@pytest.mark.slow
 def test_cli_writes_json(tmp_path, capsys):
     path = tmp_path / "speed.json"
     code = main(
@@ -139,6 +140,7 @@ def test_cli_writes_json(tmp_path, capsys):
     assert "heart_lora_vs_bound" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compiled_variants_are_timed_beside_eager_ones():
     config = SpeedConfig(
         img_size=32,

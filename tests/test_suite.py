@@ -37,6 +37,7 @@ def _one_epoch_suite(tmp_path, methods: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
     out = tmp_path / "suite"
     assert main(_one_epoch_suite(tmp_path, "linear,lora,heart-lora-layer[ne=3],peft-lora")) == 0
@@ -63,6 +64,7 @@ def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["sk-digits", "Natural"]
 
 
+@pytest.mark.slow
 def test_a_reused_run_must_have_its_adapter_and_result_keys_or_it_is_redone(tmp_path, capsys):
     """A finished run whose adapter/ was deleted, or whose result.json lacks a key the suite
     reads, used to be reused (a table row for an adapter that is gone; a KeyError). Now it is
@@ -144,6 +146,7 @@ def _user_root(tmp_path, groups: str | None = None) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_suite_runs_on_any_vtab_layout_root_with_its_groups(tmp_path, capsys):
     root = _user_root(tmp_path, "Mine: [alpha]\nTheirs: [beta]\n")
     out = tmp_path / "suite"
@@ -197,6 +200,7 @@ def test_method_and_seed_parsing():
         parse_seeds("x")
 
 
+@pytest.mark.slow
 def test_vtab1k_benchmark_script_runs_on_the_vtab_layout(tmp_path):
     make_learnable_task(tmp_path, task="dtd")
     checkpoint = make_base_checkpoint(tmp_path / "base.safetensors")
@@ -278,6 +282,7 @@ def test_petl_configs_are_the_bi_lora_code_protocol():
     assert config.normalize is None and config.eval_every == 10 and protocol["eval_split"] == "test"
 
 
+@pytest.mark.slow
 def test_best_of_evaluations_is_a_separate_table_labelled_as_chosen_on_test(tmp_path):
     from heartlora.training.suite import BEST_OF_EVALUATIONS, write_reports
 

@@ -1,4 +1,6 @@
+import contextlib
 import csv
+import io
 import json
 import os
 import signal
@@ -16,11 +18,27 @@ from heartlora.training.trainer import Trainer
 METHODS = ["linear", "full", "lora", "heart-lora", "heart-lora-layer", "peft-lora"]
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_end_to_end(toy, tmp_path, method):
+@pytest.fixture(scope="module")
+def method_runs(toy, tmp_path_factory):
+    """Two-epoch runs of the toy task (ne=2), one per method, each made once per module:
+    ``method_runs(method)`` gives the run's folder."""
     root, checkpoint = toy
-    out = tmp_path / method
-    assert main(train_args(root, checkpoint, out, method, ne=2)) == 0
+    made = {}
+
+    def run(method):
+        if method not in made:
+            out = tmp_path_factory.mktemp("methods") / method
+            assert main(train_args(root, checkpoint, out, method, ne=2)) == 0
+            made[method] = out
+        return made[method]
+
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_end_to_end(method_runs, method):
+    out = method_runs(method)
     result = json.loads((out / "result.json").read_text())
     for key in (
         "method",
@@ -54,12 +72,12 @@ def test_every_method_runs_end_to_end(toy, tmp_path, method):
         PeftModel.from_pretrained(base, out / "adapter")  # loads as peft wrote it
 
 
-def test_heart_lora_stores_fewer_parameters_than_lora(toy, tmp_path):
-    root, checkpoint = toy
-    results = {}
-    for method in ("lora", "heart-lora-layer"):
-        assert main(train_args(root, checkpoint, tmp_path / method, method, epochs=1, ne=3)) == 0
-        results[method] = json.loads((tmp_path / method / "result.json").read_text())
+@pytest.mark.slow
+def test_heart_lora_stores_fewer_parameters_than_lora(method_runs):
+    results = {
+        method: json.loads((method_runs(method) / "result.json").read_text())
+        for method in ("lora", "heart-lora-layer")
+    }
     assert (
         results["heart-lora-layer"]["trainable_parameters"]
         < results["lora"]["trainable_parameters"]
@@ -67,6 +85,7 @@ def test_heart_lora_stores_fewer_parameters_than_lora(toy, tmp_path):
     assert results["heart-lora-layer"]["adapter_bytes"] < results["lora"]["adapter_bytes"]
 
 
+@pytest.mark.slow
 def test_training_learns_the_toy_task(toy, tmp_path):
     root, checkpoint = toy
     assert main(train_args(root, checkpoint, tmp_path / "run", "full", epochs=6)) == 0
@@ -74,40 +93,7 @@ def test_training_learns_the_toy_task(toy, tmp_path):
     assert result["best_accuracy"] > 60  # chance is 33 %
 
 
-def test_ctrl_c_saves_and_resume_gives_the_same_result(toy, tmp_path, monkeypatch, capsys):
-    root, checkpoint = toy
-    reference = tmp_path / "reference"
-    assert main(train_args(root, checkpoint, reference, "heart-lora", epochs=3, ne=2)) == 0
-
-    interrupted = tmp_path / "interrupted"
-    original = Trainer._train_step
-    calls = {"n": 0}
-
-    def step_then_interrupt(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 4:  # mid-epoch 2 (2 steps per epoch... 48 images / 16 = 3 steps)
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
-    assert main(train_args(root, checkpoint, interrupted, "heart-lora", epochs=3, ne=2)) == 130
-    assert not (interrupted / "result.json").exists()
-    monkeypatch.setattr(Trainer, "_train_step", original)
-    assert (
-        main(train_args(root, checkpoint, interrupted, "heart-lora", epochs=3, ne=2) + ["--resume"])
-        == 0
-    )
-
-    expected = json.loads((reference / "result.json").read_text())
-    got = json.loads((interrupted / "result.json").read_text())
-    assert got["final_accuracy"] == expected["final_accuracy"]
-    assert got["active_heads_per_layer"] == expected["active_heads_per_layer"]
-    a = load_file(str(reference / "adapter" / "heartlora_adapter.safetensors"))
-    b = load_file(str(interrupted / "adapter" / "heartlora_adapter.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (interrupted / "metrics.csv").read_text().count("\n") == 4
-
-
+@pytest.mark.slow
 def test_refuses_a_directory_with_another_run(toy, tmp_path, capsys):
     root, checkpoint = toy
     args = train_args(root, checkpoint, tmp_path / "run", "linear", epochs=1)
@@ -138,12 +124,30 @@ def test_config_errors_name_the_key(toy, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def reference_run(toy, tmp_path_factory):
-    """An uninterrupted heart-lora run (3 epochs × 3 steps, drop-path 0.1 as by default)."""
+def reference_runs(toy, tmp_path_factory):
+    """Uninterrupted heart-lora runs (ne=2, drop-path 0.1 as by default), one per set of
+    ``train_args`` settings, each made once per module: ``reference_runs(**settings)`` gives
+    the run's folder and what it printed."""
     root, checkpoint = toy
-    out = tmp_path_factory.mktemp("reference") / "run"
-    assert main(train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2)) == 0
-    return out
+    made = {}
+
+    def reference(**settings):
+        key = tuple(sorted(settings.items()))
+        if key not in made:
+            out = tmp_path_factory.mktemp("reference") / "run"
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert main(train_args(root, checkpoint, out, "heart-lora", ne=2, **settings)) == 0
+            made[key] = out, printed.getvalue()
+        return made[key]
+
+    return reference
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_runs):
+    """The uninterrupted run of 3 epochs × 3 steps."""
+    return reference_runs(epochs=3)[0]
 
 
 def _assert_same_run(expected_dir, got_dir):
@@ -164,17 +168,6 @@ def _assert_same_run(expected_dir, got_dir):
     got = json.loads((got_dir / "result.json").read_text())
     for key in ("best_accuracy", "final_accuracy", "active_heads_per_layer", "best_epoch"):
         assert got[key] == expected[key], key
-
-
-def _interrupt_then_resume(toy, out, monkeypatch, patch, expected_code=130):
-    """Run with ``patch`` applied (it interrupts), then resume without it."""
-    root, checkpoint = toy
-    args = train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2)
-    with monkeypatch.context() as patched:
-        patch(patched)
-        assert main(args) == expected_code
-    assert not (out / "result.json").exists()
-    assert main(args + ["--resume"]) == 0
 
 
 def _on_training_forward(number, action):
@@ -205,73 +198,192 @@ def _raise_keyboard_interrupt():
     raise KeyboardInterrupt
 
 
-# forward passes in training mode are the steps, 1-3 | 4-6 | 7-9 (heads are scored in eval mode
-# before step 3); 2 and 5 are mid-epoch, 9 the last step
-@pytest.mark.parametrize("number", [2, 5, 9])
-def test_keyboard_interrupt_inside_a_step_resumes_bit_for_bit(
-    toy, tmp_path, monkeypatch, reference_run, number
-):
-    out = tmp_path / "run"
-    _interrupt_then_resume(
-        toy, out, monkeypatch, _on_training_forward(number, _raise_keyboard_interrupt)
-    )
-    _assert_same_run(reference_run, out)
+def _on_train_step(number):
+    """A patch that raises KeyboardInterrupt as the ``number``-th training step begins."""
+
+    def patch(patched):
+        original = Trainer._train_step
+        calls = {"n": 0}
+
+        def step_then_interrupt(self, *args):
+            calls["n"] += 1
+            if calls["n"] == number:
+                raise KeyboardInterrupt
+            return original(self, *args)
+
+        patched.setattr(Trainer, "_train_step", step_then_interrupt)
+
+    return patch
 
 
-def test_ctrl_c_finishes_the_step_then_resume_is_exact(toy, tmp_path, monkeypatch, reference_run):
-    out = tmp_path / "run"
-    signals = _on_training_forward(5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    _interrupt_then_resume(toy, out, monkeypatch, signals)
-    state = torch.load(out / "checkpoint.pt", weights_only=True)  # overwritten by the resume
-    assert state["progress"]["epoch"] == 3
-    _assert_same_run(reference_run, out)
+def _inside_the_weight_update(number):
+    """A patch that raises KeyboardInterrupt inside the ``number``-th AdamW step."""
+
+    def patch(patched):
+        original_step = torch.optim.AdamW.step
+        calls = {"n": 0}
+
+        def step(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == number:
+                raise KeyboardInterrupt
+            return original_step(self, *args, **kwargs)
+
+        patched.setattr(torch.optim.AdamW, "step", step)
+
+    return patch
 
 
-def test_sigterm_stops_at_a_boundary_with_exit_143(toy, tmp_path, monkeypatch, reference_run):
-    out = tmp_path / "run"
-    signals = _on_training_forward(4, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    _interrupt_then_resume(toy, out, monkeypatch, signals, expected_code=143)
-    _assert_same_run(reference_run, out)
+class _Killed(Exception):
+    """Raised where no handler saves anything: as SIGKILL."""
 
 
-def test_interrupt_during_the_weight_update_keeps_the_epoch_checkpoint(
-    toy, tmp_path, monkeypatch, reference_run, capsys
-):
-    out = tmp_path / "run"
-    original_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # epoch 2, step 2: inside the update
-            raise KeyboardInterrupt
-        return original_step(self, *args, **kwargs)
-
-    _interrupt_then_resume(
-        toy, out, monkeypatch, lambda patched: patched.setattr(torch.optim.AdamW, "step", step)
-    )
-    assert "keeps the state after epoch 1" in capsys.readouterr().out
-    _assert_same_run(reference_run, out)
+def _die():
+    raise _Killed
 
 
-def test_sigkill_in_the_first_epoch_can_resume(toy, tmp_path, monkeypatch, reference_run):
+def _checked_nothing(*_):
+    pass
+
+
+def _four_metrics_lines(stage, out, *_):
+    if stage == "resumed":
+        assert (out / "metrics.csv").read_text().count("\n") == 4
+
+
+def _resume_overwrote_the_checkpoint(stage, out, *_):
+    if stage == "resumed":
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert state["progress"]["epoch"] == 3
+
+
+def _kept_the_epoch_1_checkpoint(stage, out, reference, reference_printed, printed):
+    if stage == "interrupted":
+        assert "keeps the state after epoch 1" in printed
+
+
+def _checkpointed_before_the_first_step(stage, out, *_):
     """A fresh run checkpoints before its first step: a kill in epoch 1 loses nothing."""
-    out = tmp_path / "run"
+    if stage == "interrupted":
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert state["progress"]["global_step"] == 0
 
-    class Killed(Exception):
-        pass
 
-    def die():
-        raise Killed  # no handler saves anything: as SIGKILL
+def _sensitivities_resumed_bit_for_bit(stage, out, reference, reference_printed, printed):
+    """Heads are scored after warm-up step 5; interrupted inside step 4, steps 1-3 are folded
+    in (B is zero only in step 1), and the resumed run's scores are the reference's."""
+    config = json.loads((reference / "adapter" / "heartlora_config.json").read_text())
+    if stage == "interrupted":
+        assert "calibrated with scorer sensitivity on 5 warm-up steps" in reference_printed
+        assert config["config"]["scorer"] == "sensitivity"
+        assert config["config"]["normalize_layers"] is True
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert state["sensitivity"]["steps"] == 3
+    else:
+        resumed = json.loads((out / "adapter" / "heartlora_config.json").read_text())
+        assert resumed["scores"] == config["scores"]
 
+
+_AUGMENTED = {"epochs": 2, "augment": "true"}
+_SENSITIVITY = {
+    "epochs": 3,
+    "scorer": "sensitivity",
+    "normalize_layers": "true",
+    "calib_warmup_steps": 5,
+}
+
+# Forward passes in training mode are the steps, 1-3 | 4-6 | 7-9 (heads are scored in eval mode
+# before step 3); 2 and 5 are mid-epoch, 9 the last step. Each case: the patch that interrupts,
+# the interrupted run's exit code, the settings of all three runs, settings of the interrupted and
+# resumed runs only, and a check called after the interrupted run and after the resume.
+# Random crops and flips are drawn from each image's own seed: a run loading with workers,
+# interrupted inside a step and resumed, is the uninterrupted run without workers.
+_INTERRUPTIONS = [
+    pytest.param(_on_train_step(4), 130, {"epochs": 3}, {}, _four_metrics_lines, id="ctrl-c"),
+    *(
+        pytest.param(
+            _on_training_forward(number, _raise_keyboard_interrupt),
+            130,
+            {"epochs": 3},
+            {},
+            _checked_nothing,
+            id=f"keyboard-interrupt-in-step-{number}",
+        )
+        for number in (2, 5, 9)
+    ),
+    pytest.param(
+        _on_training_forward(5, lambda: os.kill(os.getpid(), signal.SIGINT)),
+        130,
+        {"epochs": 3},
+        {},
+        _resume_overwrote_the_checkpoint,
+        id="sigint-finishes-the-step",
+    ),
+    pytest.param(
+        _on_training_forward(4, lambda: os.kill(os.getpid(), signal.SIGTERM)),
+        143,
+        {"epochs": 3},
+        {},
+        _checked_nothing,
+        id="sigterm-stops-at-a-boundary",
+    ),
+    pytest.param(
+        _inside_the_weight_update(5),  # epoch 2, step 2
+        130,
+        {"epochs": 3},
+        {},
+        _kept_the_epoch_1_checkpoint,
+        id="inside-the-weight-update",
+    ),
+    pytest.param(
+        _on_training_forward(2, _die),
+        1,  # an unexpected exception: one line and a saved traceback
+        {"epochs": 3},
+        {},
+        _checkpointed_before_the_first_step,
+        id="killed-in-the-first-epoch",
+    ),
+    *(
+        pytest.param(
+            _on_training_forward(5, _raise_keyboard_interrupt),
+            130,
+            _AUGMENTED,
+            {"num_workers": workers},
+            _checked_nothing,
+            id=f"augmented-with-{workers}-workers",
+        )
+        for workers in (0, 2)
+    ),
+    pytest.param(
+        _on_training_forward(4, _raise_keyboard_interrupt),
+        130,
+        _SENSITIVITY,
+        {},
+        _sensitivities_resumed_bit_for_bit,
+        id="sensitivity-scorer-warm-up",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("interrupt", "code", "settings", "extra", "check"), _INTERRUPTIONS)
+def test_an_interrupted_run_resumes_bit_for_bit(
+    toy, tmp_path, monkeypatch, capsys, reference_runs, interrupt, code, settings, extra, check
+):
+    """Interrupted (``interrupt`` patched in, ``extra`` settings) and resumed (without the
+    patch), a run ends as the uninterrupted one with ``settings``, bit for bit."""
+    reference, reference_printed = reference_runs(**settings)
     root, checkpoint = toy
-    args = train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2)
+    out = tmp_path / "run"
+    args = train_args(root, checkpoint, out, "heart-lora", ne=2, **settings, **extra)
     with monkeypatch.context() as patched:
-        _on_training_forward(2, die)(patched)
-        assert main(args) == 1  # an unexpected exception: one line and a saved traceback
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["global_step"] == 0
-    assert main(args + ["--resume"]) == 0
-    _assert_same_run(reference_run, out)
+        interrupt(patched)
+        assert main(args) == code
+    assert not (out / "result.json").exists()
+    check("interrupted", out, reference, reference_printed, capsys.readouterr().out)
+    assert main([*args, "--resume"]) == 0
+    _assert_same_run(reference, out)
+    check("resumed", out, reference, reference_printed, capsys.readouterr().out)
 
 
 def test_one_epoch_heart_lora_fits_the_head_scoring_warm_up_to_the_run(toy, tmp_path, capsys):
@@ -292,25 +404,7 @@ def test_one_epoch_heart_lora_fits_the_head_scoring_warm_up_to_the_run(toy, tmp_
     assert "calib_warmup_steps=3 must be smaller than the run's 3 steps" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_inside_a_step_is_exact_with_augmentation(toy, tmp_path, monkeypatch, workers):
-    """Random crops and flips are drawn from each image's own seed: a run loading with two
-    workers, interrupted inside a step and resumed, is the uninterrupted run without workers."""
-    root, checkpoint = toy
-    reference = tmp_path / "reference"
-    args = train_args(root, checkpoint, reference, "heart-lora", epochs=2, ne=2, augment="true")
-    assert main(args) == 0
-    out = tmp_path / "run"
-    args = train_args(
-        root, checkpoint, out, "heart-lora", epochs=2, ne=2, augment="true", num_workers=workers
-    )
-    with monkeypatch.context() as patched:
-        _on_training_forward(5, _raise_keyboard_interrupt)(patched)
-        assert main(args) == 130
-    assert main(args + ["--resume"]) == 0
-    _assert_same_run(reference, out)
-
-
+@pytest.mark.slow
 def test_compiled_heart_lora_compiles_after_calibration_and_matches_eager(
     toy, tmp_path, monkeypatch, reference_run
 ):
@@ -337,11 +431,9 @@ def test_compiled_heart_lora_compiles_after_calibration_and_matches_eager(
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
-def test_metrics_split_each_epoch_into_steps_and_data_waiting(toy, tmp_path):
-    root, checkpoint = toy
-    out = tmp_path / "run"
-    assert main(train_args(root, checkpoint, out, "lora", epochs=2)) == 0
-    with open(out / "metrics.csv") as handle:
+@pytest.mark.slow
+def test_metrics_split_each_epoch_into_steps_and_data_waiting(method_runs):
+    with open(method_runs("lora") / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         seconds, step, data = (float(row[k]) for k in ("seconds", "step_seconds", "data_seconds"))
@@ -356,34 +448,7 @@ def test_cache_device_needs_the_cache(toy, tmp_path, capsys):
     assert "cache_device 'cuda' needs cache_images: true" in capsys.readouterr().err
 
 
-def test_sensitivity_scorer_accumulates_over_the_warm_up_and_resumes_exactly(
-    toy, tmp_path, monkeypatch, capsys
-):
-    root, checkpoint = toy  # 3 steps per epoch; heads are scored after warm-up step 5
-    extra = ["--set", "scorer=sensitivity", "--set", "normalize_layers=true"]
-    extra += ["--set", "calib_warmup_steps=5"]
-    reference = tmp_path / "reference"
-    assert (
-        main([*train_args(root, checkpoint, reference, "heart-lora", epochs=3, ne=2), *extra]) == 0
-    )
-    assert "calibrated with scorer sensitivity on 5 warm-up steps" in capsys.readouterr().out
-    config = json.loads((reference / "adapter" / "heartlora_config.json").read_text())
-    assert config["config"]["scorer"] == "sensitivity"
-    assert config["config"]["normalize_layers"] is True
-    # interrupted inside warm-up step 4 (steps 1-3 folded in; B is zero only in step 1)
-    out = tmp_path / "run"
-    args = [*train_args(root, checkpoint, out, "heart-lora", epochs=3, ne=2), *extra]
-    with monkeypatch.context() as patched:
-        _on_training_forward(4, _raise_keyboard_interrupt)(patched)
-        assert main(args) == 130
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["sensitivity"]["steps"] == 3
-    assert main([*args, "--resume"]) == 0
-    _assert_same_run(reference, out)
-    resumed = json.loads((out / "adapter" / "heartlora_config.json").read_text())
-    assert resumed["scores"] == config["scores"]  # the same sensitivities, bit for bit
-
-
+@pytest.mark.slow
 def test_model_kwargs_build_the_base_and_travel_with_the_adapter(toy, tmp_path, capsys):
     from heartlora.tools.serving import base_model_from_adapter
 
@@ -446,6 +511,7 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scorer", ["taylor", "sensitivity"])
 def test_the_loop_reads_each_step_once_while_the_next_is_queued(toy, tmp_path, monkeypatch, scorer):
     """One host read per step, of the previous step's numbers after the next backward is
@@ -473,6 +539,7 @@ def test_the_loop_reads_each_step_once_while_the_next_is_queued(toy, tmp_path, m
     assert steps == ["backward"] + ["backward", "read"] * 5 + ["read"], steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [16, 20])  # 48 images: 16 × 3, or 20 + 20 + 8
 def test_compiled_training_compiles_once_whatever_the_batch_sizes(toy, tmp_path, batch_size):
     """An epoch whose last batch is smaller compiles one graph, batch size dynamic, not one

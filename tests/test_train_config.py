@@ -159,9 +159,17 @@ def test_calib_warmup_fits_short_runs_unless_set_by_hand():
         ("label_smoothing=1.5", r"label_smoothing must be in \[0, 1\)"),
         ("drop_path=1", r"drop_path must be in \[0, 1\)"),
         ("seed=100000000000000000000", "seed must be below 2"),
+        ("scale=0", "scale must be a finite non-zero number"),
+        ("lr=.nan", "lr must be .*got nan"),
+        ("epochs=100000000000000000000", "epochs must be below 2\\*\\*63"),
+        ("num_classes=1000000000000", "num_classes must be an integer in 1..1000000"),
+        ("num_workers=100000", "num_workers must be at most 256"),
+        ("lr=0", "lr must be positive"),
     ],
 )
-def test_probabilities_and_seeds_have_their_ranges(item, message):
+def test_values_out_of_range_are_refused_by_the_config(item, message):
+    """The range checks the config makes itself; tests/test_reliability.py checks that the
+    command turns them (and the ones that need the model) into one line before writing."""
     with pytest.raises(HeartLoRAError, match=message):
         build_config(None, [item])
 

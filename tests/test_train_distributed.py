@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
@@ -20,6 +21,7 @@ def _adapter(run_dir):
     return load_file(str(run_dir / "adapter" / "heartlora_adapter.safetensors"))
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     make_learnable_task(tmp_path)
     checkpoint = make_base_checkpoint(tmp_path / "base.safetensors")
@@ -63,6 +65,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_same_result(tmp_path):
     make_learnable_task(tmp_path)
     checkpoint = make_base_checkpoint(tmp_path / "base.safetensors")
@@ -109,6 +112,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_result(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_ranks_killed_mid_run_then_resumed_give_the_same_result(tmp_path):
     """torchrun, two ranks, batches of 15 split 8 + 7: their stochastic-depth masks advance
     the two ranks' random streams unequally, so a resume must restore each rank's own stream

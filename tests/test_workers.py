@@ -34,6 +34,7 @@ def _worker_pids(runs: Path, parent: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL])  # SIGTERM: test_local_executor.py
 def test_suite_workers_exit_when_the_suite_is_killed(tmp_path, signum):
     out = tmp_path / "suite"
