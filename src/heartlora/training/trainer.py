@@ -34,7 +34,6 @@ from heartlora.calibration import (
     WarmupTooLong,
     fitted_warmup_steps,
 )
-from heartlora.config import SCORERS, WARMUP_NEEDED
 from heartlora.data.factory import build_dataset
 from heartlora.devices import resolve_device
 from heartlora.errors import HeartLoRAError
@@ -44,6 +43,7 @@ from heartlora.inject import (
     trainable_parameters,
 )
 from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
+from heartlora.responsiveness import SCORER_REGISTRY
 from heartlora.training.config import TrainConfig
 from heartlora.training.data_fingerprint import check_same_data, split_fingerprint
 from heartlora.training.distributed import (
@@ -279,7 +279,7 @@ class Trainer:
             )
         except WarmupTooLong as error:
             raise HeartLoRAError(f"{error}; {length}") from None
-        needed = WARMUP_NEEDED.get(config.scorer, 0)
+        needed = SCORER_REGISTRY[config.scorer].warmup_steps
         warmup = calibration.calib_warmup_steps
         if warmup < needed:
             if config.calib_warmup_steps is None:
@@ -291,7 +291,7 @@ class Trainer:
                 remedy = f"calib_warmup_steps of at least {needed}" + (
                     ", or null" if fitted_warmup_steps(self.total_steps) >= needed else ""
                 )
-            others = ", ".join(s for s in SCORERS if s not in WARMUP_NEEDED)
+            others = ", ".join(s for s, spec in SCORER_REGISTRY.items() if not spec.warmup_steps)
             raise HeartLoRAError(
                 f"scorer {config.scorer!r} needs {needed} warm-up step(s) before heads are "
                 f"scored, but {what} ({length}); expected {remedy}, or a scorer that needs no "
