@@ -113,3 +113,17 @@ def test_sensitivity_drops_each_layer_s_lowest_scored_head():
     result = calibration.calibrate([], F.cross_entropy)
     for scores, keep in zip(result.scores, result.keep):
         assert (~keep).nonzero().flatten().tolist() == [int(scores.argmin())]
+
+
+def test_a_calibration_leaves_the_config_it_is_given_unchanged():
+    model = _model(calib_warmup_steps=5)
+    injected = model.heartlora_config
+    before = injected.to_dict()
+    calibration = hl.Calibration(model, 16, fit_warmup=True)
+    assert injected.to_dict() == before  # the caller's object: still 5
+    assert calibration.config is not injected and calibration.config.calib_warmup_steps == 2
+    assert model.heartlora_config is calibration.config  # the model records what ran
+    given = hl.HeartLoRAConfig(rank=2, targets=("q", "v"), ne=1, mode="layer")
+    other = hl.Calibration(model, 16, config=given, fit_warmup=True)
+    assert given.calib_warmup_steps == 20 and other.config.calib_warmup_steps == 2
+    assert model.heartlora_config is calibration.config  # a config of its own: not the model's

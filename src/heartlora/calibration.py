@@ -22,7 +22,7 @@ one that accumulates over steps also its hook in `after_backward`. The loop stay
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -95,10 +95,11 @@ class Calibration:
         model: a model with heartlora adapters (`heartlora.inject.inject`).
         total_steps: the run's optimizer steps.
         config: the adapters' settings (``scorer``, ``calib_batches``, ``calib_warmup_steps``,
-            ``ne``, ``mode``, ...); default: the model's injected config.
+            ``ne``, ``mode``, ...); default: the model's injected config. It is not changed:
+            ``self.config`` is a copy with the warm-up this run takes.
         fit_warmup: ignore ``config.calib_warmup_steps`` and fit the warm-up to the run's
-            length (`fitted_warmup_steps`); the model's config then records the fitted value,
-            so the adapter file says what the run used.
+            length (`fitted_warmup_steps`). When ``config`` is the model's own, the model's
+            config is replaced by ``self.config``, so the adapter file says what the run used.
         seed: seeds the ``random`` control.
 
     Raises:
@@ -113,19 +114,21 @@ class Calibration:
         fit_warmup: bool = False,
         seed: int = 0,
     ) -> None:
-        config = config or getattr(model, "heartlora_config", None)
-        if config is None:
+        injected = getattr(model, "heartlora_config", None)
+        given = config or injected
+        if given is None:
             raise HeartLoRAError("model has no heartlora adapters; call inject() first")
         self.model = model
-        self.config = config
         self.seed = seed
         self.calib_warmup_steps = calib_warmup_for(
-            None if fit_warmup else config.calib_warmup_steps, total_steps
+            None if fit_warmup else given.calib_warmup_steps, total_steps
         )
-        config.calib_warmup_steps = self.calib_warmup_steps
-        check_selection(model, config)  # ne, mode, percent: refused now, not after the warm-up
+        self.config = replace(given, calib_warmup_steps=self.calib_warmup_steps)
+        if given is injected:
+            model.heartlora_config = self.config
+        check_selection(model, self.config)  # ne, mode, percent: refused now, not after warm-up
         # the `sensitivity` scorer accumulates over every warm-up step
-        self.sensitivity = HeadSensitivity(model) if config.scorer == "sensitivity" else None
+        self.sensitivity = HeadSensitivity(model) if given.scorer == "sensitivity" else None
         self.done = False
 
     def due(self, step: int) -> bool:
