@@ -276,10 +276,8 @@ def test_each_scorer_needs_what_its_registry_entry_says(scorer):
         with pytest.raises(hl.HeartLoRAError, match="inject"):
             hl.responsiveness(tiny_vit(), batches(1), F.cross_entropy, scorer=scorer)
     else:  # a bare model scores
-        assert hl.responsiveness(tiny_vit(), batches(1), F.cross_entropy, scorer=scorer).shape == (
-            2,
-            4,
-        )
+        bare = hl.responsiveness(tiny_vit(), batches(1), F.cross_entropy, scorer=scorer)
+        assert bare.shape == (2, 4)
     model = _injected()
     randomize_adapters(model)
     if spec.needs_loss:
@@ -292,7 +290,7 @@ def test_each_scorer_needs_what_its_registry_entry_says(scorer):
             hl.responsiveness(model, [], F.cross_entropy, scorer=scorer)
     else:
         assert hl.responsiveness(model, [], F.cross_entropy, scorer=scorer).shape == (2, 4)
-    if spec.warmup_steps:  # untrained adapters: refused, or every head scores 0
+    if spec.min_calib_warmup_steps:  # untrained adapters: refused, or every head scores 0
         untrained = _injected()
         try:
             scores = hl.responsiveness(untrained, batches(1), F.cross_entropy, scorer=scorer)

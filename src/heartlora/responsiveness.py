@@ -216,7 +216,7 @@ class Scorer:
         needs_loss: it takes ``loss_fn(logits, labels)``.
         reads_batches: it reads the batches (in eval mode; those that read none score without
             them, and so cannot be refused for being given none).
-        warmup_steps: the optimizer steps of training it needs before it can score: 1 for
+        min_calib_warmup_steps: the warm-up steps it needs before it can score: 1 for
             those that read trained B blocks; 2 for ``sensitivity``, which accumulates
             |B ⊙ ∂L/∂B| after each warm-up backward, which the first step's (B = 0) leaves zero.
         negates: the scorer whose scores this control negates, or None.
@@ -226,37 +226,37 @@ class Scorer:
     needs_adapters: bool = True
     needs_loss: bool = False
     reads_batches: bool = True
-    warmup_steps: int = 0
+    min_calib_warmup_steps: int = 0
     negates: str | None = None
 
     @property
     def needs_trained_adapters(self) -> bool:
-        """True when it reads trained adapters (its `warmup_steps` are not 0): on untrained
+        """True when it reads trained adapters (its `min_calib_warmup_steps` are not 0): on untrained
         ones it refuses to score or scores every head 0."""
-        return self.warmup_steps > 0
+        return self.min_calib_warmup_steps > 0
 
 
 SCORER_REGISTRY: dict[str, Scorer] = {
     "taylor": Scorer(
         lambda i: _gradient_scores(i.model, i.layers, i.batches, i.loss_fn, "taylor"),
         needs_loss=True,
-        warmup_steps=1,
+        min_calib_warmup_steps=1,
     ),
     "grad-norm": Scorer(
         lambda i: _gradient_scores(i.model, i.layers, i.batches, i.loss_fn, "grad-norm"),
         needs_loss=True,
     ),
     "output-norm": Scorer(
-        lambda i: _output_norm_scores(i.model, i.layers, i.batches), warmup_steps=1
+        lambda i: _output_norm_scores(i.model, i.layers, i.batches), min_calib_warmup_steps=1
     ),
     "redundancy": Scorer(lambda i: _redundancy_scores(i.model, i.batches), needs_adapters=False),
     "sensitivity": Scorer(
         lambda i: _sensitivity_scores(i.model, i.batches, i.loss_fn),
         needs_loss=True,
-        warmup_steps=2,
+        min_calib_warmup_steps=2,
     ),
     "update-norm": Scorer(
-        lambda i: _update_norm_scores(i.layers), reads_batches=False, warmup_steps=1
+        lambda i: _update_norm_scores(i.layers), reads_batches=False, min_calib_warmup_steps=1
     ),
     "head-gate": Scorer(
         lambda i: head_gate_scores(i.model, i.layers, i.batches, i.loss_fn),
@@ -271,7 +271,7 @@ SCORER_REGISTRY: dict[str, Scorer] = {
     "random": Scorer(
         lambda i: _random_scores(i.layers, i.seed), needs_adapters=False, reads_batches=False
     ),
-    INVERSE_SCORER: Scorer(None, needs_loss=True, warmup_steps=1, negates=INVERSE_OF),
+    INVERSE_SCORER: Scorer(None, needs_loss=True, min_calib_warmup_steps=1, negates=INVERSE_OF),
 }
 """Every scorer by name, in the order of `heartlora.config.SCORERS` (which config validation
 reads): what each needs and how it scores. `responsiveness`, `heartlora.calibration` (the
