@@ -15,8 +15,9 @@ for an exact resume. A training loop only asks and calls; it decides nothing abo
         calibration.after_backward()
         optimizer.step(); optimizer.zero_grad()
 
-A new scorer needs its name in `heartlora.config.SCORERS` and its branch in `responsiveness`;
-one that accumulates over steps also its hook in `after_backward`. The loop stays as it is.
+A new scorer needs its name in `heartlora.config.SCORERS` and its entry in
+`heartlora.responsiveness.SCORER_REGISTRY`; one that accumulates over steps also its hook in
+`after_backward`. The loop stays as it is.
 """
 
 from __future__ import annotations
