@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from tiny_models import batches, randomize_adapters, tiny_vit
 
 import heartlora as hl
-from heartlora.calibration import calib_warmup_for, fitted_warmup_steps
+from heartlora.calibration import CalibWarmupError, calib_warmup_for
 from heartlora.inject import active_heads_per_layer
 
 
@@ -25,9 +25,9 @@ def _warm_up(model, calibration, steps):
 
 
 def test_the_warm_up_length_is_the_config_s_or_fitted_to_the_run():
-    assert [fitted_warmup_steps(steps) for steps in (1, 2, 16, 128, 1600)] == [0, 1, 2, 16, 20]
+    assert [calib_warmup_for(None, steps) for steps in (1, 2, 16, 128, 1600)] == [0, 1, 2, 16, 20]
     assert calib_warmup_for(10, 16) == 10
-    with pytest.raises(hl.HeartLoRAError, match="must be smaller than the run's 16 steps"):
+    with pytest.raises(CalibWarmupError, match="must be smaller than the run's 16 steps"):
         calib_warmup_for(16, 16)
     model = _model(calib_warmup_steps=5)
     assert hl.Calibration(model, 100).calib_warmup_steps == 5
@@ -113,3 +113,38 @@ def test_sensitivity_drops_each_layer_s_lowest_scored_head():
     result = calibration.calibrate([], F.cross_entropy)
     for scores, keep in zip(result.scores, result.keep):
         assert (~keep).nonzero().flatten().tolist() == [int(scores.argmin())]
+
+
+def test_a_calibration_leaves_the_config_it_is_given_unchanged():
+    model = _model(calib_warmup_steps=5)
+    injected = model.heartlora_config
+    before = injected.to_dict()
+    calibration = hl.Calibration(model, 16, fit_warmup=True)
+    assert injected.to_dict() == before  # the caller's object: still 5
+    assert calibration.config is not injected and calibration.config.calib_warmup_steps == 2
+    assert model.heartlora_config is calibration.config  # the model records what ran
+    given = hl.HeartLoRAConfig(rank=2, targets=("q", "v"), ne=1, mode="layer")
+    other = hl.Calibration(model, 16, config=given, fit_warmup=True)
+    assert given.calib_warmup_steps == 20 and other.config.calib_warmup_steps == 2
+    assert model.heartlora_config is calibration.config  # a config of its own: not the model's
+
+
+def test_the_warm_up_rule_refuses_a_warm_up_too_short_for_the_scorer_with_one_error():
+    assert calib_warmup_for(0, 10, "grad-norm") == 0  # needs no warm-up
+    assert calib_warmup_for(None, 16, "sensitivity") == 2  # 1/8 of 16 steps: enough
+    refused = {
+        (None, 1, "taylor", None): "scorer 'taylor' needs 1 warm-up step(s) before heads are "
+        "scored, but the warm-up fitted to this run has 0 (the run's 1 steps); expected a run "
+        "of at least 2 steps",
+        (None, 8, "sensitivity", "8 steps of 1 epoch"): "the warm-up fitted to this run has 1 "
+        "(8 steps of 1 epoch); expected a run of at least 16 steps",
+        (1, 16, "sensitivity", None): "calib_warmup_steps is 1 (the run's 16 steps); expected "
+        "calib_warmup_steps of at least 2, or null, or a scorer that needs no warm-up: "
+        "grad-norm, redundancy, head-gate, weight-taylor, random",
+        (3, 3, "taylor", "3 steps of 1 epoch"): "calib_warmup_steps=3 must be smaller than "
+        "the run's 3 steps (null adapts it to the run's length); 3 steps of 1 epoch",
+    }
+    for arguments, message in refused.items():
+        with pytest.raises(CalibWarmupError) as error:
+            calib_warmup_for(*arguments)
+        assert message in str(error.value), str(error.value)

@@ -257,3 +257,44 @@ def test_a_batch_without_images_is_refused(scorer):
     empty = (torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long))
     with pytest.raises(hl.HeartLoRAError, match="batch 1 to score heads on holds no images"):
         hl.responsiveness(model, [*batches(1), empty], F.cross_entropy, scorer=scorer)
+
+
+def test_the_registry_holds_every_scorer_in_the_config_s_order():
+    from heartlora.responsiveness import SCORER_REGISTRY
+
+    assert tuple(SCORER_REGISTRY) == SCORERS
+    trained = [name for name, spec in SCORER_REGISTRY.items() if spec.needs_trained_adapters]
+    assert trained == ["taylor", "output-norm", "sensitivity", "update-norm", "inverse"]
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_each_scorer_needs_what_its_registry_entry_says(scorer):
+    from heartlora.responsiveness import SCORER_REGISTRY
+
+    spec = SCORER_REGISTRY[scorer]
+    if spec.needs_adapters:
+        with pytest.raises(hl.HeartLoRAError, match="inject"):
+            hl.responsiveness(tiny_vit(), batches(1), F.cross_entropy, scorer=scorer)
+    else:  # a bare model scores
+        bare = hl.responsiveness(tiny_vit(), batches(1), F.cross_entropy, scorer=scorer)
+        assert bare.shape == (2, 4)
+    model = _injected()
+    randomize_adapters(model)
+    if spec.needs_loss:
+        with pytest.raises(hl.HeartLoRAError, match="needs a loss_fn"):
+            hl.responsiveness(model, batches(1), scorer=scorer)
+    else:
+        assert hl.responsiveness(model, batches(1), scorer=scorer).shape == (2, 4)
+    if spec.reads_batches:
+        with pytest.raises(hl.HeartLoRAError, match="no batches"):
+            hl.responsiveness(model, [], F.cross_entropy, scorer=scorer)
+    else:
+        assert hl.responsiveness(model, [], F.cross_entropy, scorer=scorer).shape == (2, 4)
+    if spec.min_calib_warmup_steps:  # untrained adapters: refused, or every head scores 0
+        untrained = _injected()
+        try:
+            scores = hl.responsiveness(untrained, batches(1), F.cross_entropy, scorer=scorer)
+        except hl.HeartLoRAError as error:
+            assert "warm-up" in str(error)
+        else:
+            assert (scores == 0).all()

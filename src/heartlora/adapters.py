@@ -9,13 +9,9 @@ p ∈ {q, k, v} it adds
 Head h is *active* when its blocks B_p,h exist. Deactivated blocks are removed from the
 parameter (no gradient, no optimizer state, not saved): `lora_B` holds only the active rows.
 
-The forward is fused (`_FusedQKVLoRA`): one matmul computes z = x·A^T for every projection at
-once, and one in-place GEMM per projection adds s·z_p·B_p^T straight into that projection's
-columns of the base qkv output — no update tensor, no scatter over activations. Its backward
-computes exactly the gradients LoRA needs (no copy of the output gradient, one GEMM each for
-∂z and ∂B over all projections) and recomputes z rather than keeping it, so the adapter adds no
-saved activation. With deactivated heads, B_p is padded with zero rows for them (a scatter of
-the small weight, not of activations): the compute is that of all heads.
+`HeadLoRAQKV.reference_forward` is the definition of the adapter's output, written with
+autograd's own ops; `HeadLoRAQKV.forward` computes the same numbers with one fused autograd
+function (`heartlora.fused_qkv`, tested against the reference in tests/test_fused_qkv.py).
 
 `HeadLoRAProj` wraps the output projection, whose input is the concatenation of the heads:
 there head h's block is the columns of A that read head h's features.
@@ -30,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
+from heartlora.fused_qkv import fused_qkv_lora
 
 QKV_SLOT = {"q": 0, "k": 1, "v": 2}
 
@@ -73,86 +70,6 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
             return torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
         return x.dtype
     return torch.get_autocast_dtype(device) if enabled else x.dtype
-
-
-class _FusedQKVLoRA(torch.autograd.Function):
-    """out = x·W^T + b, plus s·(x·A_p^T)·B_p^T added into the columns of each projection p.
-
-    Inputs: x (M, d), weight (3·D, d), bias (3·D,) or None, lora_A (n_A·r, d) holding one A per
-    projection (n_A = P) or one shared A (n_A = 1), lora_B (P, n·head_dim, r) for the n active
-    heads, rows (n·head_dim,) the rows they write within a projection's D = H·head_dim (None when
-    every head is active), slots (P,) the positions of the projections among q, k, v, a_index (P,)
-    which A each projection reads, and the scale s. Output (M, 3·D).
-
-    Backward reads the output gradient in place (no copy) and recomputes z = x·A^T instead of
-    keeping it, so the adapter keeps no activation beyond the input the base linear keeps too.
-    Each gradient is computed from the projection's own columns of the output gradient: no
-    product over rows or columns that only zeros would fill.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, rows, slots, a_index, scale):
-        out = F.linear(x, weight, bias)
-        z = F.linear(x, lora_A)
-        blocks = _pad_rows(lora_B, rows, weight.shape[0] // 3)
-        rank = lora_B.shape[2]
-        width = blocks.shape[1]
-        for index, (slot, a) in enumerate(zip(slots, a_index)):
-            out[:, slot * width : (slot + 1) * width].addmm_(
-                z[:, a * rank : (a + 1) * rank], blocks[index].t(), alpha=scale
-            )
-        ctx.save_for_backward(x, weight, lora_A, lora_B, rows)
-        ctx.slots, ctx.a_index, ctx.scale = slots, a_index, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, lora_A, lora_B, rows = ctx.saved_tensors
-        slots, a_index, scale = ctx.slots, ctx.a_index, ctx.scale
-        need_x, need_weight, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
-        rank = lora_B.shape[2]
-        width = weight.shape[0] // 3
-        grad_x = grad_weight = grad_bias = grad_a = grad_b = None
-        if need_weight:
-            grad_weight = grad.t().mm(x)
-        if need_bias:
-            grad_bias = grad.sum(0)
-        if need_x or need_a:
-            # ∂z_a = Σ_p s·∂out_p·B_p over the projections p that read A_a
-            blocks = _pad_rows(lora_B, rows, width)
-            grad_z = grad.new_zeros(grad.shape[0], lora_A.shape[0])
-            for index, (slot, a) in enumerate(zip(slots, a_index)):
-                grad_z[:, a * rank : (a + 1) * rank].addmm_(
-                    grad[:, slot * width : (slot + 1) * width], blocks[index], alpha=scale
-                )
-            if need_x:
-                grad_x = grad.mm(weight).addmm_(grad_z, lora_A)
-            if need_a:
-                grad_a = grad_z.t().mm(x)
-        elif need_x:
-            grad_x = grad.mm(weight)
-        if need_b:
-            z = F.linear(x, lora_A)
-            grad_b = torch.stack(
-                [
-                    grad[:, slot * width : (slot + 1) * width]
-                    .t()
-                    .mm(z[:, a * rank : (a + 1) * rank])
-                    for slot, a in zip(slots, a_index)
-                ]
-            )
-            if rows is not None:
-                grad_b = grad_b.index_select(1, rows)
-            if scale != 1.0:
-                grad_b.mul_(scale)
-        return grad_x, grad_weight, grad_bias, grad_a, grad_b, None, None, None, None
-
-
-def _pad_rows(blocks: torch.Tensor, rows: torch.Tensor | None, width: int) -> torch.Tensor:
-    """(P, n·head_dim, r) blocks of the active heads → (P, width, r), zero rows elsewhere."""
-    if rows is None:
-        return blocks
-    return blocks.new_zeros(blocks.shape[0], width, blocks.shape[2]).index_copy_(1, rows, blocks)
 
 
 class HeadLoRAAdapter(nn.Module):
@@ -406,19 +323,37 @@ class HeadLoRAQKV(HeadLoRAAdapter):
             slot = QKV_SLOT[projection]
             self.lora_B[index].copy_(lora_b[slot * width : (slot + 1) * width])
 
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The definition of the adapter's output, for each targeted projection p:
+
+            out = x·W^T + b,    out_p[rows of head h] += s · (x·A_p^T)·B_p,h^T   (h active)
+
+        the base qkv plus `lora_update` added into the active heads' rows; a deactivated head's
+        rows are the base's. `forward` computes the same with the fused kernel.
+
+        Args:
+            x: (..., d).
+
+        Returns:
+            (..., 3·H·head_dim), in x's dtype.
+        """
+        return self.base(x).index_add(-1, self._rows, self.lora_update(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`reference_forward`, fused (`heartlora.fused_qkv.fused_qkv_lora`), in autocast's dtype
+        when autocast is on."""
         dtype = _compute_dtype(x)
         bias = self.base.bias
-        out = _FusedQKVLoRA.apply(
+        out = fused_qkv_lora(
             x.reshape(-1, x.shape[-1]).to(dtype),
             self.base.weight.to(dtype),
             None if bias is None else bias.to(dtype),
             self.lora_A.to(dtype),
             self.lora_B.to(dtype),
-            None if self._active_count == self.num_heads else self._slot_rows,
-            self._slots,
-            self._a_index,
-            self.scale,
+            rows=None if self._active_count == self.num_heads else self._slot_rows,
+            slots=self._slots,
+            a_index=self._a_index,
+            scale=self.scale,
         )
         return out.view(*x.shape[:-1], out.shape[-1])
 

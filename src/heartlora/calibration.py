@@ -15,14 +15,15 @@ for an exact resume. A training loop only asks and calls; it decides nothing abo
         calibration.after_backward()
         optimizer.step(); optimizer.zero_grad()
 
-A new scorer needs its name in `heartlora.config.SCORERS` and its branch in `responsiveness`;
-one that accumulates over steps also its hook in `after_backward`. The loop stays as it is.
+A new scorer needs its name in `heartlora.config.SCORERS` and its entry in
+`heartlora.responsiveness.SCORER_REGISTRY`; one that accumulates over steps also its hook in
+`after_backward`. The loop stays as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,44 +32,86 @@ from torch import nn
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import head_masks, heads_per_layer, set_head_masks
-from heartlora.responsiveness import responsiveness
+from heartlora.responsiveness import SCORER_REGISTRY, responsiveness
 from heartlora.selection import check_selection, deactivate_heads
 from heartlora.sensitivity import HeadSensitivity
 
 CALIB_WARMUP_DEFAULT = 20
-"""Warm-up steps of a run whose warm-up is fitted to its length (`fitted_warmup_steps`)."""
+"""Warm-up steps of a run whose ``calib_warmup_steps`` is null, when the run is long enough
+(`calib_warmup_for`)."""
 
 CALIB_WARMUP_SHARE = 8
-"""A fitted warm-up takes at most 1/8 of a run's optimizer steps."""
+"""A warm-up fitted to its run takes at most 1/8 of the run's optimizer steps."""
 
 
-def fitted_warmup_steps(total_steps: int) -> int:
-    """The warm-up of a run of ``total_steps`` steps when none is set by hand:
-    `CALIB_WARMUP_DEFAULT` steps, at most 1/`CALIB_WARMUP_SHARE` of the run, at least 1 (0 for
-    a one-step run), so that short runs still train the selected heads."""
-    share = max(1, total_steps // CALIB_WARMUP_SHARE)
-    return max(0, min(CALIB_WARMUP_DEFAULT, share, total_steps - 1))
+class CalibWarmupError(HeartLoRAError):
+    """A scoring warm-up that does not fit its run (`calib_warmup_for`): too long to leave a
+    step to train the selected heads, or too short for the scorer to score after."""
 
 
-class WarmupTooLong(HeartLoRAError):
-    """A scoring warm-up set by hand leaves the run no step to train the selected heads."""
+def calib_warmup_for(
+    calib_warmup_steps: int | None,
+    total_steps: int,
+    scorer: str | None = None,
+    run: str | None = None,
+) -> int:
+    """The scoring warm-up rule: the optimizer steps of plain LoRA before the heads are scored,
+    in a run of ``total_steps`` optimizer steps.
 
+    * ``calib_warmup_steps`` set: that many, which must leave a step to train the selected
+      heads (fewer than ``total_steps``);
+    * null: fitted to the run's length: `CALIB_WARMUP_DEFAULT` steps, at most
+      1/`CALIB_WARMUP_SHARE` of the run, at least 1 (0 for a one-step run), so that short runs
+      still train the selected heads;
+    * with ``scorer``: at least the warm-up that scorer needs to score after
+      (`heartlora.responsiveness.Scorer.min_calib_warmup_steps`).
 
-def calib_warmup_for(calib_warmup_steps: int | None, total_steps: int) -> int:
-    """The warm-up of a run of ``total_steps`` optimizer steps: ``calib_warmup_steps`` when set,
-    which must then leave a step to train the selected heads; None: `fitted_warmup_steps`.
+    Args:
+        calib_warmup_steps: the config's value, or None (null).
+        total_steps: the run's optimizer steps.
+        scorer: check the warm-up against this scorer's need; None: no check.
+        run: what the run's length is made of, for the error message (default: "the run's N
+            steps").
 
     Raises:
-        WarmupTooLong: a set value that is not smaller than ``total_steps``.
+        CalibWarmupError: a warm-up that does not fit; the message says what to change.
     """
     if calib_warmup_steps is None:
-        return fitted_warmup_steps(total_steps)
-    if calib_warmup_steps >= total_steps:
-        raise WarmupTooLong(
+        warmup = _fitted_calib_warmup(total_steps)
+    elif calib_warmup_steps >= total_steps:
+        raise CalibWarmupError(
             f"calib_warmup_steps={calib_warmup_steps} must be smaller than the run's "
             f"{total_steps} steps (null adapts it to the run's length)"
+            + (f"; {run}" if run else "")
         )
-    return calib_warmup_steps
+    else:
+        warmup = calib_warmup_steps
+    needed = SCORER_REGISTRY[scorer].min_calib_warmup_steps if scorer is not None else 0
+    if warmup < needed:
+        if calib_warmup_steps is None:
+            shortest = next(t for t in range(1, 1000) if _fitted_calib_warmup(t) >= needed)
+            what = f"the warm-up fitted to this run has {warmup}"
+            remedy = f"a run of at least {shortest} steps (more epochs or a smaller batch_size)"
+        else:
+            what = f"calib_warmup_steps is {warmup}"
+            remedy = f"calib_warmup_steps of at least {needed}" + (
+                ", or null" if _fitted_calib_warmup(total_steps) >= needed else ""
+            )
+        others = ", ".join(
+            name for name, spec in SCORER_REGISTRY.items() if not spec.min_calib_warmup_steps
+        )
+        length = run or f"the run's {total_steps} steps"
+        raise CalibWarmupError(
+            f"scorer {scorer!r} needs {needed} warm-up step(s) before heads are scored, but "
+            f"{what} ({length}); expected {remedy}, or a scorer that needs no warm-up: {others}"
+        )
+    return warmup
+
+
+def _fitted_calib_warmup(total_steps: int) -> int:
+    """`calib_warmup_for` of a null ``calib_warmup_steps``."""
+    share = max(1, total_steps // CALIB_WARMUP_SHARE)
+    return max(0, min(CALIB_WARMUP_DEFAULT, share, total_steps - 1))
 
 
 @dataclass(frozen=True)
@@ -95,14 +138,16 @@ class Calibration:
         model: a model with heartlora adapters (`heartlora.inject.inject`).
         total_steps: the run's optimizer steps.
         config: the adapters' settings (``scorer``, ``calib_batches``, ``calib_warmup_steps``,
-            ``ne``, ``mode``, ...); default: the model's injected config.
+            ``ne``, ``mode``, ...); default: the model's injected config. It is not changed:
+            ``self.config`` is a copy with the warm-up this run takes.
         fit_warmup: ignore ``config.calib_warmup_steps`` and fit the warm-up to the run's
-            length (`fitted_warmup_steps`); the model's config then records the fitted value,
-            so the adapter file says what the run used.
+            length (`calib_warmup_for` of null). When ``config`` is the model's own, the model's
+            config is replaced by ``self.config``, so the adapter file says what the run used.
         seed: seeds the ``random`` control.
 
     Raises:
-        HeartLoRAError: a model without adapters, or a warm-up that leaves no step to train.
+        HeartLoRAError: a model without adapters, or a warm-up that leaves no step to train
+            (`CalibWarmupError`).
     """
 
     def __init__(
@@ -113,19 +158,21 @@ class Calibration:
         fit_warmup: bool = False,
         seed: int = 0,
     ) -> None:
-        config = config or getattr(model, "heartlora_config", None)
-        if config is None:
+        injected = getattr(model, "heartlora_config", None)
+        given = config or injected
+        if given is None:
             raise HeartLoRAError("model has no heartlora adapters; call inject() first")
         self.model = model
-        self.config = config
         self.seed = seed
         self.calib_warmup_steps = calib_warmup_for(
-            None if fit_warmup else config.calib_warmup_steps, total_steps
+            None if fit_warmup else given.calib_warmup_steps, total_steps
         )
-        config.calib_warmup_steps = self.calib_warmup_steps
-        check_selection(model, config)  # ne, mode, percent: refused now, not after the warm-up
+        self.config = replace(given, calib_warmup_steps=self.calib_warmup_steps)
+        if given is injected:
+            model.heartlora_config = self.config
+        check_selection(model, self.config)  # ne, mode, percent: refused now, not after warm-up
         # the `sensitivity` scorer accumulates over every warm-up step
-        self.sensitivity = HeadSensitivity(model) if config.scorer == "sensitivity" else None
+        self.sensitivity = HeadSensitivity(model) if given.scorer == "sensitivity" else None
         self.done = False
 
     def due(self, step: int) -> bool:

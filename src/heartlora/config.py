@@ -31,18 +31,6 @@ SCORERS: tuple[str, ...] = (
 """Responsiveness scorers (`heartlora.responsiveness`, docs/frontier.md); ``inverse`` is the
 deprecated spelling of ``taylor`` with ``invert_scores`` (`resolve_inverse`)."""
 
-WARMUP_NEEDED: dict[str, int] = {
-    "taylor": 1,
-    "output-norm": 1,
-    "update-norm": 1,
-    "inverse": 1,
-    "sensitivity": 2,
-}
-"""The warm-up steps a scorer needs before it can score (the others read untrained adapters or
-the pretrained heads): those that read trained B blocks need one step; ``sensitivity``
-accumulates |B ⊙ ∂L/∂B| after each warm-up backward, which the first step's (B = 0) leaves
-zero, so it needs two."""
-
 INVERSE_SCORER = "inverse"
 """The deprecated scorer name of the inverse control of `INVERSE_OF`."""
 

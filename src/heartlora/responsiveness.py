@@ -32,14 +32,18 @@ Two controls (docs/frontier.md, "The controls"), so that a scorer can be shown t
   deactivates the *most* responsive heads instead of the least. It needs what ``taylor`` needs.
   To invert another scorer, negate its scores before `deactivate_heads`.
 
-For the ``proj`` target a head's block is the columns of A that read it, and they enter the
-sums in the same way. Scoring runs in eval mode, leaves no gradients behind and never steps
+Each scorer is one entry of `SCORER_REGISTRY`: its function and what it needs (adapters, a
+loss, batches, the warm-up steps before it can score); `responsiveness` reads the entry, and so
+do the warm-up rule (`heartlora.calibration`) and the ``heads`` command. For the ``proj``
+target a head's block is the columns of A that read it, and they enter the sums in the same
+way. Scoring runs in eval mode, leaves no gradients behind and never steps
 an optimizer; run it on training data only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from itertools import islice
 
 import torch
@@ -189,7 +193,89 @@ class _ScoringBatches:
             yield batch
 
 
-_PRETRAINED_HEAD_SCORERS = {"head-gate": head_gate_scores, "weight-taylor": weight_taylor_scores}
+@dataclass(frozen=True)
+class ScoringInputs:
+    """What a scorer may read: the model, its attention layers, the training batches (each
+    checked to hold images), the loss and the seed of the ``random`` control."""
+
+    model: nn.Module
+    layers: list[AttentionLayer]
+    batches: Iterable
+    loss_fn: LossFn | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One head scorer: what it needs, and how it scores (`SCORER_REGISTRY`).
+
+    Attributes:
+        score: ``score(inputs) -> rows``, one float64 (heads,) row per layer, higher for a more
+            responsive head; None for a control that ``negates`` another scorer.
+        needs_adapters: it reads heartlora adapters (`heartlora.inject.inject` first).
+        needs_loss: it takes ``loss_fn(logits, labels)``.
+        reads_batches: it reads the batches (in eval mode; those that read none score without
+            them, and so cannot be refused for being given none).
+        min_calib_warmup_steps: the warm-up steps it needs before it can score: 1 for
+            those that read trained B blocks; 2 for ``sensitivity``, which accumulates
+            |B ⊙ ∂L/∂B| after each warm-up backward, which the first step's (B = 0) leaves zero.
+        negates: the scorer whose scores this control negates, or None.
+    """
+
+    score: Callable[[ScoringInputs], list[torch.Tensor]] | None
+    needs_adapters: bool = True
+    needs_loss: bool = False
+    reads_batches: bool = True
+    min_calib_warmup_steps: int = 0
+    negates: str | None = None
+
+    @property
+    def needs_trained_adapters(self) -> bool:
+        """True when it reads trained adapters (its `min_calib_warmup_steps` are not 0): on untrained
+        ones it refuses to score or scores every head 0."""
+        return self.min_calib_warmup_steps > 0
+
+
+SCORER_REGISTRY: dict[str, Scorer] = {
+    "taylor": Scorer(
+        lambda i: _gradient_scores(i.model, i.layers, i.batches, i.loss_fn, "taylor"),
+        needs_loss=True,
+        min_calib_warmup_steps=1,
+    ),
+    "grad-norm": Scorer(
+        lambda i: _gradient_scores(i.model, i.layers, i.batches, i.loss_fn, "grad-norm"),
+        needs_loss=True,
+    ),
+    "output-norm": Scorer(
+        lambda i: _output_norm_scores(i.model, i.layers, i.batches), min_calib_warmup_steps=1
+    ),
+    "redundancy": Scorer(lambda i: _redundancy_scores(i.model, i.batches), needs_adapters=False),
+    "sensitivity": Scorer(
+        lambda i: _sensitivity_scores(i.model, i.batches, i.loss_fn),
+        needs_loss=True,
+        min_calib_warmup_steps=2,
+    ),
+    "update-norm": Scorer(
+        lambda i: _update_norm_scores(i.layers), reads_batches=False, min_calib_warmup_steps=1
+    ),
+    "head-gate": Scorer(
+        lambda i: head_gate_scores(i.model, i.layers, i.batches, i.loss_fn),
+        needs_adapters=False,
+        needs_loss=True,
+    ),
+    "weight-taylor": Scorer(
+        lambda i: weight_taylor_scores(i.model, i.layers, i.batches, i.loss_fn),
+        needs_adapters=False,
+        needs_loss=True,
+    ),
+    "random": Scorer(
+        lambda i: _random_scores(i.layers, i.seed), needs_adapters=False, reads_batches=False
+    ),
+    INVERSE_SCORER: Scorer(None, needs_loss=True, min_calib_warmup_steps=1, negates=INVERSE_OF),
+}
+"""Every scorer by name, in the order of `heartlora.config.SCORERS` (which config validation
+reads): what each needs and how it scores. `responsiveness`, `heartlora.calibration` (the
+warm-up each needs) and the ``heads`` command read it."""
 
 
 def responsiveness(
@@ -209,7 +295,8 @@ def responsiveness(
         scorer: default: the model's `HeartLoRAConfig.scorer` (``taylor`` for a model without
             adapters); else one of ``taylor``, ``grad-norm``, ``output-norm``, ``redundancy``,
             ``sensitivity``, ``update-norm``, ``head-gate``, ``weight-taylor``, or a control:
-            ``random``, ``inverse`` (the negated ``taylor`` scores).
+            ``random``, ``inverse`` (the negated ``taylor`` scores); `SCORER_REGISTRY` says
+            what each needs.
         max_batches: score on at most this many batches.
         seed: seeds the ``random`` control (other scorers ignore it); pass the run's seed.
 
@@ -227,39 +314,23 @@ def responsiveness(
         scorer = config.scorer if config is not None else "taylor"
     if scorer not in SCORERS:
         raise HeartLoRAError(f"unknown scorer {scorer!r}: expected one of {', '.join(SCORERS)}")
+    spec = SCORER_REGISTRY[scorer]
+    if spec.negates is not None:
+        return -responsiveness(model, batches, loss_fn, spec.negates, max_batches)
     layers = find_attention_layers(model)
-    if scorer == "random":
-        return pad_rows(_random_scores(layers, seed)).float()
-    if scorer == "update-norm":
+    if spec.needs_adapters:
         _require_adapters(layers, scorer)
-        return pad_rows(_update_norm_scores(layers)).float()
-    if scorer == INVERSE_SCORER:  # the older spelling of taylor with invert_scores
-        return -responsiveness(model, batches, loss_fn, INVERSE_OF, max_batches)
+    if spec.needs_loss and loss_fn is None:
+        raise HeartLoRAError(f"scorer {scorer!r} needs a loss_fn(logits, labels)")
+    if not spec.reads_batches:
+        return pad_rows(spec.score(ScoringInputs(model, layers, (), loss_fn, seed))).float()
     if max_batches is not None:
         batches = islice(batches, max_batches)
     batches = _ScoringBatches(batches)
     was_training = model.training
     model.eval()
     try:
-        if scorer == "redundancy":
-            rows = _redundancy_scores(model, batches)
-        elif scorer in _PRETRAINED_HEAD_SCORERS:
-            if loss_fn is None:
-                raise HeartLoRAError(f"scorer {scorer!r} needs a loss_fn(logits, labels)")
-            rows = _PRETRAINED_HEAD_SCORERS[scorer](model, layers, batches, loss_fn)
-        elif scorer == "sensitivity":
-            _require_adapters(layers, scorer)
-            if loss_fn is None:
-                raise HeartLoRAError(f"scorer {scorer!r} needs a loss_fn(logits, labels)")
-            rows = _sensitivity_scores(model, batches, loss_fn)
-        elif scorer == "output-norm":
-            _require_adapters(layers, scorer)
-            rows = _output_norm_scores(model, layers, batches)
-        else:
-            _require_adapters(layers, scorer)
-            if loss_fn is None:
-                raise HeartLoRAError(f"scorer {scorer!r} needs a loss_fn(logits, labels)")
-            rows = _gradient_scores(model, layers, batches, loss_fn, scorer)
+        rows = spec.score(ScoringInputs(model, layers, batches, loss_fn, seed))
     finally:
         model.train(was_training)
     if batches.seen == 0:

@@ -35,13 +35,13 @@ from heartlora.commands.arguments import (
     output_dir,
     positive_int,
 )
-from heartlora.config import MODES, SCORERS, HeartLoRAConfig
+from heartlora.config import MODES, HeartLoRAConfig
 from heartlora.data.base import DATASET_KINDS
 from heartlora.data.factory import build_dataset
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import inject
 from heartlora.packaged_weights import packaged_weights
-from heartlora.responsiveness import responsiveness
+from heartlora.responsiveness import SCORER_REGISTRY, responsiveness
 from heartlora.selection import select_heads
 from heartlora.tools.analysis import (
     HeadReport,
@@ -85,8 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scorer",
         default=None,
-        help=f"re-score heads with one of {', '.join(SCORERS)} (default: the adapter's stored "
-        "scores; redundancy for a base model)",
+        help=f"re-score heads with one of {', '.join(SCORER_REGISTRY)} (default: the adapter's "
+        "stored scores; redundancy for a base model)",
     )
     parser.add_argument(
         "--batches", type=positive_int, default=1, help="training batches to look at"
@@ -104,9 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.scorer is not None and args.scorer not in SCORERS:
+    if args.scorer is not None and args.scorer not in SCORER_REGISTRY:
         raise HeartLoRAError(
-            f"unknown scorer {args.scorer!r}: expected one of {', '.join(SCORERS)}"
+            f"unknown scorer {args.scorer!r}: expected one of {', '.join(SCORER_REGISTRY)}"
         )
     if args.dataset_kind is not None and args.dataset_kind not in DATASET_KINDS:
         raise HeartLoRAError(
@@ -203,9 +203,11 @@ def _image_size(model: torch.nn.Module) -> int | None:
 
 
 def _base_model_report(args: argparse.Namespace) -> HeadReport:
-    """Score a base model's heads on a fresh adapter (grad-norm) or by redundancy."""
+    """Score a base model's heads: on a fresh adapter for a scorer that reads adapters
+    (grad-norm), else on the base model itself (redundancy, head-gate, ...)."""
     scorer = args.scorer or "redundancy"
-    if scorer in ("taylor", "output-norm"):
+    scoring = SCORER_REGISTRY[scorer]
+    if scoring.needs_trained_adapters:
         raise HeartLoRAError(
             f"scorer {scorer!r} needs a trained adapter; without --adapter use grad-norm or redundancy"
         )
@@ -217,10 +219,9 @@ def _base_model_report(args: argparse.Namespace) -> HeadReport:
     packaged = packaged_weights(args.model) if not args.checkpoint else None
     spec = _dataset_spec(args, RunInfo(normalize=packaged.normalize if packaged else None))
     num_classes, batches = _batches(spec, img_size, args)
-    if scorer in ("grad-norm", "head-gate", "weight-taylor"):
-        if hasattr(model, "reset_classifier"):
-            model.reset_classifier(num_classes)
-    if scorer == "grad-norm":
+    if scoring.needs_loss and hasattr(model, "reset_classifier"):  # the task's labels
+        model.reset_classifier(num_classes)
+    if scoring.needs_adapters:
         inject(model, HeartLoRAConfig(rank=args.rank))
     scores = responsiveness(model, batches, cross_entropy, scorer=scorer)
     heads = [int((~torch.isnan(row)).sum()) for row in scores]

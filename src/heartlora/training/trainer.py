@@ -31,10 +31,8 @@ from heartlora.calibration import (
     CALIB_WARMUP_DEFAULT,
     CALIB_WARMUP_SHARE,
     Calibration,
-    WarmupTooLong,
-    fitted_warmup_steps,
+    calib_warmup_for,
 )
-from heartlora.config import SCORERS, WARMUP_NEEDED
 from heartlora.data.factory import build_dataset
 from heartlora.devices import resolve_device
 from heartlora.errors import HeartLoRAError
@@ -262,42 +260,22 @@ class Trainer:
         return train, evaluation
 
     def _calibration(self) -> Calibration:
-        """The run's `Calibration`; a warm-up the run is too short for says where the run's
-        length comes from (a batch larger than the data makes a one-step epoch)."""
+        """The run's `Calibration`, once the warm-up rule (`calib_warmup_for`) accepts the
+        run's warm-up for its scorer; its error says where the run's length comes from (a batch
+        larger than the data makes a one-step epoch)."""
         config = self.config
         length = (
             f"the run's {self.total_steps} steps are {config.epochs} epoch(s) × "
             f"{self.steps_per_epoch} batch(es) of batch_size {config.batch_size} from "
             f"{len(self.train_set)} training images"
         )
-        try:
-            calibration = Calibration(
-                self.model,
-                self.total_steps,
-                fit_warmup=config.calib_warmup_steps is None,
-                seed=config.seed,
-            )
-        except WarmupTooLong as error:
-            raise HeartLoRAError(f"{error}; {length}") from None
-        needed = WARMUP_NEEDED.get(config.scorer, 0)
-        warmup = calibration.calib_warmup_steps
-        if warmup < needed:
-            if config.calib_warmup_steps is None:
-                shortest = next(t for t in range(1, 1000) if fitted_warmup_steps(t) >= needed)
-                what = f"the warm-up fitted to this run has {warmup}"
-                remedy = f"a run of at least {shortest} steps (more epochs or a smaller batch_size)"
-            else:
-                what = f"calib_warmup_steps is {warmup}"
-                remedy = f"calib_warmup_steps of at least {needed}" + (
-                    ", or null" if fitted_warmup_steps(self.total_steps) >= needed else ""
-                )
-            others = ", ".join(s for s in SCORERS if s not in WARMUP_NEEDED)
-            raise HeartLoRAError(
-                f"scorer {config.scorer!r} needs {needed} warm-up step(s) before heads are "
-                f"scored, but {what} ({length}); expected {remedy}, or a scorer that needs no "
-                f"warm-up: {others}"
-            )
-        return calibration
+        calib_warmup_for(config.calib_warmup_steps, self.total_steps, config.scorer, length)
+        return Calibration(
+            self.model,
+            self.total_steps,
+            fit_warmup=config.calib_warmup_steps is None,
+            seed=config.seed,
+        )
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
