@@ -490,7 +490,7 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
             "HF_HUB_OFFLINE is set; download them once with network access, or set `checkpoint` "
             "to a local weights file (`pretrained: false` starts from random weights)"
         )
-    _check_weights_fit(name, where, _meta_architecture(name, kwargs))
+    changed = _changed_weight_names(name, _meta_architecture(name, kwargs))
     overlay = None
     if cached is not None:
         custom_load = bool(cfg.custom_load) and cached.suffix == ".npz"
@@ -504,6 +504,13 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
             f"{name}: cannot load timm's pretrained weights from {where} "
             f"({type(error).__name__}{': ' + reason if reason else ''})"
         ) from None
+    if changed is not None and not _file_fits(cached or _cached_weights(cfg)[1], model):
+        what, first, missing, unexpected = changed
+        raise HeartLoRAError(
+            f"{name}: timm's pretrained weights from {where} {what} (first: {first}; "
+            f"{missing} missing, {unexpected} unexpected): model_kwargs must not change "
+            "the architecture the weights were trained for"
+        )
     return model
 
 
@@ -556,27 +563,34 @@ def _cached_weights(cfg) -> tuple[str, Path | None]:
     return cfg.url, path if path.is_file() else None
 
 
-def _check_weights_fit(name: str, where: str, model: nn.Module) -> None:
-    """Refuse a ``model`` (built on the meta device) whose weights, the classifier aside, are
-    not those of the architecture ``name``'s pretrained weights were made for (``name`` with
-    timm's defaults): timm loads non-strictly whenever the class count differs (every
-    fine-tuning run), so a ``depth`` or ``qkv_bias`` in ``model_kwargs`` would leave weights
-    random, or drop some, silently. Checked before anything is read or downloaded.
+def _changed_weight_names(name: str, model: nn.Module) -> tuple[str, str, int, int] | None:
+    """How the weights of ``model`` (built on the meta device) differ, the classifier aside,
+    from those of ``name`` with timm's defaults — the architecture timm's pretrained weights
+    are made for — as ``(what the weights do, first key, missing, unexpected)``; ``None`` when
+    they do not. timm loads non-strictly whenever the class count differs (every fine-tuning
+    run), so a ``depth`` or ``qkv_bias`` in ``model_kwargs`` would leave weights random, or
+    drop some, silently.
     """
     own, trained = _weight_names(model), _weight_names(_meta_architecture(name, {}))
     missing = [key for key in own if key not in trained]
     unexpected = [key for key in trained if key not in own]
-    if missing or unexpected:
-        what, first = (
-            ("lack weights the model has", missing[0])
-            if missing
-            else ("hold weights the model lacks", unexpected[0])
-        )
-        raise HeartLoRAError(
-            f"{name}: timm's pretrained weights from {where} {what} (first: {first}; "
-            f"{len(missing)} missing, {len(unexpected)} unexpected): model_kwargs must not change "
-            "the architecture the weights were trained for"
-        )
+    if missing:
+        return "lack weights the model has", missing[0], len(missing), len(unexpected)
+    if unexpected:
+        return "hold weights the model lacks", unexpected[0], len(missing), len(unexpected)
+    return None
+
+
+def _file_fits(path: Path | None, model: nn.Module) -> bool:
+    """Whether the weights file at ``path`` holds, the classifier aside, exactly the model's
+    weight names: weights saved from the changed architecture itself, not timm's release."""
+    if path is None:
+        return False
+    try:
+        names = set(timm.models.load_state_dict(str(path)))
+    except Exception:  # an .npz release, or a file timm's reader does not take
+        return False
+    return names - set(classifier_state(model)) == set(_weight_names(model))
 
 
 def _weight_names(model: nn.Module) -> list[str]:
