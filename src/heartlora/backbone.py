@@ -23,17 +23,14 @@ benchmark and adapter files alike:
 from __future__ import annotations
 
 import difflib
-import logging
 import os
-import re
-import socket
 import sys
-import threading
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+import huggingface_hub
 import timm
 import torch
 from torch import nn
@@ -247,12 +244,19 @@ def create_architecture(name: str, **kwargs: Any) -> nn.Module:
 def check_architecture(name: str, **kwargs: Any) -> None:
     """Build ``name`` with ``kwargs`` on the meta device (no memory, no weights) and raise
     `HeartLoRAError` when timm refuses them or the input is smaller than one patch: how a
-    failed pretrained load tells an architecture mistake from a weights problem.
+    pretrained load tells an architecture mistake from a weights problem before it reads any
+    weights.
 
     Raises:
         HeartLoRAError: an unknown model name, an argument the architecture does not take or
             refuses (its message), or an ``img_size`` below the patch size.
     """
+    _meta_architecture(name, kwargs)
+
+
+def _meta_architecture(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """`check_architecture`'s model: built on the meta device, or on the CPU for a family that
+    cannot build there."""
     architecture = known_architecture(name)
     try:
         try:
@@ -263,6 +267,7 @@ def check_architecture(name: str, **kwargs: Any) -> None:
     except Exception as error:
         raise _architecture_error(name, kwargs, error) from None
     _check_one_patch_fits(model, name, kwargs)
+    return model
 
 
 def known_architecture(name: str) -> str:
@@ -306,9 +311,6 @@ RANDOM_WEIGHTS = "random"
 
 PRETRAINED_PREFIX = "pretrained:"
 """`weights_label` of timm's pretrained weights: this prefix, then the pretrained tag."""
-
-_PROBE_SECONDS = 3.0
-"""How long the reachability probe of a weights host may take before it counts as offline."""
 
 
 def has_pretrained_tag(name: str) -> bool:
@@ -450,21 +452,22 @@ def create_fine_tuning_model(
 
 
 def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, pretrained=True, **kwargs)``, but never a long offline hang.
+    """``timm.create_model(name, pretrained=True, **kwargs)``, but never a long offline wait.
 
-    The weights file timm would load is looked up first where timm keeps it — the Hugging Face
-    hub cache (``HF_HUB_CACHE``, through huggingface_hub's ``try_to_load_from_cache``), the
-    torch hub cache for a URL, or a file the registry names — and when found it is loaded by
-    timm's own file path (``pretrained_cfg_overlay=dict(file=...)``: the family's
-    ``checkpoint_filter_fn``, position-embedding resampling and classifier reset as usual).
-    When nothing is cached, timm's hub code downloads it, unless the hub is offline
-    (``HF_HUB_OFFLINE``) or its host does not answer within a few seconds: that is an error.
-    A packaged-weights name loads the weights its package ships
-    (`heartlora.packaged_weights`), position embeddings resampled as its source does.
+    The weights file is looked up first where timm's download puts it — the Hugging Face hub
+    cache (huggingface_hub's ``try_to_load_from_cache``), the torch hub cache for a URL, or a
+    file the registry names — and when found it is loaded by timm's own file path
+    (``pretrained_cfg_overlay=dict(file=...)``: the family's ``checkpoint_filter_fn``,
+    position-embedding resampling and classifier reset as usual), without touching the network.
+    When nothing is cached and the hub is offline (``HF_HUB_OFFLINE=1``, huggingface_hub's
+    ``is_offline_mode()``) that is an error at once; otherwise timm's hub code downloads the
+    file, and its failure is one line. A packaged-weights name loads the weights its package
+    ships (`heartlora.packaged_weights`), position embeddings resampled as its source does.
 
     Raises:
-        HeartLoRAError: an unknown model or tag, weights neither cached nor reachable, or
-            weights timm cannot load into the model.
+        HeartLoRAError: an unknown model or tag, weights neither cached nor downloadable,
+            ``kwargs`` that change the architecture the weights were made for, or weights
+            timm cannot load into the model.
     """
     packaged = packaged_weights(name)
     if packaged is not None:
@@ -481,20 +484,34 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
             "or `pretrained: false` for a random initialisation"
         )
     where, cached = _cached_weights(cfg)
-    if cached is not None:
-        overlay = {
-            "file": str(cached),
-            "custom_load": bool(cfg.custom_load) and cached.suffix == ".npz",
-        }
-        return _timm_pretrained(name, where, pretrained_cfg_overlay=overlay, **kwargs)
-    reason = _offline_reason(where)
-    if reason is not None:
+    if cached is None and huggingface_hub.is_offline_mode():
         raise HeartLoRAError(
-            f"{name}: timm's pretrained weights ({where}) are not in the local cache and {reason}; "
-            "download them once with network access, or set `checkpoint` to a local weights file "
-            "(`pretrained: false` starts from random weights)"
+            f"{name}: timm's pretrained weights ({where}) are not in the local cache and "
+            "HF_HUB_OFFLINE is set; download them once with network access, or set `checkpoint` "
+            "to a local weights file (`pretrained: false` starts from random weights)"
         )
-    return _timm_pretrained(name, where, **kwargs)
+    changed = _changed_weight_names(name, _meta_architecture(name, kwargs))
+    overlay = None
+    if cached is not None:
+        custom_load = bool(cfg.custom_load) and cached.suffix == ".npz"
+        overlay = {"file": str(cached), "custom_load": custom_load}
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except Exception as error:  # timm, huggingface_hub, torch and safetensors raise their own
+        # torch's load_state_dict puts the first mismatch on the line after its header
+        reason = " ".join(line.strip() for line in str(error).splitlines()[:2] if line.strip())
+        raise HeartLoRAError(
+            f"{name}: cannot load timm's pretrained weights from {where} "
+            f"({type(error).__name__}{': ' + reason if reason else ''})"
+        ) from None
+    if changed is not None and not _file_fits(cached or _cached_weights(cfg)[1], model):
+        what, first, missing, unexpected = changed
+        raise HeartLoRAError(
+            f"{name}: timm's pretrained weights from {where} {what} (first: {first}; "
+            f"{missing} missing, {unexpected} unexpected): model_kwargs must not change "
+            "the architecture the weights were trained for"
+        )
+    return model
 
 
 def _pretrained_cfg(name: str):
@@ -505,32 +522,24 @@ def _pretrained_cfg(name: str):
         return None
 
 
-def _hub_cache_dir() -> str:
-    """The Hugging Face hub cache, read from the environment at call time (as a fresh process
-    would), falling back to huggingface_hub's own setting."""
-    from huggingface_hub import constants
-
-    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
-
-
-def _hub_filenames(filename: str | None) -> list[str]:
-    """The files timm's ``load_state_dict_from_hf`` reads for a hub ``filename``, in its order:
-    a safetensors alternative first, then the named (or default ``pytorch_model.bin``) file."""
-    filename = filename or "pytorch_model.bin"
-    if filename.endswith(".safetensors"):
-        return [filename]
-    safe = {
-        "pytorch_model.bin": "model.safetensors",
-        "open_clip_pytorch_model.bin": "open_clip_model.safetensors",
-    }.get(filename)
-    if safe is None and filename.endswith(".bin"):
-        safe = filename[: -len(".bin")] + ".safetensors"
-    return [safe, filename] if safe else [filename]
+_HUB_WEIGHTS_FILES = (
+    huggingface_hub.constants.SAFETENSORS_SINGLE_FILE,
+    huggingface_hub.constants.PYTORCH_WEIGHTS_NAME,
+)
+"""The files a hub repo holds its weights in when its cfg names none, in the order timm's
+download tries them."""
 
 
 def _cached_weights(cfg) -> tuple[str, Path | None]:
-    """``(where, cached file or None)`` for a pretrained cfg, resolving the source as timm's
-    ``_resolve_pretrained_source`` does: a registry ``file``, else the hub id, else the URL."""
+    """``(where, cached file or None)`` for a pretrained cfg: its registry ``file``, else its
+    hub repo, else its URL — the order in which timm's ``load_pretrained`` picks a source.
+
+    A hub repo is looked up in the Hugging Face cache for the file the cfg names
+    (``hf_hub_filename``) or, when it names none (every timm cfg so far), for the hub's two
+    standard weights files, ``model.safetensors`` then ``pytorch_model.bin``: the ones timm's
+    download reads. A URL is looked up where ``torch.hub.load_state_dict_from_url`` keeps it,
+    ``<torch.hub.get_dir()>/checkpoints/<file name>``.
+    """
     if cfg.file:
         path = Path(cfg.file)
         if not path.is_file():
@@ -539,113 +548,52 @@ def _cached_weights(cfg) -> tuple[str, Path | None]:
             )
         return str(path), path
     if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
         repo, _, revision = cfg.hf_hub_id.partition("@")
-        for filename in _hub_filenames(cfg.hf_hub_filename):
-            found = try_to_load_from_cache(
-                repo, filename, cache_dir=_hub_cache_dir(), revision=revision or None
+        filenames = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_WEIGHTS_FILES
+        # HF_HUB_CACHE as set now: huggingface_hub reads it once, when imported
+        cache_dir = os.environ.get("HF_HUB_CACHE") or huggingface_hub.constants.HF_HUB_CACHE
+        for filename in filenames:
+            found = huggingface_hub.try_to_load_from_cache(
+                repo, filename, cache_dir=cache_dir, revision=revision or None
             )
             if isinstance(found, str):
                 return f"hf-hub:{repo}", Path(found)
         return f"hf-hub:{repo}", None
-    filename = os.path.basename(urlparse(cfg.url).path)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    path = Path(torch.hub.get_dir()) / "checkpoints" / PurePosixPath(urlparse(cfg.url).path).name
     return cfg.url, path if path.is_file() else None
 
 
-def _offline_reason(where: str) -> str | None:
-    """Why the weights at ``where`` cannot be downloaded now, or ``None`` when they may be."""
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    from huggingface_hub import constants
-
-    if flag in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # the proxy decides; a direct probe would say nothing
-    url = constants.ENDPOINT if where.startswith("hf-hub:") else where
-    host = urlparse(url).hostname
-    if host and not _reachable(host, 443 if urlparse(url).scheme != "http" else 80):
-        return f"{host} cannot be reached (no network?)"
+def _changed_weight_names(name: str, model: nn.Module) -> tuple[str, str, int, int] | None:
+    """How the weights of ``model`` (built on the meta device) differ, the classifier aside,
+    from those of ``name`` with timm's defaults — the architecture timm's pretrained weights
+    are made for — as ``(what the weights do, first key, missing, unexpected)``; ``None`` when
+    they do not. timm loads non-strictly whenever the class count differs (every fine-tuning
+    run), so a ``depth`` or ``qkv_bias`` in ``model_kwargs`` would leave weights random, or
+    drop some, silently.
+    """
+    own, trained = _weight_names(model), _weight_names(_meta_architecture(name, {}))
+    missing = [key for key in own if key not in trained]
+    unexpected = [key for key in trained if key not in own]
+    if missing:
+        return "lack weights the model has", missing[0], len(missing), len(unexpected)
+    if unexpected:
+        return "hold weights the model lacks", unexpected[0], len(missing), len(unexpected)
     return None
 
 
-def _reachable(host: str, port: int, timeout: float = _PROBE_SECONDS) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds (name lookup
-    included, which has no timeout of its own: it runs in a daemon thread)."""
-    opened: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            opened.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(opened)
-
-
-class _LoadReport(logging.Handler):
-    """Collects the keys timm's ``load_pretrained`` reports as missing or unexpected: it loads
-    with ``strict=False`` whenever the class count differs (every fine-tuning run), so a base
-    that only partly fits would otherwise load with a log line."""
-
-    _PATTERN = re.compile(r"^(Missing|Unexpected) keys \((.*)\) (?:discovered|found) while loading")
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.keys: dict[str, list[str]] = {"Missing": [], "Unexpected": []}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = self._PATTERN.match(record.getMessage())
-        if match:
-            self.keys[match[1]] += [key for key in match[2].split(", ") if key]
-
-
-def _timm_pretrained(name: str, where: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, pretrained=True, ...)`` with its failures as one line, and a
-    base that timm loaded only in part (weights missing besides the classifier, or left over)
-    refused.
-
-    Raises:
-        HeartLoRAError: timm fails, or the weights do not fit the architecture whole.
-    """
-    logger = logging.getLogger("timm.models._builder")
-    report, level = _LoadReport(), logger.level
-    logger.addHandler(report)
-    logger.setLevel(min(level or logging.WARNING, logging.INFO))
+def _file_fits(path: Path | None, model: nn.Module) -> bool:
+    """Whether the weights file at ``path`` holds, the classifier aside, exactly the model's
+    weight names: weights saved from the changed architecture itself, not timm's release."""
+    if path is None:
+        return False
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as error:  # timm, huggingface_hub, torch and safetensors raise their own
-        # an architecture mistake is not a weights problem
-        check_architecture(
-            name, **{k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
-        )
-        # torch's load_state_dict puts the first mismatch on the line after its header
-        reason = " ".join(line.strip() for line in str(error).splitlines()[:2] if line.strip())
-        raise HeartLoRAError(
-            f"{name}: cannot load timm's pretrained weights from {where} "
-            f"({type(error).__name__}{': ' + reason if reason else ''})"
-        ) from None
-    finally:
-        logger.removeHandler(report)
-        logger.setLevel(level)
-    _check_one_patch_fits(model, name, kwargs)
+        names = set(timm.models.load_state_dict(str(path)))
+    except Exception:  # an .npz release, or a file timm's reader does not take
+        return False
+    return names - set(classifier_state(model)) == set(_weight_names(model))
+
+
+def _weight_names(model: nn.Module) -> list[str]:
+    """The model's state-dict keys but the classifier's, in order."""
     classifier = set(classifier_state(model))
-    missing = [key for key in report.keys["Missing"] if key not in classifier]
-    unexpected = report.keys["Unexpected"]
-    if missing or unexpected:
-        what, first = (
-            ("lack weights the model has", missing[0])
-            if missing
-            else ("hold weights the model lacks", unexpected[0])
-        )
-        raise HeartLoRAError(
-            f"{name}: timm's pretrained weights from {where} {what} (first: {first}; "
-            f"{len(missing)} missing, {len(unexpected)} unexpected): model_kwargs must not change "
-            "the architecture the weights were trained for"
-        )
-    return model
+    return [key for key in model.state_dict() if key not in classifier]
