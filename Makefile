@@ -25,7 +25,7 @@ demo-mini: $(VENV_STAMP)
 test: $(VENV_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# every test but those marked slow (pyproject.toml): under a minute on a quiet machine
+# every test but those marked slow (pyproject.toml: SLURM, subprocesses, several training runs)
 test-quick: $(VENV_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
