@@ -95,11 +95,12 @@ def test_executor_options_that_contradict_each_other_are_one_line(tmp_path, caps
 
 @pytest.mark.slow
 def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(tmp_path):
-    """4 runs; SLURM requeues one mid-training (SIGTERM) and gives another its time-limit notice
-    (SIGUSR2): both resume from their checkpoints and end bit-identical to the local runs."""
+    """2 runs; SLURM requeues one mid-training (SIGTERM) and gives the other its time-limit
+    notice (SIGUSR2): both resume from their checkpoints and end bit-identical to the local
+    runs."""
     require_slurm()
     local, cluster = tmp_path / "local", tmp_path / "cluster"
-    args = ("lora,heart-lora", 2, "2")
+    args = ("lora,heart-lora", 2, "1")
     assert main(_suite(tmp_path, local, *args, "--jobs", "2")) == 0
     suite = subprocess.Popen(
         _slurm(_suite(tmp_path, cluster, *args)), env=ENV, stdout=subprocess.PIPE,
@@ -107,11 +108,11 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(t
     )  # fmt: skip
     runs = cluster / "runs" / "sk-digits"
     stops = {runs / "lora" / "seed0": ["scontrol", "requeue"],
-             runs / "heart-lora" / "seed1": ["scancel", "--signal=USR2"]}  # fmt: skip
+             runs / "heart-lora" / "seed0": ["scancel", "--signal=USR2"]}  # fmt: skip
     deadline = time.monotonic() + 300
     while stops and time.monotonic() < deadline and suite.poll() is None:
         for run_dir, command in list(stops.items()):
-            if _epochs_logged(run_dir) >= 1:  # mid-training: 5 epochs to go
+            if _epochs_logged(run_dir) >= 1:  # mid-training: an epoch to go
                 subprocess.run([*command, _job(run_dir)], check=True)
                 del stops[run_dir]
         time.sleep(0.2)
@@ -125,8 +126,7 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(t
         assert got.keys() == expected.keys()
         assert all(torch.equal(got[key], expected[key]) for key in got), run_dir
         result = json.loads((run_dir / "result.json").read_text())
-        stopped = run_dir in (runs / "lora" / "seed0", runs / "heart-lora" / "seed1")
-        assert result.get("slurm_requeues", 0) == (1 if stopped else 0), run_dir
+        assert result.get("slurm_requeues", 0) == 1, run_dir  # both were stopped once
         assert (run_dir / "slurm.out").is_symlink() and (run_dir / "slurm.err").exists()
 
 
