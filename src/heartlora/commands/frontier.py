@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from heartlora.training.method_specs import parse_method
     from heartlora.training.suite import parse_seeds, suite_base_config, suite_protocol
 
+    grid = read_grid_file(args.grid) if args.grid else GridFile()  # before any executor exists
     executor = build_executor(args, args.output_dir, lambda line: print(line, flush=True))
     protocol = suite_protocol(args.base)
     defaults = FRONTIER_DEFAULTS[protocol.name]
-    grid = read_grid_file(args.grid) if args.grid else GridFile()
     epochs = args.epochs or grid.epochs or defaults.epochs
     overrides = list(args.set) + ([f"epochs={epochs}"] if epochs else [])
     base, method_defaults = suite_base_config(args.config, overrides, protocol.name)
