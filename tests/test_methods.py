@@ -3,6 +3,7 @@ trainer, stores, reloads onto a fresh base with the same logits, resumes exactly
 knobs it lacks in one line, and can be byte-matched (`heartlora.training.budget`)."""
 
 import csv
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -80,6 +81,24 @@ def test_new_method_trains_stores_and_reloads_with_the_same_logits(toy, tmp_path
         reloaded = load_trained(fresh, method, tmp_path / "adapter").eval()
         got = reloaded(images)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_adalora_penalty_is_the_orthogonal_regulariser_peft_adds_to_a_loss(toy, tmp_path):
+    config = _config(toy, "peft-adalora", rank=2)
+    trainer = Trainer(config, tmp_path, log=lambda *_: None)
+    with torch.no_grad():  # away from the identity, so the distance is not zero
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    ours = trainer.step_hook.penalty()
+    # peft's AdaLoraModel adds the same term itself when its model's output carries a loss
+    tuner = trainer.model.base_model
+    tuner.model.forward = lambda *args, **kwargs: SimpleNamespace(loss=torch.zeros(()))
+    theirs = tuner(torch.zeros(1, 3, 28, 28)).loss
+    assert ours.item() > 0.1
+    torch.testing.assert_close(ours, theirs)
+    ours.backward()
+    assert all(p.grad is not None for p in trainer.step_hook._left + trainer.step_hook._right)
 
 
 class _Killed(Exception):

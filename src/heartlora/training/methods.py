@@ -265,6 +265,9 @@ def _store_state(whole: bool) -> Callable[[nn.Module, Path, RunInfo], None]:
 class StepHook(Protocol):
     """A method's part in the training loop, for the few methods that have one."""
 
+    def penalty(self) -> torch.Tensor | None:
+        """A term added to every step's loss (a regulariser of the method), or None."""
+
     def after_step(self, step: int) -> None:
         """Called after optimizer step ``step`` (0-based), gradients still in place."""
 
@@ -276,16 +279,34 @@ class StepHook(Protocol):
 
 
 class AdaLoRABudget:
-    """AdaLoRA's rank budget in the loop: after every optimizer step, before the gradients are
-    cleared, peft's `update_and_allocate` smooths the importance scores and masks the least
-    important singular values. The smoothed scores (peft's rank allocator) and the rank
-    pattern live outside the parameters, so the checkpoint keeps them."""
+    """AdaLoRA's part in the loop (Zhang et al., ICLR 2023).
+
+    - Its orthogonal regulariser joins every step's loss (`penalty`). peft adds it only when the
+      model's output carries a loss, which a timm model's logits do not.
+    - After every optimizer step, before the gradients are cleared, peft's `update_and_allocate`
+      smooths the importance scores and masks the least important singular values. The
+      smoothed scores (peft's rank allocator) and the rank pattern live outside the
+      parameters, so the checkpoint keeps them."""
 
     _SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
     def __init__(self, model: nn.Module) -> None:
         self.tuner = model.base_model  # peft's AdaLoraModel
         self.config = model.peft_config[model.active_adapter]
+        adapter = f".{model.active_adapter}"
+        self._left = [p for n, p in model.named_parameters() if ".lora_A" + adapter in n]
+        self._right = [p for n, p in model.named_parameters() if ".lora_B" + adapter in n]
+
+    def penalty(self) -> torch.Tensor:
+        """``orth_reg_weight`` times the mean, over the adapted matrices' factors, of
+        ``‖P Pᵀ − I‖_F`` for each left factor P (rank × in) and ``‖Qᵀ Q − I‖_F`` for each right
+        factor Q (out × rank): AdaLoRA's push of P and Q toward orthogonal rows and columns,
+        which keeps P·diag(E)·Q an SVD whose singular values E can be masked."""
+        grams = [p @ p.T for p in self._left] + [q.T @ q for q in self._right]
+        distance = torch.stack(
+            [torch.linalg.matrix_norm(g - torch.eye(len(g), device=g.device)) for g in grams]
+        ).mean()
+        return self.config.orth_reg_weight * distance
 
     def after_step(self, step: int) -> None:
         self.tuner.update_and_allocate(step)

@@ -459,7 +459,11 @@ class Trainer:
             loss_sum = F.cross_entropy(
                 logits.float(), labels, reduction="sum", label_smoothing=config.label_smoothing
             )
-        (loss_sum / global_count).backward()
+        loss = loss_sum / global_count
+        penalty = self.step_hook.penalty() if self.step_hook is not None else None
+        if penalty is not None:  # the gradients are summed over ranks: each adds its share
+            loss = loss + penalty / self.world.size
+        loss.backward()
         params = parameters_to_train(self.model)
         all_reduce_gradients(params, self.world)
         grads = [p.grad for p in params if p.grad is not None]
