@@ -11,6 +11,7 @@ from heartlora.tools.speed import (
     TRAIN_VARIANTS,
     SpeedConfig,
     format_report,
+    read_speed_goals,
     run_speed_benchmark,
 )
 
@@ -100,6 +101,53 @@ def test_ratios_calibration_and_adapter_bytes(tiny_result):
     assert "heart_lora_vs_bound" in report and "frozen-backbone bound" in report
 
 
+def test_every_ratio_is_reported_once_in_wall_time_and_the_timed_ones_in_cpu_time(tiny_result):
+    ratios = tiny_result["ratios"]
+    assert len(ratios) == 16
+    assert ratios["lora_all_heads_adapter_bytes_vs_peft_lora"] == pytest.approx(
+        tiny_result["adapter_bytes"]["lora_all_heads"]["total_bytes"]
+        / tiny_result["adapter_bytes"]["peft_lora"]["total_bytes"]
+    )
+    train = tiny_result["train"]
+    assert ratios["full_vs_bound"] == train["full"]["median_ms"] / train["bound"]["median_ms"]
+    cpu = tiny_result["cpu_ratios"]
+    assert cpu["full_vs_bound"] == train["full"]["cpu_median_ms"] / train["bound"]["cpu_median_ms"]
+    assert set(cpu) == {name for name in ratios if "_memory_" not in name and "_bytes_" not in name}
+    assert set(tiny_result["paired_ratios"]) == {
+        "heart_lora_vs_bound",
+        "heart_lora_vs_peft_lora",
+        "lora_all_heads_vs_bound",
+        "lora_all_heads_vs_peft_lora",
+        "merged_vs_base",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("heart_lora_vs_bond: 1.1\n", "'heart_lora_vs_bond' is not a ratio of the report "
+         "(did you mean heart_lora_vs_bound?)"),
+        ("merged_vs_base: 0\n", "merged_vs_base: expected a positive number, got 0"),
+        ("merged_vs_base: yes\n", "merged_vs_base: expected a positive number, got True"),
+        ("- 1.0\n", "expected a mapping of ratio names to limits"),
+    ],
+)  # fmt: skip
+def test_a_goals_file_is_checked_by_key(tmp_path, text, message):
+    path = tmp_path / "goals.yaml"
+    path.write_text(text)
+    with pytest.raises(HeartLoRAError) as error:
+        read_speed_goals(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_the_cli_refuses_a_bad_goals_file_before_timing_anything(tmp_path, capsys):
+    path = tmp_path / "goals.yaml"
+    path.write_text("full_vs_bond: 2\n")
+    assert main(["speed", "--goals", str(path), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "full_vs_bond" in err[0] and "full_vs_bound" in err[0]
+
+
 def test_invalid_settings_are_named():
     with pytest.raises(HeartLoRAError, match="batch_size"):
         SpeedConfig(batch_size=0)
@@ -110,6 +158,8 @@ def test_invalid_settings_are_named():
 @pytest.mark.slow
 def test_cli_writes_json(tmp_path, capsys):
     path = tmp_path / "speed.json"
+    goals = tmp_path / "goals.yaml"
+    goals.write_text("merged_vs_base: 5\nfull_vs_bound: 100\n")
     code = main(
         [
             "speed",
@@ -130,10 +180,13 @@ def test_cli_writes_json(tmp_path, capsys):
             "--quiet",
             "--json",
             str(path),
+            "--goals",
+            str(goals),
         ]
     )
     assert code == 0
     result = json.loads(path.read_text())
+    assert result["targets"]["merged_vs_base"]["limit"] == 5.0  # from --goals
     assert result["config"]["model"] == "vit_tiny_patch16_224"
     assert set(result["train"]) == set(TRAIN_VARIANTS)
     assert "heart_lora_vs_peft_lora" in result["ratios"]

@@ -470,7 +470,3 @@ class HeadLoRAProj(HeadLoRAAdapter):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scale={self.scale}, active_heads={self.active_heads}/{self.num_heads}"
-
-
-ADAPTER_TYPES = (HeadLoRAQKV, HeadLoRAProj)
-"""Every kind of heartlora adapter (all subclasses of `HeadLoRAAdapter`)."""

@@ -10,7 +10,13 @@ from heartlora.atomic import folder_path_problem
 from heartlora.commands.arguments import image_side, non_negative_int, positive_int
 from heartlora.errors import HeartLoRAError
 from heartlora.precision import DTYPES
-from heartlora.tools.speed import SpeedConfig, format_report, run_speed_benchmark
+from heartlora.tools.speed import (
+    DEFAULT_GOALS_FILE,
+    SpeedConfig,
+    format_report,
+    read_speed_goals,
+    run_speed_benchmark,
+)
 
 _DEFAULTS = SpeedConfig()
 
@@ -66,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_DEFAULTS.run_epochs,
         help="epochs of the run that calibration is compared with (calibration_vs_run)",
     )
+    parser.add_argument(
+        "--goals",
+        type=Path,
+        default=DEFAULT_GOALS_FILE,
+        help="YAML file of ratio limits, the result's targets (default: the project's, "
+        "heartlora/bundled/speed_goals.yaml)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument("--quiet", action="store_true", help="print the table only")
 
@@ -84,6 +97,7 @@ def _check_json_path(path: Path | None) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON; returns the exit code."""
     _check_json_path(args.json)
+    goals = read_speed_goals(args.goals)
     config = SpeedConfig(
         model=args.model,
         img_size=args.img_size,
@@ -99,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         run_epochs=args.run_epochs,
     )
     log = None if args.quiet else (lambda line: print(line, flush=True))
-    result = run_speed_benchmark(config, log=log)
+    result = run_speed_benchmark(config, log=log, goals=goals)
     print(format_report(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

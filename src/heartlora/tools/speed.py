@@ -41,14 +41,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import math
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ from heartlora.adapter_io import save_adapter
 from heartlora.backbone import create_architecture
 from heartlora.calibration import Calibration
 from heartlora.config import HeartLoRAConfig
+from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import heads_per_layer, merge
 from heartlora.precision import DTYPES, forward_precision, matmul_precision
@@ -81,17 +84,105 @@ LABELS: dict[str, str] = {
 
 INFERENCE_VARIANTS: tuple[str, ...] = ("base", "merged", "unmerged")
 
-RATIO_LIMITS: dict[str, float] = {
-    "heart_lora_vs_bound": 1.03,
-    "heart_lora_vs_peft_lora": 1.00,
-    "merged_vs_base": 1.01,
-    "heart_lora_memory_vs_peft_lora": 1.00,
-    "calibration_vs_run": 0.01,
-}
-"""The speed goals: each ratio must be at most this (the result's ``targets``)."""
 
-TARGETS = RATIO_LIMITS
-"""Deprecated name of `RATIO_LIMITS`."""
+@dataclass(frozen=True)
+class Ratio:
+    """One ratio of the report: ``numerator`` over ``denominator`` in one ``measure``.
+
+    Attributes:
+        numerator, denominator: variant names (`TRAIN_VARIANTS`, `INFERENCE_VARIANTS`, a
+            ``compiled_*`` variant), or for ``calibration`` the denominator ``epoch`` or ``run``.
+        measure: ``step`` (training step time), ``inference`` (forward time),
+            ``calibration`` (scoring time), ``memory`` (peak bytes of a step) or ``bytes``
+            (the adapter's stored bytes).
+        paired: also reported as the median of per-round ratios (``paired_ratios``).
+    """
+
+    numerator: str
+    denominator: str
+    measure: str = "step"
+    paired: bool = False
+
+    @property
+    def name(self) -> str:
+        """The ratio's key in the result, e.g. ``heart_lora_memory_vs_peft_lora``."""
+        infix = {"memory": "_memory", "bytes": "_adapter_bytes"}.get(self.measure, "")
+        return f"{self.numerator}{infix}_vs_{self.denominator}"
+
+    @property
+    def timed(self) -> bool:
+        """Whether it is a ratio of times (reported in wall and CPU time)."""
+        return self.measure in ("step", "inference", "calibration")
+
+
+RATIOS: tuple[Ratio, ...] = (
+    Ratio("heart_lora", "bound", paired=True),
+    Ratio("heart_lora", "peft_lora", paired=True),
+    Ratio("lora_all_heads", "bound", paired=True),
+    Ratio("lora_all_heads", "peft_lora", paired=True),
+    Ratio("peft_lora", "bound"),
+    Ratio("full", "bound"),
+    Ratio("merged", "base", "inference", paired=True),
+    Ratio("unmerged", "base", "inference"),
+    Ratio("calibration", "epoch", "calibration"),
+    Ratio("calibration", "run", "calibration"),
+    Ratio("heart_lora", "peft_lora", "memory"),
+    Ratio("heart_lora", "bound", "memory"),
+    Ratio("lora_all_heads", "peft_lora", "memory"),
+    Ratio("full", "bound", "memory"),
+    Ratio("heart_lora", "peft_lora", "bytes"),
+    Ratio("lora_all_heads", "peft_lora", "bytes"),
+)
+"""The report's ratios, in its order; with ``--compile``, `compiled_ratios` adds its own."""
+
+
+def compiled_ratios(compiled: Sequence[str]) -> tuple[Ratio, ...]:
+    """The ratios of the ``compiled_*`` variants timed: each against the compiled bound and
+    against its own eager step (Heart-LoRA's also paired)."""
+    against_bound = tuple(
+        Ratio(name, "compiled_bound", paired=name == "compiled_heart_lora")
+        for name in compiled
+        if name != "compiled_bound"
+    )
+    against_eager = tuple(
+        Ratio(name, name.removeprefix("compiled_"), paired=name == "compiled_heart_lora")
+        for name in compiled
+    )
+    return against_bound + against_eager
+
+
+def read_speed_goals(path: str | Path) -> dict[str, float]:
+    """The speed goals in the YAML mapping at ``path``: ratio name → the most it may be.
+
+    Raises:
+        HeartLoRAError: a missing file, invalid YAML, a key that is not a ratio of the report
+            (with the closest one) or a limit that is not a positive number; one line naming
+            the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HeartLoRAError(f"{path}: speed goals file not found")
+    data = parse_yaml(path.read_bytes(), str(path), "a mapping of ratio names to limits")
+    if not isinstance(data, dict) or not data:
+        raise HeartLoRAError(f"{path}: expected a mapping of ratio names to limits")
+    names = [ratio.name for ratio in RATIOS]
+    goals: dict[str, float] = {}
+    for key, limit in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise HeartLoRAError(f"{path}: {key!r} is not a ratio of the report{hint}")
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+            raise HeartLoRAError(f"{path}: {key}: expected a positive number, got {limit!r}")
+        goals[key] = float(limit)
+    return goals
+
+
+DEFAULT_GOALS_FILE = Path(str(resources.files("heartlora.bundled") / "speed_goals.yaml"))
+"""The project's speed goals (its comments say where each comes from)."""
+
+RATIO_LIMITS: dict[str, float] = read_speed_goals(DEFAULT_GOALS_FILE)
+"""The default speed goals: each ratio must be at most this (the result's ``targets``)."""
 
 
 @dataclass
@@ -421,43 +512,40 @@ def _paired(numerator: list[float], denominator: list[float]) -> float:
     return _median([n / d for n, d in zip(numerator, denominator)])
 
 
-def _time_ratios(
-    train: dict[str, Any],
-    inference: dict[str, Any],
-    calibration: dict[str, Any],
-    key: str,
-    epoch_key: str,
-    run_key: str,
+def _ratio_values(
+    ratios: Sequence[Ratio],
+    tables: dict[str, Any],
+    key: str = "median_ms",
+    calibration_keys: tuple[str, str] = ("epoch_ms", "run_ms"),
 ) -> dict[str, float]:
-    """Ratios of the medians under ``key`` (wall ``median_ms`` or ``cpu_median_ms``); with
-    compiled variants also ``compiled_*`` ratios against the compiled bound and eager steps."""
+    """Each ratio's value from the result's ``tables`` (``train``, ``inference``,
+    ``calibration``, ``memory``, ``adapter_bytes``): times under ``key`` (wall ``median_ms``
+    or ``cpu_median_ms``; the calibration's epoch and run under ``calibration_keys``), peak
+    memory and stored bytes."""
 
-    def step(a: str, b: str) -> float:
-        return train[a][key] / train[b][key]
+    def value(ratio: Ratio) -> float:
+        a, b = ratio.numerator, ratio.denominator
+        if ratio.measure == "step":
+            return tables["train"][a][key] / tables["train"][b][key]
+        if ratio.measure == "inference":
+            return tables["inference"][a][key] / tables["inference"][b][key]
+        if ratio.measure == "calibration":
+            whole = calibration_keys[0] if b == "epoch" else calibration_keys[1]
+            return tables["calibration"][key] / tables["calibration"][whole]
+        if ratio.measure == "memory":
+            return tables["memory"][a]["peak_bytes"] / tables["memory"][b]["peak_bytes"]
+        return tables["adapter_bytes"][a]["total_bytes"] / tables["adapter_bytes"][b]["total_bytes"]
 
+    return {ratio.name: value(ratio) for ratio in ratios}
+
+
+def _paired_values(ratios: Sequence[Ratio], times: dict[str, list[float]]) -> dict[str, float]:
+    """The result's ``paired_ratios``: for the paired ratios, medians of per-round wall-time
+    ratios (``times``: per variant, its wall time in every timed round)."""
     return {
-        "heart_lora_vs_bound": step("heart_lora", "bound"),
-        "heart_lora_vs_peft_lora": step("heart_lora", "peft_lora"),
-        "lora_all_heads_vs_bound": step("lora_all_heads", "bound"),
-        "lora_all_heads_vs_peft_lora": step("lora_all_heads", "peft_lora"),
-        "peft_lora_vs_bound": step("peft_lora", "bound"),
-        "full_vs_bound": step("full", "bound"),
-        "merged_vs_base": inference["merged"][key] / inference["base"][key],
-        "unmerged_vs_base": inference["unmerged"][key] / inference["base"][key],
-        "calibration_vs_epoch": calibration[key] / calibration[epoch_key],
-        "calibration_vs_run": calibration[key] / calibration[run_key],
-        **{
-            f"{name}_vs_compiled_bound": step(name, "compiled_bound")
-            for name in train
-            if name.startswith("compiled_") and name != "compiled_bound"
-        },
-        **{
-            f"{name}_vs_{name.removeprefix('compiled_')}": step(
-                name, name.removeprefix("compiled_")
-            )
-            for name in train
-            if name.startswith("compiled_")
-        },
+        ratio.name: _paired(times[ratio.numerator], times[ratio.denominator])
+        for ratio in ratios
+        if ratio.paired
     }
 
 
@@ -486,9 +574,12 @@ def _environment(config: SpeedConfig) -> dict[str, Any]:
 
 
 def run_speed_benchmark(
-    config: SpeedConfig | None = None, log: Callable[[str], None] | None = None
+    config: SpeedConfig | None = None,
+    log: Callable[[str], None] | None = None,
+    goals: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole benchmark in this process and return a JSON-ready result.
+    """Run the whole benchmark in this process and return a JSON-ready result; ``goals``
+    (ratio name → limit, `read_speed_goals`) default to the project's, `RATIO_LIMITS`.
 
     Returns:
         ``{"config", "environment", "memory_method", "train", "inference", "calibration",
@@ -506,12 +597,14 @@ def run_speed_benchmark(
         torch.set_num_threads(config.threads)
     try:
         with matmul_precision(config.dtype, config.device):
-            return _run(config, log or (lambda _line: None))
+            return _run(config, log or (lambda _line: None), goals)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
+def _run(
+    config: SpeedConfig, log: Callable[[str], None], goals: Mapping[str, float] | None
+) -> dict[str, Any]:
     """The benchmark's phases in order: build, time training, memory, inference, storage."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
@@ -534,8 +627,18 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
         for name, times in inference_times.items()
     }
     calibration = _calibration_row(config, calibration_times, train["heart_lora"])
-    ratios = _ratios(train, inference, calibration, memory, adapter_bytes)
-    timed = {**variants, **compiled}
+    ratios_reported = RATIOS + compiled_ratios(list(compiled))
+    tables = {
+        "train": train,
+        "inference": inference,
+        "calibration": calibration,
+        "memory": memory,
+        "adapter_bytes": adapter_bytes,
+    }
+    ratios = _ratio_values(ratios_reported, tables)
+    times = {name: variant.times for name, variant in {**variants, **compiled}.items()}
+    times.update({name: [wall for wall, _ in pairs] for name, pairs in inference_times.items()})
+    goals = RATIO_LIMITS if goals is None else goals
     return {
         "config": asdict(config),
         "environment": _environment(config),
@@ -545,13 +648,16 @@ def _run(config: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
         "calibration": calibration,
         "adapter_bytes": adapter_bytes,
         "ratios": ratios,
-        "cpu_ratios": _time_ratios(
-            train, inference, calibration, "cpu_median_ms", "cpu_epoch_ms", "cpu_run_ms"
+        "cpu_ratios": _ratio_values(
+            [ratio for ratio in ratios_reported if ratio.timed],
+            tables,
+            "cpu_median_ms",
+            ("cpu_epoch_ms", "cpu_run_ms"),
         ),
-        "paired_ratios": _paired_ratios(timed, inference_times),
+        "paired_ratios": _paired_values(ratios_reported, times),
         "targets": {
             name: {"limit": limit, "value": ratios[name], "met": ratios[name] <= limit}
-            for name, limit in RATIO_LIMITS.items()
+            for name, limit in goals.items()
         },
         "wall_s": time.perf_counter() - started,
     }
@@ -696,58 +802,6 @@ def _calibration_row(
         "run_ms": run_steps * heart_lora["median_ms"],
         "cpu_run_ms": run_steps * heart_lora["cpu_median_ms"],
     }
-
-
-def _ratios(
-    train: dict[str, Any],
-    inference: dict[str, Any],
-    calibration: dict[str, Any],
-    memory: dict[str, Any],
-    adapter_bytes: dict[str, Any],
-) -> dict[str, float]:
-    """The result's ``ratios``: of median wall times, of peak memory and of adapter bytes."""
-
-    def memory_ratio(a: str, b: str) -> float:
-        return memory[a]["peak_bytes"] / memory[b]["peak_bytes"]
-
-    def bytes_ratio(a: str, b: str) -> float:
-        return adapter_bytes[a]["total_bytes"] / adapter_bytes[b]["total_bytes"]
-
-    return {
-        **_time_ratios(train, inference, calibration, "median_ms", "epoch_ms", "run_ms"),
-        "heart_lora_memory_vs_peft_lora": memory_ratio("heart_lora", "peft_lora"),
-        "heart_lora_memory_vs_bound": memory_ratio("heart_lora", "bound"),
-        "lora_all_heads_memory_vs_peft_lora": memory_ratio("lora_all_heads", "peft_lora"),
-        "full_memory_vs_bound": memory_ratio("full", "bound"),
-        "heart_lora_adapter_bytes_vs_peft_lora": bytes_ratio("heart_lora", "peft_lora"),
-        "lora_all_heads_adapter_bytes_vs_peft_lora": bytes_ratio("lora_all_heads", "peft_lora"),
-    }
-
-
-def _paired_ratios(
-    timed: dict[str, _Variant], inference_times: dict[str, list[tuple[float, float]]]
-) -> dict[str, float]:
-    """The result's ``paired_ratios``: medians of per-round wall-time ratios."""
-
-    def times(name: str) -> list[float]:
-        return timed[name].times
-
-    inference_wall = {name: [wall for wall, _ in pairs] for name, pairs in inference_times.items()}
-    paired = {
-        "heart_lora_vs_bound": _paired(times("heart_lora"), times("bound")),
-        "heart_lora_vs_peft_lora": _paired(times("heart_lora"), times("peft_lora")),
-        "lora_all_heads_vs_bound": _paired(times("lora_all_heads"), times("bound")),
-        "lora_all_heads_vs_peft_lora": _paired(times("lora_all_heads"), times("peft_lora")),
-        "merged_vs_base": _paired(inference_wall["merged"], inference_wall["base"]),
-    }
-    if "compiled_heart_lora" in timed:
-        paired["compiled_heart_lora_vs_compiled_bound"] = _paired(
-            times("compiled_heart_lora"), times("compiled_bound")
-        )
-        paired["compiled_heart_lora_vs_heart_lora"] = _paired(
-            times("compiled_heart_lora"), times("heart_lora")
-        )
-    return paired
 
 
 def _memory_method(config: SpeedConfig) -> str:
