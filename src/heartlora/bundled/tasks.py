@@ -26,7 +26,6 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -221,56 +220,3 @@ def materialize(
     for spec in specs:
         _materialize_task(root_path, spec, seed, overwrite)
     return root_path
-
-
-MINI_DEFAULTS: dict[str, Any] = {
-    "model": "vit_mini_patch4_28",
-    "checkpoint": None,
-    "img_size": 28,
-    "data_kind": "vtab1k",
-    "train_split": "train800val200",
-    "eval_split": "test",
-    "cache_images": True,
-    "epochs": 8,
-    "batch_size": 64,
-    "lr": 0.003,
-    "weight_decay": 0.0001,
-    "warmup_epochs": 2,
-    "warmup_lr": 0.000001,
-    "min_lr": 0.00001,
-    "drop_path": 0.1,
-    "eval_every": 5,
-    "rank": 8,
-    "scale": 10.0,
-    "ne": 2,
-    "scorer": "taylor",
-    "calib_batches": 4,
-    "threads": 1,
-}
-"""The mini-VTAB protocol: the paper's recipe scaled to 28-px images and an 8-epoch budget.
-``lr`` and ``scale`` were chosen on val200 of three tasks (docs/results.md). The head-scoring
-warm-up is left to `TrainConfig.calib_warmup_steps`' null: 16 steps (one epoch) in the
-8-epoch, 128-step protocol, 2 in a one-epoch run."""
-
-MINI_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"lr": 0.01},
-    "full": {"lr": 0.001},
-}
-"""Per-method learning rates of ``linear`` and ``full``, also chosen on val200; a key the user
-sets wins over these. Nothing here changes what a method's label says it trains: the rank 10 of
-the protocol's head-selecting methods is in their labels (`MINI_METHODS`)."""
-
-MINI_METHODS: tuple[str, ...] = (
-    "linear",
-    "full",
-    "lora",
-    "heart-lora[rank=10]",
-    "heart-lora-layer[rank=10]",
-    "peft-lora",
-)
-"""The mini protocol's suite methods. The head-selecting methods train rank 10: roughly the
-bytes that deactivating 2 of 6 heads frees re-spent on the rank of the kept heads (B shrinks with
-the heads, A does not, so they store about 4 % more than LoRA at rank 8; docs/frontier.md:
-`heart-lora[rank=10,ne=2]` was the variant the frontier chose on val200; Heart-LoRA† takes the
-same rank so the two rankings compare at equal bytes). Said in the label, because a default the
-label hides made ``heart-lora-layer[ne=2]`` train rank 10 too."""
