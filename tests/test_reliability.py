@@ -31,6 +31,25 @@ def _one_line_error(capsys) -> str:
     return err
 
 
+class _TrainerFunctional:
+    """torch.nn.functional as the trainer sees it, with some functions replaced."""
+
+    def __init__(self, **replaced) -> None:
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name):
+        return getattr(torch.nn.functional, name)
+
+
+def _patch_trainer_loss(monkeypatch, loss) -> None:
+    """Give the trainer alone ``loss`` as its ``F.cross_entropy``. Patching
+    torch.nn.functional itself also reached every module that first ran
+    ``from torch.nn.functional import cross_entropy`` while the patch held (the CLI's first
+    ``main`` imports heartlora.commands.heads), which kept the patched loss after the test:
+    NaN head scores in every later test of the process."""
+    monkeypatch.setattr(train_module, "F", _TrainerFunctional(cross_entropy=loss))
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy, tmp_path, monkeypatch, capsys):
     root, checkpoint = toy
     original = torch.nn.functional.cross_entropy
@@ -41,9 +60,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy, tmp_path, monkey
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 4 else loss  # epoch 1 = 3 steps, fine
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", diverging)
+    _patch_trainer_loss(monkeypatch, diverging)
     out = tmp_path / "run"
     assert main(train_args(root, checkpoint, out, "lora", epochs=3)) == 2
+    assert torch.nn.functional.cross_entropy is original  # the patch reached the trainer alone
     err = _one_line_error(capsys)
     assert "loss became nan at epoch 2" in err and "checkpoint.pt" in err
     state = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -68,7 +88,7 @@ def test_ctrl_c_after_a_diverged_step_keeps_the_last_good_checkpoint(
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", nan_then_ctrl_c)
+    _patch_trainer_loss(monkeypatch, nan_then_ctrl_c)
     out = tmp_path / "run"
     assert main(train_args(root, checkpoint, out, "lora", epochs=3)) == 130
     logged = capsys.readouterr().out
