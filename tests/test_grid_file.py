@@ -20,7 +20,7 @@ def test_the_petl_field_grid_holds_heart_lora_its_control_and_the_field():
     assert candidates == ["heart-lora[rank=10,ne=2]"]
     assert [p.control_kind for p in parsed if p.control_kind] == ["random"]
     field = {p.name for p in parsed if p.is_baseline}
-    assert len(field) >= 8 and {"lora", "peft-lora", "peft-adalora", "bitfit"} <= field
+    assert len(field) >= 10 and {"lora", "peft-lora", "peft-adalora", "bitfit"} <= field
 
 
 @pytest.mark.parametrize(
