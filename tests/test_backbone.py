@@ -19,7 +19,9 @@ from tiny_models import tiny_swin, tiny_vit
 from train_fixtures import make_learnable_task, train_args
 
 from heartlora.adapter_io import read_adapter_metadata
-from heartlora.backbone import (
+from heartlora.cli import main
+from heartlora.errors import HeartLoRAError
+from heartlora.models.backbone import (
     classifier_path,
     create_base_model,
     default_pretrained,
@@ -27,8 +29,6 @@ from heartlora.backbone import (
     takes_img_size,
     weights_label,
 )
-from heartlora.cli import main
-from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config
 from heartlora.training.trainer import create_run_model
 
@@ -89,7 +89,7 @@ def test_offline_a_run_on_uncached_pretrained_weights_stops_in_one_line_within_1
 
 
 _LOAD_BASE = """import sys
-from heartlora.backbone import create_base_model
+from heartlora.models.backbone import create_base_model
 from heartlora.errors import HeartLoRAError
 try:
     create_base_model(sys.argv[1], num_classes=3)

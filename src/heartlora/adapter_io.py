@@ -23,15 +23,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from heartlora.atomic import atomic_write_bytes, atomic_write_json
-from heartlora.backbone import (
-    MAX_CLASSES,
-    MAX_IMG_SIZE,
-    check_model_kwargs,
-    classifier_state,
-)
 from heartlora.config import HeartLoRAConfig
-from heartlora.documents import parse_yaml, read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
     adapter_modules,
@@ -41,6 +33,14 @@ from heartlora.inject import (
     inject,
     is_merged,
     set_head_masks,
+)
+from heartlora.io.atomic import atomic_write_bytes, atomic_write_json
+from heartlora.io.documents import parse_yaml, read_json
+from heartlora.models.backbone import (
+    MAX_CLASSES,
+    MAX_IMG_SIZE,
+    check_model_kwargs,
+    classifier_state,
 )
 
 WEIGHTS_NAME = "heartlora_adapter.safetensors"
@@ -78,7 +78,7 @@ class RunInfo:
     Attributes:
         model: the timm model name the run built (may carry a pretrained tag).
         checkpoint: the base weights file, when one was given.
-        weights: what the base weights were (`heartlora.backbone.weights_label`): ``"random"``,
+        weights: what the base weights were (`heartlora.models.backbone.weights_label`): ``"random"``,
             ``"pretrained:<tag>"`` (timm's weights of that tag) or the checkpoint path;
             ``None`` in adapters written before it was recorded. `heartlora predict` and
             `heartlora export` refuse a base other than this one unless told otherwise.

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from heartlora.adapters import HeadLoRAAdapter, HeadLoRAProj, HeadLoRAQKV
-from heartlora.backbone import classifier_module, classifier_parameters
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
+from heartlora.models.backbone import classifier_module, classifier_parameters
 
 _MERGED_KEY = "_heartlora_merged_adapters"
 

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from heartlora.atomic import atomic_write
 from heartlora.bundled.fashion_mnist import load_fashion_mnist, to_rgb_float
 from heartlora.bundled.model import (
     BASE_MODEL_ARGS,
@@ -34,6 +33,7 @@ from heartlora.bundled.model import (
     create_bundled_model,
 )
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import atomic_write
 
 __all__ = [
     "PretrainConfig",
@@ -353,7 +353,7 @@ def save_state_dict(
     path: str | Path,
     metadata: dict[str, str] | None = None,
 ) -> str:
-    """Write a state_dict as safetensors atomically (`heartlora.atomic`); returns its sha256.
+    """Write a state_dict as safetensors atomically (`heartlora.io.atomic`); returns its sha256.
 
     A crash mid-write leaves any previous file at `path` intact.
     """

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from heartlora.atomic import folder_path_problem, new_folder_mode
 from heartlora.bundled.mini_vtab import (
     HELD_OUT_TASKS,
     MINI_VTAB_TASKS,
@@ -44,6 +43,7 @@ from heartlora.bundled.mini_vtab import (
     list_tasks,
 )
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import folder_path_problem, new_folder_mode
 
 __all__ = [
     "FORMAT_VERSION",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartlora.atomic import folder_path_problem
-from heartlora.backbone import MAX_IMG_SIZE
+from heartlora.io.atomic import folder_path_problem
+from heartlora.models.backbone import MAX_IMG_SIZE
 
 
 def output_dir(text: str) -> Path:
@@ -34,7 +34,7 @@ def positive_int(text: str) -> int:
 
 
 def image_side(text: str) -> int:
-    """An ``--img-size`` option: an integer in 1..`heartlora.backbone.MAX_IMG_SIZE`."""
+    """An ``--img-size`` option: an integer in 1..`heartlora.models.backbone.MAX_IMG_SIZE`."""
     return _bounded_int(text, 1, MAX_IMG_SIZE)
 
 
@@ -92,7 +92,7 @@ def add_grid_arguments(
     depends on the protocol), epochs, seeds (default ``seeds``; None: decided later, as
     ``seeds_help`` says), where (default ``output``),
     how many at once, and the config overrides of every run."""
-    from heartlora.bundled.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+    from heartlora.training.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
     parser.add_argument(
         "--base",
@@ -254,8 +254,8 @@ def build_executor(args: argparse.Namespace, output_dir: Path, log=print):
 
 
 def _sbatch_options(items: list[str] | None) -> dict | None:
-    from heartlora.documents import parse_yaml
     from heartlora.errors import HeartLoRAError
+    from heartlora.io.documents import parse_yaml
 
     if not items:
         return None

@@ -7,11 +7,11 @@ import argparse
 from pathlib import Path
 
 from heartlora.adapter_io import adapter_directory, load_adapter, read_adapter_metadata
-from heartlora.atomic import atomic_write_bytes
 from heartlora.commands.arguments import add_base_override_arguments, output_dir
 from heartlora.data.transforms import timm_data_config
-from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import atomic_write_bytes
+from heartlora.io.documents import read_json
 from heartlora.tools.export import (
     EXPORT_FORMATS,
     MERGED_INFO_NAME,

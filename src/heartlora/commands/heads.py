@@ -27,7 +27,6 @@ from heartlora.adapter_io import (
     load_adapter,
     read_adapter_metadata,
 )
-from heartlora.backbone import create_base_model
 from heartlora.commands.arguments import (
     add_base_override_arguments,
     image_side,
@@ -40,7 +39,8 @@ from heartlora.data.base import DATASET_KINDS
 from heartlora.data.factory import build_dataset
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import inject
-from heartlora.packaged_weights import packaged_weights
+from heartlora.models.backbone import create_base_model
+from heartlora.models.packaged_weights import packaged_weights
 from heartlora.responsiveness import SCORER_REGISTRY, responsiveness
 from heartlora.selection import select_heads
 from heartlora.tools.analysis import (

@@ -16,9 +16,7 @@ from heartlora.adapter_io import AdapterMetadata, adapter_directory, read_adapte
 from heartlora.commands.arguments import add_base_override_arguments, positive_int
 from heartlora.data.base import open_image
 from heartlora.data.transforms import build_transform
-from heartlora.devices import DEVICES, is_device_name, resolve_device
 from heartlora.errors import HeartLoRAError
-from heartlora.precision import DTYPES, forward_precision, matmul_precision
 from heartlora.tools.runs import TrainedRun, load_run_model, other_method_run
 from heartlora.tools.serving import (
     MultiTaskModel,
@@ -27,6 +25,8 @@ from heartlora.tools.serving import (
     tensor_bytes,
     top_classes,
 )
+from heartlora.training.devices import DEVICES, is_device_name, resolve_device
+from heartlora.training.precision import DTYPES, forward_precision, matmul_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,10 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from heartlora.atomic import folder_path_problem
 from heartlora.commands.arguments import image_side, non_negative_int, positive_int
 from heartlora.errors import HeartLoRAError
-from heartlora.precision import DTYPES
+from heartlora.io.atomic import folder_path_problem
 from heartlora.tools.speed import (
     DEFAULT_GOALS_FILE,
     SpeedConfig,
@@ -17,6 +16,7 @@ from heartlora.tools.speed import (
     read_speed_goals,
     run_speed_benchmark,
 )
+from heartlora.training.precision import DTYPES
 
 _DEFAULTS = SpeedConfig()
 

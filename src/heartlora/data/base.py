@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from heartlora.backbone import MAX_CLASSES
 from heartlora.errors import HeartLoRAError
+from heartlora.models.backbone import MAX_CLASSES
 
 DATASET_KINDS: tuple[str, ...] = ("vtab1k", "fgvc", "imagefolder")
 IMAGE_EXTENSIONS: tuple[str, ...] = (

@@ -33,7 +33,7 @@ from heartlora.data.base import (
     require_dir,
     require_image,
 )
-from heartlora.documents import decode_text
+from heartlora.io.documents import decode_text
 
 FGVC_IMAGE_DIRS: dict[str, str] = {
     "CUB_200_2011": "images",

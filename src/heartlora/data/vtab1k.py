@@ -32,7 +32,6 @@ from typing import Any
 
 from PIL import Image
 
-from heartlora.backbone import MAX_CLASSES
 from heartlora.data.base import (
     LabelledImageDataset,
     check_relative_path,
@@ -43,7 +42,8 @@ from heartlora.data.base import (
     require_dir,
     require_image,
 )
-from heartlora.documents import decode_text, read_json
+from heartlora.io.documents import decode_text, read_json
+from heartlora.models.backbone import MAX_CLASSES
 
 VTAB1K_TASKS: dict[str, str] = {
     "cifar": "Natural",

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from heartlora.adapter_io import read_adapter_metadata
-from heartlora.atomic import atomic_write, atomic_write_json, atomic_write_text
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import find_attention_layers
+from heartlora.io.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 DPI = 100
 RESPONSIVENESS_PNG = "responsiveness.png"

@@ -38,13 +38,13 @@ from torch import nn
 
 from heartlora.adapter_io import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, architecture_name
 from heartlora.adapters import QKV_SLOT
-from heartlora.atomic import atomic_write_bytes, atomic_write_json
-from heartlora.backbone import classifier_parameters, classifier_path
 from heartlora.config import HeartLoRAConfig
 from heartlora.data.transforms import timm_data_config
-from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import adapter_modules, find_attention_layers, has_adapters, inject, merge
+from heartlora.io.atomic import atomic_write_bytes, atomic_write_json
+from heartlora.io.documents import read_json
+from heartlora.models.backbone import classifier_parameters, classifier_path
 
 MERGED_WEIGHTS_NAME = "model.safetensors"
 MERGED_INFO_NAME = "timm_model.json"

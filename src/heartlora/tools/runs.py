@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from torch import nn
 
 from heartlora.adapter_io import CONFIG_NAME, RUN_ADAPTER_FOLDER, RUN_CONFIG_NAME, RUN_RESULT_NAME
-from heartlora.backbone import takes_img_size
-from heartlora.documents import read_json
 from heartlora.errors import HeartLoRAError, one_line
+from heartlora.io.documents import read_json
+from heartlora.models.backbone import takes_img_size
 from heartlora.tools.serving import base_mismatch
 from heartlora.training.config import TrainConfig, read_config_file
 from heartlora.training.methods import PEFT_METHODS, Method, get_method, load_trained

@@ -25,16 +25,20 @@ from heartlora.adapter_io import (
     load_adapter,
     read_adapter_metadata,
 )
-from heartlora.backbone import (
+from heartlora.config import HeartLoRAConfig
+from heartlora.errors import HeartLoRAError
+from heartlora.inject import adapter_modules, find_attention_layers, has_adapters
+from heartlora.models.backbone import (
     PRETRAINED_PREFIX,
     RANDOM_WEIGHTS,
     classifier_path,
     create_base_model,
 )
-from heartlora.config import HeartLoRAConfig
-from heartlora.errors import HeartLoRAError
-from heartlora.inject import adapter_modules, find_attention_layers, has_adapters
-from heartlora.packaged_weights import PACKAGE_PREFIX, packaged_weights, packaged_weights_by_label
+from heartlora.models.packaged_weights import (
+    PACKAGE_PREFIX,
+    packaged_weights,
+    packaged_weights_by_label,
+)
 
 
 def base_model_from_adapter(

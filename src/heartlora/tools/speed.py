@@ -59,14 +59,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from heartlora.adapter_io import save_adapter
-from heartlora.backbone import create_architecture
 from heartlora.calibration import Calibration
 from heartlora.config import HeartLoRAConfig
-from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import heads_per_layer, merge
-from heartlora.precision import DTYPES, forward_precision, matmul_precision
+from heartlora.io.documents import parse_yaml
+from heartlora.models.backbone import create_architecture
 from heartlora.training.methods import Method, MethodSettings, directory_bytes, get_method
+from heartlora.training.precision import DTYPES, forward_precision, matmul_precision
 
 TRAIN_VARIANTS: tuple[str, ...] = ("bound", "peft_lora", "lora_all_heads", "heart_lora", "full")
 """The training variants, in the order of the report."""
@@ -197,7 +197,7 @@ class SpeedConfig:
         warmup: untimed rounds before them.
         device: ``cpu`` or ``cuda``.
         dtype: ``fp32``, ``tf32`` (TF32 matrix products on CUDA) or ``bf16`` (autocast; the
-            weights stay fp32): `heartlora.precision`.
+            weights stay fp32): `heartlora.training.precision`.
         rank: LoRA rank r of every adapter (peft and heartlora).
         scale: LoRA scale s (peft's ``lora_alpha = r·s``).
         num_classes: classes of the new classifier.

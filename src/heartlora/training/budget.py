@@ -174,7 +174,7 @@ def match_bytes(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m heartlora.training.budget``: print the byte-matched size of each method, one
     grid member a line."""
-    from heartlora.backbone import create_fine_tuning_model
+    from heartlora.models.backbone import create_fine_tuning_model
     from heartlora.training.config import build_config
 
     parser = argparse.ArgumentParser(

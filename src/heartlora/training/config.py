@@ -19,7 +19,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from heartlora.backbone import (
+from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, calib_warmup_for
+from heartlora.config import HeartLoRAConfig, one_of, rename_deprecated_keys
+from heartlora.data.base import DATASET_KINDS
+from heartlora.errors import HeartLoRAError
+from heartlora.io.documents import parse_yaml
+from heartlora.models.backbone import (
     MAX_CLASSES,
     MAX_IMG_SIZE,
     MODEL_KWARGS_SET_BY_RUN,
@@ -28,20 +33,15 @@ from heartlora.backbone import (
     pretrained_tag,
     weights_label,
 )
-from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, calib_warmup_for
-from heartlora.config import HeartLoRAConfig, one_of, rename_deprecated_keys
-from heartlora.data.base import DATASET_KINDS
-from heartlora.devices import DEVICES, is_device_name
-from heartlora.documents import parse_yaml
-from heartlora.errors import HeartLoRAError
-from heartlora.packaged_weights import packaged_weights
-from heartlora.precision import DTYPES
+from heartlora.models.packaged_weights import packaged_weights
+from heartlora.training.devices import DEVICES, is_device_name
 from heartlora.training.methods import (
     METHODS,
     MethodSettings,
     check_method_keys,
     check_peft_options,
 )
+from heartlora.training.precision import DTYPES
 
 MAX_NUM_WORKERS = 256  # each loader worker is a process; more only exhaust the machine
 MAX_THREADS = 1024  # torch.set_num_threads accepts any positive count, and crashes on huge ones
@@ -469,7 +469,7 @@ class TrainConfig:
                     raise HeartLoRAError(_choice_error(key, entry, choices))
 
     def base_weights(self) -> str:
-        """What the run's base weights are (`heartlora.backbone.weights_label`): ``"random"``,
+        """What the run's base weights are (`heartlora.models.backbone.weights_label`): ``"random"``,
         ``"pretrained:<tag>"`` or the checkpoint path, as result.json and the adapter record it."""
         return weights_label(self.model, self.checkpoint, self.pretrained)
 

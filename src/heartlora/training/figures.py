@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heartlora.atomic import atomic_write
+from heartlora.io.atomic import atomic_write
 
 
 def new_figure(size: tuple[float, float]) -> tuple[Any, Any]:

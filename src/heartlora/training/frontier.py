@@ -36,9 +36,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from heartlora.atomic import atomic_write_json, atomic_write_text
-from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import atomic_write_json, atomic_write_text
+from heartlora.io.documents import parse_yaml
 from heartlora.training.comparisons import (
     CONTROL_SCORERS,
     Comparison,

@@ -40,11 +40,11 @@ from heartlora.adapter_io import (
     load_adapter,
     save_adapter,
 )
-from heartlora.atomic import atomic_write_bytes
-from heartlora.backbone import classifier_path
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError, did_you_mean, one_line
 from heartlora.inject import inject, mark_trainable
+from heartlora.io.atomic import atomic_write_bytes
+from heartlora.models.backbone import classifier_path
 
 KNOB_KEYS: tuple[str, ...] = ("rank", "scale", "n_frequency", "block_size", "peft_options")
 """The `TrainConfig` keys that size or scale a method; each method names those it reads."""

@@ -28,9 +28,9 @@ from heartlora.adapter_io import (
     STATE_WEIGHTS_NAME,
     WEIGHTS_NAME,
 )
-from heartlora.atomic import atomic_write_text, folder_path_problem, temporary_files
-from heartlora.documents import parse_yaml, read_json
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import atomic_write_text, folder_path_problem, temporary_files
+from heartlora.io.documents import parse_yaml, read_json
 from heartlora.training.config import TrainConfig, result_neutral_keys
 from heartlora.training.methods import get_method
 from heartlora.training.run_state import CHECKPOINT_NAME
@@ -109,7 +109,7 @@ def check_run_directory(
 
 def _check_creatable(output_dir: Path) -> None:
     """Refuse an ``output_dir`` that is not a folder and cannot become one
-    (`heartlora.atomic.folder_path_problem`)."""
+    (`heartlora.io.atomic.folder_path_problem`)."""
     problem = folder_path_problem(output_dir)
     if problem is not None:
         raise HeartLoRAError(f"{problem} (expected a run directory)")

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from heartlora.atomic import atomic_write_bytes
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "heartlora-checkpoint/1"

