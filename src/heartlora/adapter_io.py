@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from heartlora.config import HeartLoRAConfig
+from heartlora.config import RENAMED_KEYS, HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import (
     adapter_modules,
@@ -36,6 +36,7 @@ from heartlora.inject import (
 )
 from heartlora.io.atomic import atomic_write_bytes, atomic_write_json
 from heartlora.io.documents import parse_yaml, read_json
+from heartlora.io.field_types import first_mismatch
 from heartlora.models.backbone import (
     MAX_CLASSES,
     MAX_IMG_SIZE,
@@ -112,10 +113,10 @@ class RunInfo:
     @classmethod
     def from_json(cls, data: Any, where: str) -> RunInfo:
         """Parse ``"extra"``; ``where`` names the file in errors."""
-        data = dict(_require(data, dict, where, "extra") or {})
+        data = dict(_checked(data, dict[str, Any], where, "extra"))
         dataset = data.pop("dataset", None)
         if dataset is not None:
-            dataset = dict(_require(dataset, dict, where, "extra.dataset"))
+            dataset = dict(_checked(dataset, dict[str, Any], where, "extra.dataset"))
             if "normalize" in dataset and data.get("normalize") is None:
                 data["normalize"] = dataset.pop("normalize")  # where early files kept it
             dataset = _typed(DatasetInfo, dataset, where, "extra.dataset")
@@ -184,117 +185,58 @@ class AdapterMetadata:
         for key in ("base_model", "config", "layers", "num_heads", "embed_dim", "head_masks"):
             if key not in data:
                 raise HeartLoRAError(f"{where}: key {key!r} is missing")
+        values = {}
+        for item in fields(cls):  # "config" is checked below, "run" is stored as "extra"
+            if item.name not in ("config", "run"):
+                values[item.name] = _checked(data.get(item.name), item.type, where, item.name)
         config_where = f"{where}: key config"
-        config_data = _require(data["config"], dict, where, "config")
-        _check_config_types(config_data, where)
+        config_data = _checked(data["config"], dict[str, Any], where, "config")
+        settings = {item.name: item.type for item in fields(HeartLoRAConfig)}
+        for key, value in config_data.items():  # an old key is checked as its new name
+            name = RENAMED_KEYS.get(key, key)
+            if name in settings:
+                _checked(value, settings[name], where, f"config.{key}")
         try:
             config = HeartLoRAConfig.from_dict(config_data, where=config_where)
         except HeartLoRAError as error:
             if str(error).startswith(config_where):
                 raise
             raise HeartLoRAError(f"{config_where}: {error}") from None
-        layers = _require_list(data["layers"], str, where, "layers")
-        num_heads = _require_list(data["num_heads"], int, where, "num_heads", len(layers))
-        masks = _require_list(data["head_masks"], list, where, "head_masks", len(layers))
-        for index, (mask, heads) in enumerate(zip(masks, num_heads)):
-            _require_list(mask, bool, where, f"head_masks[{index}]", heads)
+        layers = values["layers"]
+        for key in ("num_heads", "head_masks", "scores"):
+            if values[key] is not None and len(values[key]) != len(layers):
+                raise HeartLoRAError(
+                    f"{where}: key {key} has {len(values[key])} entries (expected {len(layers)})"
+                )
+        for index, (mask, heads) in enumerate(zip(values["head_masks"], values["num_heads"])):
+            if len(mask) != heads:
+                raise HeartLoRAError(
+                    f"{where}: key head_masks[{index}] has {len(mask)} entries (expected {heads})"
+                )
             if not any(mask):
                 raise HeartLoRAError(f"{where}: key head_masks[{index}] keeps no head")
-        scores = data.get("scores")
-        if scores is not None:
-            rows = _require_list(scores, list, where, "scores", len(layers))
-            for index, row in enumerate(rows):
-                for value in row:
-                    if value is not None and (
-                        isinstance(value, bool) or not isinstance(value, (int, float))
-                    ):
-                        raise HeartLoRAError(
-                            f"{where}: key scores[{index}] holds {value!r} (expected numbers or null)"
-                        )
-        num_classes = data.get("num_classes")
-        if num_classes is not None and not (
-            1 <= _require(num_classes, int, where, "num_classes") <= MAX_CLASSES
-        ):
+        num_classes = values["num_classes"]
+        if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
             raise HeartLoRAError(
                 f"{where}: key num_classes is {num_classes!r} (expected an integer in "
                 f"1..{MAX_CLASSES})"
             )
-        if _require(data["embed_dim"], int, where, "embed_dim") < 1:
+        if values["embed_dim"] < 1:
             raise HeartLoRAError(
-                f"{where}: key embed_dim is {data['embed_dim']!r} (expected a positive integer)"
+                f"{where}: key embed_dim is {values['embed_dim']!r} (expected a positive integer)"
             )
-        return cls(
-            base_model=_require(data["base_model"], str, where, "base_model"),
-            config=config,
-            layers=layers,
-            num_heads=num_heads,
-            embed_dim=_require(data["embed_dim"], int, where, "embed_dim"),
-            num_classes=num_classes,
-            head_masks=masks,
-            scores=scores,
-            run=RunInfo.from_json(data.get("extra"), where),
-        )
+        return cls(**values, config=config, run=RunInfo.from_json(data.get("extra"), where))
 
 
-_CONFIG_TYPES: dict[str, type] = {
-    "rank": int,
-    "scale": float,
-    "targets": list,
-    "ne": int,
-    "mode": str,
-    "percent": float,
-    "scorer": str,
-    "calib_warmup_steps": int,
-    "warmup_steps": int,
-    "calib_batches": int,
-    "layout": str,
-}
-
-
-def _check_config_types(config: dict[str, Any], where: str) -> None:
-    """Check the JSON types of the `HeartLoRAConfig` keys (their values are checked by it)."""
-    for key, kind in _CONFIG_TYPES.items():
-        if key not in config:
-            continue
-        value = config[key]
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise HeartLoRAError(f"{where}: key config.{key} is {value!r} (expected a number)")
-            if not math.isfinite(value):
-                raise HeartLoRAError(
-                    f"{where}: key config.{key} is {value!r} (expected a finite number)"
-                )
-        elif kind is list:
-            _require_list(value, str, where, f"config.{key}")
-        else:
-            _require(value, kind, where, f"config.{key}")
-
-
-def _type_name(kind: type) -> str:
-    return {dict: "an object", list: "a list", str: "a string", int: "an integer"}.get(
-        kind, kind.__name__
-    )
-
-
-def _require(value: Any, kind: type, where: str, key: str) -> Any:
-    """``value`` when it is a ``kind`` (bools are not integers), else a one-line error."""
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+def _checked(value: Any, annotation: Any, where: str, key: str) -> Any:
+    """``value`` when it is of the type ``annotation`` names, else a one-line error naming
+    ``where``, the key (down to a wrong list item) and the type expected."""
+    wrong = first_mismatch(value, annotation)
+    if wrong is None:
         return value
-    raise HeartLoRAError(f"{where}: key {key} is {value!r} (expected {_type_name(kind)})")
-
-
-def _require_list(
-    value: Any, kind: type, where: str, key: str, length: int | None = None
-) -> list[Any]:
-    items = _require(value, list, where, key)
-    if length is not None and len(items) != length:
-        raise HeartLoRAError(f"{where}: key {key} has {len(items)} entries (expected {length})")
-    for index, item in enumerate(items):
-        _require(item, kind, where, f"{key}[{index}]")
-    return items
-
-
-_FIELD_TYPES = {"str": str, "int": int, "dict[str, Any]": dict, "list[str]": list}
+    raise HeartLoRAError(
+        f"{where}: key {key}{wrong.path} is {wrong.value!r} (expected {wrong.expected})"
+    )
 
 
 def _typed(cls: type, values: dict[str, Any], where: str, key: str) -> Any:
@@ -303,10 +245,7 @@ def _typed(cls: type, values: dict[str, Any], where: str, key: str) -> Any:
     for name, value in values.items():
         if name not in known:
             raise HeartLoRAError(f"{where}: unknown key {key}.{name}")
-        annotation = str(known[name].type).replace(" | None", "")
-        kind = _FIELD_TYPES.get(annotation, list if annotation.startswith("list") else None)
-        if value is not None and kind is not None:
-            _require(value, kind, where, f"{key}.{name}")
+        _checked(value, known[name].type, where, f"{key}.{name}")
     required = (
         f.name for f in known.values() if f.default is MISSING and f.default_factory is MISSING
     )

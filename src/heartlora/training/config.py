@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import math
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from heartlora.config import HeartLoRAConfig, one_of, rename_deprecated_keys
 from heartlora.data.base import DATASET_KINDS
 from heartlora.errors import HeartLoRAError
 from heartlora.io.documents import parse_yaml
+from heartlora.io.field_types import matches
 from heartlora.models.backbone import (
     MAX_CLASSES,
     MAX_IMG_SIZE,
@@ -77,15 +77,11 @@ MAX_INTEGER = 2**63 - 1
 
 
 def _check_numbers_fit(config: TrainConfig) -> None:
-    """Every number is finite and every integer fits in 64 bits (checked before the ranges, so
-    that ``nan`` or ``1e400`` never passes a comparison by accident)."""
+    """Every integer fits in 64 bits, checked before the ranges so that none passes a comparison
+    by accident (the type check has refused ``nan`` and ``1e400``)."""
     for item in fields(config):
         value = getattr(config, item.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise HeartLoRAError(f"{item.name} must be a finite number, got {value!r}")
-        if isinstance(value, int) and abs(value) > MAX_INTEGER:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
             raise HeartLoRAError(f"{item.name} must be below 2**63 in magnitude, got {value}")
 
 
@@ -390,7 +386,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Check every value; raise `HeartLoRAError` naming the first bad key."""
         for item in fields(self):
-            _check_type(item.name, getattr(self, item.name), item.type)
+            value = getattr(self, item.name)
+            if not matches(value, item.type):
+                wanted = "set (got null)" if value is None else f"{_type_text(item)}, got {value!r}"
+                raise HeartLoRAError(f"{item.name} must be {wanted}")
         check_model_kwargs(self.model_kwargs, "model_kwargs")
         known_architecture(self.model)
         _check_numbers_fit(self)
@@ -524,9 +523,6 @@ class TrainConfig:
         return asdict(self)
 
 
-_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
-
-
 def _adapter_keys(minimum: int) -> tuple[str, ...]:
     """The `TrainConfig` keys of the integer `HeartLoRAConfig` fields with this ``minimum``."""
     return tuple(
@@ -536,29 +532,9 @@ def _adapter_keys(minimum: int) -> tuple[str, ...]:
     )
 
 
-def _check_type(key: str, value: Any, annotation: str) -> None:
-    """Check ``value`` against a field annotation such as ``int``, ``str | None``, ``list[str]``."""
-    kinds = [part.strip() for part in annotation.split("|")]
-    if value is None:
-        if "None" in kinds:
-            return
-        raise HeartLoRAError(f"{key} must be set (got null)")
-    if not _matches(value, kinds[0]):
-        raise HeartLoRAError(
-            f"{key} must be {annotation.replace(' | None', ' or null')}, got {value!r}"
-        )
-
-
-def _matches(value: Any, kind: str) -> bool:
-    if kind.startswith("dict[str"):
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    if kind.startswith("list["):
-        return isinstance(value, list) and all(_matches(v, kind[5:-1]) for v in value)
-    if isinstance(value, bool) and kind != "bool":
-        return False
-    if kind == "float" and isinstance(value, float) and not math.isfinite(value):
-        return False
-    return isinstance(value, _SCALARS[kind])
+def _type_text(item: Field) -> str:
+    """A field's type as the docs' key table and the messages write it: ``int or null``."""
+    return item.type.replace(" | None", " or null")
 
 
 GROUP_STARTS: dict[str, str] = {
@@ -744,7 +720,7 @@ def config_reference_markdown() -> str:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for item in fields(TrainConfig):
         default = item.default if item.default_factory is MISSING else item.default_factory()
-        kind = item.type.replace(" | None", " or null")
+        kind = _type_text(item)
         cells = [f"`{item.name}`", f"`{kind}`", f"`{_yaml_value(default)}`", item.metadata["help"]]
         rows.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
     return "\n".join(rows) + "\n"

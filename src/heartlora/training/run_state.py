@@ -27,6 +27,7 @@ import torch
 
 from heartlora.errors import HeartLoRAError
 from heartlora.io.atomic import atomic_write_bytes
+from heartlora.io.field_types import first_mismatch
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "heartlora-checkpoint/1"
@@ -79,25 +80,13 @@ class RunProgress:
                 f"{where}: damaged checkpoint (progress keys: unknown {unknown}, missing {missing})"
             )
         for name, value in data.items():
-            kinds = _KINDS.get(str(names[name].type), (object,))
-            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            wrong = first_mismatch(value, names[name].type)
+            if wrong is not None:
                 raise HeartLoRAError(
-                    f"{where}: damaged checkpoint (progress.{name} is {value!r}, expected "
-                    f"{names[name].type})"
+                    f"{where}: damaged checkpoint (progress.{name}{wrong.path} is "
+                    f"{wrong.value!r}, expected {wrong.expected})"
                 )
-        if not all(isinstance(row, dict) for row in data["history"]):
-            raise HeartLoRAError(f"{where}: damaged checkpoint (progress.history)")
         return cls(**data)
-
-
-_KINDS: dict[str, tuple[type, ...]] = {
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "float | None": (int, float, type(None)),
-    "int | None": (int, type(None)),
-    "list[dict[str, Any]]": (list,),
-}
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,194 @@
+import json
+import math
+from dataclasses import fields
+from typing import Any
+
+import pytest
+import torch
+from tiny_models import tiny_vit
+
+import heartlora as hl
+from heartlora.adapter_io import CONFIG_NAME, DatasetInfo, RunInfo, read_adapter_metadata
+from heartlora.io.field_types import Mismatch, describe, first_mismatch, matches
+from heartlora.training.config import TrainConfig
+from heartlora.training.run_state import RunProgress
+
+
+@pytest.mark.parametrize(
+    "value, annotation, expected",
+    [
+        (3, "int", True),
+        (True, "int", False),  # a bool is never an integer
+        (False, "float", False),  # nor a number
+        (True, "bool", True),
+        (1, "bool", False),
+        (3, "float", True),  # an integer is a number
+        (2.5, "float", True),
+        (math.inf, "float", False),
+        (-math.inf, "float", False),
+        (math.nan, "float", False),
+        (10**400, "float", False),  # no float holds it
+        (10**400, "int", True),
+        (1.0, "int", False),
+        ("3", "int", False),
+        ("x", "str", True),
+        (None, "str", False),
+        (None, "str | None", True),
+        (None, "None", True),
+        ("x", "int | None", False),
+        ([], "list[str]", True),
+        (["a", 1], "list[str]", False),
+        (("a",), "list[str]", False),  # a list is a list
+        (["q", "v"], "tuple[str, ...]", True),  # JSON and YAML have no tuples
+        (("q", "v"), "tuple[str, ...]", True),
+        ("q", "tuple[str, ...]", False),
+        ([[0.5, 1]], "list[list[float]] | None", True),
+        ([[0.5, math.inf]], "list[list[float]] | None", False),
+        ([0.5], "list[list[float]]", False),
+        ([[1.0, None]], "list[list[float | None]]", True),
+        ({"a": [1]}, "dict[str, Any]", True),
+        ({1: "a"}, "dict[str, Any]", False),  # YAML keys may be numbers
+        ({"a": "b"}, "dict[str, int]", False),
+        ([{"a": 1}, 2], "list[dict[str, Any]]", False),
+        (object(), "Any", True),
+        (None, "Any", True),
+    ],
+)
+def test_values_match_their_annotation_as_text_or_as_type(value, annotation, expected):
+    assert matches(value, annotation) is expected
+    real = eval(annotation, {"Any": Any})  # the same annotation as a type
+    assert matches(value, real) is expected
+
+
+def test_the_first_mismatch_names_the_deepest_wrong_item():
+    assert first_mismatch([[1, 2], [3, "x"]], "list[list[int]]") == Mismatch(
+        "[1][1]", "x", "an integer"
+    )
+    assert first_mismatch({"a": [1, True]}, "dict[str, list[float]]") == Mismatch(
+        ".a[1]", True, "a number"
+    )
+    assert first_mismatch([[1, "x"]], "list[list[float | None]] | None") == Mismatch(
+        "[0][1]", "x", "a number or null"
+    )
+    assert first_mismatch("x", "int | None") == Mismatch("", "x", "an integer or null")
+    assert first_mismatch({1: 2}, "dict[str, Any]").path == ""  # a bad key: the whole mapping
+    assert first_mismatch([1, 2], "list[int]") is None
+
+
+@pytest.mark.parametrize(
+    "annotation, words",
+    [
+        ("int", "an integer"),
+        ("float", "a number"),
+        ("bool", "true or false"),
+        ("str | None", "a string or null"),
+        ("list[str]", "a list of strings"),
+        ("tuple[str, ...]", "a list of strings"),
+        ("list[list[float]] | None", "a list of lists of numbers or null"),
+        ("dict[str, Any]", "a mapping of strings to values"),
+        ("list[dict[str, Any]]", "a list of mappings of strings to values"),
+    ],
+)
+def test_types_are_described_in_words(annotation, words):
+    assert describe(annotation) == words
+
+
+def test_every_annotation_of_the_checked_dataclasses_is_understood():
+    checked = [TrainConfig, hl.HeartLoRAConfig, RunProgress, DatasetInfo, RunInfo]
+    for item in (item for cls in checked for item in fields(cls) if item.name != "dataset"):
+        describe(item.type)
+        first_mismatch(object(), item.type)
+    with pytest.raises(TypeError, match="tuple"):
+        matches((1, "a"), "tuple[int, str]")
+
+
+def test_progress_of_a_checkpoint_is_checked_against_its_fields():
+    state = RunProgress().to_state()
+    assert RunProgress.from_state(state, "c.pt") == RunProgress()
+    for key, value in [
+        ("epoch", True),
+        ("loss_sum", math.inf),
+        ("best_epoch", 1.5),
+        ("history", [{"epoch": 1}, 3]),
+    ]:
+        with pytest.raises(hl.HeartLoRAError, match=f"c.pt: damaged checkpoint \\(progress.{key}"):
+            RunProgress.from_state({**state, key: value}, "c.pt")
+
+
+def test_train_config_messages_keep_their_wording():
+    with pytest.raises(hl.HeartLoRAError, match=r"^rank must be int, got True$"):
+        TrainConfig(rank=True)
+    with pytest.raises(hl.HeartLoRAError, match=r"^task must be set \(got null\)$"):
+        TrainConfig(task=None)
+    with pytest.raises(hl.HeartLoRAError, match=r"^normalize must be list\[list\[float\]\] or nu"):
+        TrainConfig(normalize=[[0.5], ["x"]])
+
+
+@pytest.fixture
+def adapter_file(tmp_path):
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=2))
+    hl.save_adapter(model, tmp_path)
+    return tmp_path / CONFIG_NAME
+
+
+def _refusal(path, change) -> str:
+    """The one-line message that refuses the adapter file at ``path`` once ``change``d."""
+    saved = path.read_text()
+    document = json.loads(saved)
+    change(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(hl.HeartLoRAError) as error:
+        read_adapter_metadata(path.parent)
+    path.write_text(saved)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: key ")
+    return message
+
+
+def test_every_adapter_config_key_is_checked_against_heartlora_config(adapter_file):
+    def wrong_normalize_layers(document):
+        document["config"]["normalize_layers"] = "yes"
+
+    message = _refusal(adapter_file, wrong_normalize_layers)
+    assert message.endswith("key config.normalize_layers is 'yes' (expected true or false)")
+
+    def wrong_old_key(document):  # a renamed key is checked as its new name, named as written
+        document["config"]["warmup_steps"] = document["config"].pop("calib_warmup_steps") * 1.5
+
+    assert "key config.warmup_steps is 30.0 (expected an integer)" in _refusal(
+        adapter_file, wrong_old_key
+    )
+
+
+def test_adapter_keys_name_the_wrong_item(adapter_file):
+    def wrong_head_count(document):
+        document["num_heads"][1] = "4"
+
+    assert "key num_heads[1] is '4' (expected an integer)" in _refusal(
+        adapter_file, wrong_head_count
+    )
+
+    def wrong_mask(document):
+        document["head_masks"][0][2] = 1
+
+    assert "key head_masks[0][2] is 1 (expected true or false)" in _refusal(
+        adapter_file, wrong_mask
+    )
+
+    def wrong_dataset_root(document):
+        document["extra"]["dataset"] = {"kind": "folder", "root": 3}
+
+    assert "key extra.dataset.root is 3 (expected a string)" in _refusal(
+        adapter_file, wrong_dataset_root
+    )
+
+
+def test_an_adapter_file_with_the_old_key_still_loads(adapter_file):
+    document = json.loads(adapter_file.read_text())
+    document["config"]["warmup_steps"] = document["config"].pop("calib_warmup_steps")
+    adapter_file.write_text(json.dumps(document))
+    with pytest.warns(FutureWarning, match="'warmup_steps' is deprecated"):
+        metadata = read_adapter_metadata(adapter_file.parent)
+    assert metadata.config == hl.HeartLoRAConfig(rank=2)
+    assert torch.equal(torch.tensor(metadata.head_masks), torch.ones(2, 4, dtype=torch.bool))
