@@ -9,7 +9,9 @@ refused the same way instead of surfacing as `RecursionError` or `ValueError`.
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +160,30 @@ def parse_yaml(data: bytes | str, where: str, expected: str = "a YAML document")
         raise _one_line(f"{where}{line}: {problem} (expected {expected})") from None
     except RecursionError:
         raise _one_line(f"{where}: YAML nested too deeply (expected {expected})") from None
+
+
+def read_yaml_mapping(
+    path: str | Path, what: str, expected: str, allow_empty: bool = False
+) -> dict[Any, Any]:
+    """The mapping in the YAML file at ``path`` (``what`` names the kind of file, ``expected``
+    its content, for the messages); an empty file is ``{}`` where ``allow_empty``.
+
+    Raises:
+        HeartLoRAError: a missing file, invalid YAML (`parse_yaml`) or a document that is not a
+            mapping (or is empty, unless ``allow_empty``), in one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HeartLoRAError(f"{path}: {what} not found")
+    data = parse_yaml(path.read_bytes(), str(path), expected)
+    if data is None and allow_empty:
+        return {}
+    if not isinstance(data, dict) or not (data or allow_empty):
+        raise HeartLoRAError(f"{path}: expected {expected}, got {type(data).__name__}")
+    return data
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """``" (did you mean X?)"`` with the choice closest to ``word``, or ``""`` when none is."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import math
 import os
 import platform
@@ -63,7 +62,7 @@ from heartlora.calibration import Calibration
 from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError
 from heartlora.inject import heads_per_layer, merge
-from heartlora.io.documents import parse_yaml
+from heartlora.io.documents import did_you_mean, read_yaml_mapping
 from heartlora.models.backbone import create_architecture
 from heartlora.training.methods import Method, MethodSettings, directory_bytes, get_method
 from heartlora.training.precision import DTYPES, forward_precision, matmul_precision
@@ -159,18 +158,12 @@ def read_speed_goals(path: str | Path) -> dict[str, float]:
             (with the closest one) or a limit that is not a positive number; one line naming
             the file and the key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise HeartLoRAError(f"{path}: speed goals file not found")
-    data = parse_yaml(path.read_bytes(), str(path), "a mapping of ratio names to limits")
-    if not isinstance(data, dict) or not data:
-        raise HeartLoRAError(f"{path}: expected a mapping of ratio names to limits")
+    data = read_yaml_mapping(path, "speed goals file", "a mapping of ratio names to limits")
     names = [ratio.name for ratio in RATIOS]
     goals: dict[str, float] = {}
     for key, limit in data.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(key, names)
             raise HeartLoRAError(f"{path}: {key!r} is not a ratio of the report{hint}")
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
             raise HeartLoRAError(f"{path}: {key}: expected a positive number, got {limit!r}")

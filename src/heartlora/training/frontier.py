@@ -28,7 +28,6 @@ config's splits and nothing is chosen.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any
 
 from heartlora.errors import HeartLoRAError
 from heartlora.io.atomic import atomic_write_json, atomic_write_text
-from heartlora.io.documents import parse_yaml
+from heartlora.io.documents import did_you_mean, read_yaml_mapping
 from heartlora.training.comparisons import (
     CONTROL_SCORERS,
     Comparison,
@@ -97,16 +96,11 @@ def read_grid_file(path: str | Path) -> GridFile:
             specs are parsed here, so a bad one is refused before anything trains.
     """
     path = Path(path)
-    if not path.is_file():
-        raise HeartLoRAError(f"{path}: grid file not found")
-    data = parse_yaml(path.read_bytes(), str(path), "a mapping of grid keys") or {}
-    if not isinstance(data, dict):
-        raise HeartLoRAError(f"{path}: expected a mapping of grid keys, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "grid file", "a mapping of grid keys", allow_empty=True)
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key not in GRID_FILE_KEYS:
-            close = difflib.get_close_matches(str(key), GRID_FILE_KEYS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(key, GRID_FILE_KEYS)
             raise HeartLoRAError(
                 f"{path}: unknown key {key!r}{hint}; expected {', '.join(GRID_FILE_KEYS)}"
             )

@@ -17,7 +17,6 @@ own (``heartlora/bundled/grids/``).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from heartlora.bundled.mini_vtab import MINI_VTAB_TASKS
 from heartlora.errors import HeartLoRAError
-from heartlora.io.documents import parse_yaml
+from heartlora.io.documents import did_you_mean, read_yaml_mapping
 from heartlora.training.config import known_keys
 from heartlora.training.method_specs import parse_method
 from heartlora.training.methods import get_method
@@ -74,15 +73,10 @@ def read_protocol_file(path: str | Path) -> SuiteProtocol:
             config key, task or method — one line naming the file and the key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise HeartLoRAError(f"{path}: protocol file not found")
-    data = parse_yaml(path.read_bytes(), str(path), "a mapping of protocol keys")
-    if not isinstance(data, dict):
-        raise HeartLoRAError(f"{path}: expected a mapping of protocol keys")
+    data = read_yaml_mapping(path, "protocol file", "a mapping of protocol keys")
     for key in data:
         if key not in PROTOCOL_FILE_KEYS:
-            close = difflib.get_close_matches(str(key), PROTOCOL_FILE_KEYS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(key, PROTOCOL_FILE_KEYS)
             raise HeartLoRAError(f"{path}: unknown key {key!r}{hint}")
     for key in ("summary", "defaults", "tasks", "methods"):
         if key not in data:
@@ -98,8 +92,7 @@ def read_protocol_file(path: str | Path) -> SuiteProtocol:
             raise wrong(where.partition(".")[0])
         for config_key in value:
             if config_key not in known_keys():
-                close = difflib.get_close_matches(str(config_key), known_keys(), n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
+                hint = did_you_mean(config_key, known_keys())
                 raise HeartLoRAError(
                     f"{path}: key {where}: unknown config key {config_key!r}{hint}"
                 )

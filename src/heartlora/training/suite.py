@@ -27,7 +27,7 @@ from typing import Any
 from heartlora.bundled.tasks import MINI_VTAB_TASKS, NINE_TASKS, materialize
 from heartlora.errors import HeartLoRAError
 from heartlora.io.atomic import atomic_write_text
-from heartlora.io.documents import parse_yaml
+from heartlora.io.documents import read_yaml_mapping
 from heartlora.models.backbone import RANDOM_WEIGHTS
 from heartlora.training.comparisons import compare_methods, verdict_markdown
 from heartlora.training.config import TrainConfig, build_config, parse_override, read_config_file
@@ -224,11 +224,7 @@ def read_groups_file(path: str | Path, known: Sequence[str] | None = None) -> di
             names the possible tasks) a task that is not among them.
     """
     path = Path(path)
-    if not path.is_file():
-        raise HeartLoRAError(f"{path}: groups file not found")
-    data = parse_yaml(path.read_bytes(), str(path), "a mapping of group: [task, ...]")
-    if not isinstance(data, dict) or not data:
-        raise HeartLoRAError(f"{path}: expected a mapping of group: [task, ...]")
+    data = read_yaml_mapping(path, "groups file", "a mapping of group: [task, ...]")
     group_of: dict[str, str] = {}
     for group, tasks in data.items():
         if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
