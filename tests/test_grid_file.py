@@ -26,7 +26,7 @@ def test_the_petl_field_grid_holds_heart_lora_its_control_and_the_field():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("method: [lora]\n", "unknown key 'method' (did you mean methods?)"),
+        ("method: [lora]\n", "unknown key 'method' (did you mean 'methods'?)"),
         ("methods: lora\n", "key methods must be a list of method specs"),
         ("methods: [lora, 'peft-ia3[rank=8]']\n", "key methods: peft-ia3[rank=8]: peft-ia3 has no"),
         ("methods: ['lora[rank]']\n", "key methods: method 'lora[rank]': expected key=value"),

@@ -126,7 +126,7 @@ def test_every_ratio_is_reported_once_in_wall_time_and_the_timed_ones_in_cpu_tim
     ("text", "message"),
     [
         ("heart_lora_vs_bond: 1.1\n", "'heart_lora_vs_bond' is not a ratio of the report "
-         "(did you mean heart_lora_vs_bound?)"),
+         "(did you mean 'heart_lora_vs_bound'?)"),
         ("merged_vs_base: 0\n", "merged_vs_base: expected a positive number, got 0"),
         ("merged_vs_base: yes\n", "merged_vs_base: expected a positive number, got True"),
         ("- 1.0\n", "expected a mapping of ratio names to limits, got list"),

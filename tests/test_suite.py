@@ -351,14 +351,14 @@ def test_the_bundled_protocol_files_are_the_protocols_and_each_default_builds_a_
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ({"seed": 3}, "unknown key 'seed' (did you mean seeds?)"),
+        ({"seed": 3}, "unknown key 'seed' (did you mean 'seeds'?)"),
         ({"seeds": 0}, "key seeds must be a positive whole number, got 0"),
         ({"tasks": ["mnist", "cifar"]}, "key tasks: unknown task 'cifar'"),
         ({"methods": ["lora", "lorax"]}, "key methods: unknown method 'lorax'"),
         ({"methods": ["lora[rnk=2]"]}, "key methods: lora[rnk=2]: unknown config key 'rnk'"),
         ({"defaults": {"learning_rate": 0.1}}, "key defaults: unknown config key 'learning_rate'"),
         ({"method_defaults": {"linear": {"lrr": 1}}},
-         "key method_defaults.linear: unknown config key 'lrr' (did you mean lr?)"),
+         "key method_defaults.linear: unknown config key 'lrr' (did you mean 'lr'?)"),
         ({"summary": None}, "key summary must be a line of text, got None"),
     ],
 )  # fmt: skip

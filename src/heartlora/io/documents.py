@@ -9,9 +9,7 @@ refused the same way instead of surfacing as `RecursionError` or `ValueError`.
 
 from __future__ import annotations
 
-import difflib
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +179,3 @@ def read_yaml_mapping(
     if not isinstance(data, dict) or not (data or allow_empty):
         raise HeartLoRAError(f"{path}: expected {expected}, got {type(data).__name__}")
     return data
-
-
-def did_you_mean(word: object, choices: Iterable[str]) -> str:
-    """``" (did you mean X?)"`` with the choice closest to ``word``, or ``""`` when none is."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""

@@ -60,9 +60,9 @@ from torch import nn
 from heartlora.adapter_io import save_adapter
 from heartlora.calibration import Calibration
 from heartlora.config import HeartLoRAConfig
-from heartlora.errors import HeartLoRAError
+from heartlora.errors import HeartLoRAError, did_you_mean
 from heartlora.inject import heads_per_layer, merge
-from heartlora.io.documents import did_you_mean, read_yaml_mapping
+from heartlora.io.documents import read_yaml_mapping
 from heartlora.models.backbone import create_architecture
 from heartlora.training.methods import Method, MethodSettings, directory_bytes, get_method
 from heartlora.training.precision import DTYPES, forward_precision, matmul_precision

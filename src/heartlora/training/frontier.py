@@ -35,9 +35,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from heartlora.errors import HeartLoRAError
+from heartlora.errors import HeartLoRAError, did_you_mean
 from heartlora.io.atomic import atomic_write_json, atomic_write_text
-from heartlora.io.documents import did_you_mean, read_yaml_mapping
+from heartlora.io.documents import read_yaml_mapping
 from heartlora.training.comparisons import (
     CONTROL_SCORERS,
     Comparison,

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.bundled.mini_vtab import MINI_VTAB_TASKS
-from heartlora.errors import HeartLoRAError
-from heartlora.io.documents import did_you_mean, read_yaml_mapping
+from heartlora.errors import HeartLoRAError, did_you_mean
+from heartlora.io.documents import read_yaml_mapping
 from heartlora.training.config import known_keys
 from heartlora.training.method_specs import parse_method
 from heartlora.training.methods import get_method
