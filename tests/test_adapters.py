@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tiny_models import images, randomize_adapters, tiny_swin, tiny_vit
+from tiny_models import images, qkv_adapter, randomize_adapters, tiny_swin, tiny_vit
 
 import heartlora as hl
 from heartlora.adapters import HeadLoRAAdapter, HeadLoRAQKV
@@ -109,15 +109,7 @@ def _reference_qkv(adapter: HeadLoRAQKV, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("mask", [None, [True, False, True, False]])
 @pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v")])
 def test_forward_and_reference_forward_match_the_written_out_formula(layout, mask, targets):
-    model = tiny_vit()
-    hl.inject(model, hl.HeartLoRAConfig(rank=3, scale=2.0, targets=targets, layout=layout))
-    randomize_adapters(model)
-    adapter: HeadLoRAQKV = model.blocks[0].attn.qkv
-    if mask is not None:
-        adapter.set_head_mask(torch.tensor(mask))
-        with torch.no_grad():
-            adapter.lora_B.normal_()
-    adapter.base.weight.requires_grad_(True)
+    adapter: HeadLoRAQKV = qkv_adapter(targets, layout, mask)
     x = torch.randn(2, 5, adapter.base.in_features, requires_grad=True)
     upstream = torch.randn(2, 5, adapter.base.out_features)
     grads = []

@@ -5,9 +5,8 @@ active heads, in fp32 and bf16, eager and under `torch.compile(fullgraph=True)`.
 import pytest
 import torch
 import torch._dynamo
-from tiny_models import randomize_adapters, tiny_vit
+from tiny_models import qkv_adapter
 
-import heartlora as hl
 from heartlora.adapters import HeadLoRAQKV
 
 BF16_RELATIVE_ERROR = 1e-2
@@ -23,21 +22,6 @@ def _assert_agree(got: torch.Tensor, expected: torch.Tensor, name: str, bf16: bo
         assert error <= BF16_RELATIVE_ERROR, f"{name}: relative error {float(error):.2e}"
     else:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=name)
-
-
-def _adapter(targets, layout, mask, dtype=torch.float32) -> HeadLoRAQKV:
-    model = tiny_vit()
-    hl.inject(model, hl.HeartLoRAConfig(rank=3, scale=2.0, targets=targets, layout=layout))
-    randomize_adapters(model)
-    adapter: HeadLoRAQKV = model.blocks[0].attn.qkv
-    if mask is not None:
-        adapter.set_head_mask(torch.tensor(mask))
-        with torch.no_grad():
-            adapter.lora_B.copy_(
-                torch.randn(adapter.lora_B.shape, generator=torch.Generator().manual_seed(4))
-            )
-    adapter.base.weight.requires_grad_(True)
-    return adapter.to(dtype)
 
 
 def _value_and_grads(fn, adapter: HeadLoRAQKV, x: torch.Tensor, upstream: torch.Tensor):
@@ -60,7 +44,7 @@ def _inputs(adapter: HeadLoRAQKV, dtype: torch.dtype):
 )
 @pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v"), ("k",)])
 def test_fused_forward_and_gradients_equal_the_reference(targets, mask, layout, dtype):
-    adapter = _adapter(targets, layout, mask, dtype)
+    adapter = qkv_adapter(targets, layout, mask, dtype)
     x, upstream = _inputs(adapter, dtype)
     fused = _value_and_grads(adapter, adapter, x, upstream)
     reference = _value_and_grads(adapter.reference_forward, adapter, x, upstream)
@@ -70,7 +54,7 @@ def test_fused_forward_and_gradients_equal_the_reference(targets, mask, layout, 
 
 
 def test_deactivated_heads_rows_are_the_base_s_in_the_reference():
-    adapter = _adapter(("q", "v"), "per-projection", [True, False, True, False])
+    adapter = qkv_adapter(("q", "v"), "per-projection", [True, False, True, False])
     x, _ = _inputs(adapter, torch.float32)
     out, base = adapter.reference_forward(x).detach(), adapter.base(x).detach()
     hd, dim = adapter.head_dim, adapter.num_heads * adapter.head_dim
@@ -82,7 +66,7 @@ def test_deactivated_heads_rows_are_the_base_s_in_the_reference():
 
 
 def test_autocast_runs_the_fused_kernel_in_bf16_and_matches_the_reference():
-    adapter = _adapter(("q", "v"), "per-projection", [True, True, False, True])
+    adapter = qkv_adapter(("q", "v"), "per-projection", [True, True, False, True])
     x, upstream = _inputs(adapter, torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fused = _value_and_grads(adapter, adapter, x, upstream)
@@ -94,7 +78,7 @@ def test_autocast_runs_the_fused_kernel_in_bf16_and_matches_the_reference():
 
 @pytest.mark.parametrize("mask", [None, [False, True, True, False]], ids=str)
 def test_fullgraph_compiled_fused_kernel_equals_the_eager_reference(mask):
-    adapter = _adapter(("q", "k", "v"), "per-projection", mask)
+    adapter = qkv_adapter(("q", "k", "v"), "per-projection", mask)
     x, upstream = _inputs(adapter, torch.float32)
     torch._dynamo.reset()
     compiled = torch.compile(adapter, backend="aot_eager", fullgraph=True)

@@ -63,3 +63,23 @@ def randomize_adapters(model: torch.nn.Module, seed: int = 3) -> None:
     with torch.no_grad():
         for param in adapter_parameters(model):
             param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+def qkv_adapter(targets, layout, mask=None, dtype=torch.float32):
+    """Block 0's qkv adapter of a `tiny_vit` injected with rank 3, scale 2 and random
+    adapters; with ``mask`` its head mask set and B redrawn (seeded) so the masked rows are
+    not zero; the base weight takes gradients; cast to ``dtype``."""
+    import heartlora as hl
+
+    model = tiny_vit()
+    hl.inject(model, hl.HeartLoRAConfig(rank=3, scale=2.0, targets=targets, layout=layout))
+    randomize_adapters(model)
+    adapter = model.blocks[0].attn.qkv
+    if mask is not None:
+        adapter.set_head_mask(torch.tensor(mask))
+        with torch.no_grad():
+            adapter.lora_B.copy_(
+                torch.randn(adapter.lora_B.shape, generator=torch.Generator().manual_seed(4))
+            )
+    adapter.base.weight.requires_grad_(True)
+    return adapter.to(dtype)
