@@ -1,6 +1,6 @@
 import json
 import math
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pytest
@@ -9,7 +9,14 @@ from tiny_models import tiny_vit
 
 import heartlora as hl
 from heartlora.adapter_io import CONFIG_NAME, DatasetInfo, RunInfo, read_adapter_metadata
-from heartlora.io.field_types import Mismatch, describe, first_mismatch, matches
+from heartlora.io.field_types import (
+    Mismatch,
+    check_fields,
+    describe,
+    field_error,
+    first_mismatch,
+    matches,
+)
 from heartlora.training.config import TrainConfig
 from heartlora.training.run_state import RunProgress
 
@@ -115,12 +122,14 @@ def test_progress_of_a_checkpoint_is_checked_against_its_fields():
             RunProgress.from_state({**state, key: value}, "c.pt")
 
 
-def test_train_config_messages_keep_their_wording():
-    with pytest.raises(hl.HeartLoRAError, match=r"^rank must be int, got True$"):
+def test_train_config_messages_name_the_key_the_type_and_the_value():
+    with pytest.raises(hl.HeartLoRAError, match=r"^rank must be an integer, got True$"):
         TrainConfig(rank=True)
     with pytest.raises(hl.HeartLoRAError, match=r"^task must be set \(got null\)$"):
         TrainConfig(task=None)
-    with pytest.raises(hl.HeartLoRAError, match=r"^normalize must be list\[list\[float\]\] or nu"):
+    with pytest.raises(
+        hl.HeartLoRAError, match=r"^normalize must be a list of lists of numbers or null, got"
+    ):
         TrainConfig(normalize=[[0.5], ["x"]])
 
 
@@ -192,3 +201,64 @@ def test_an_adapter_file_with_the_old_key_still_loads(adapter_file):
         metadata = read_adapter_metadata(adapter_file.parent)
     assert metadata.config == hl.HeartLoRAConfig(rank=2)
     assert torch.equal(torch.tensor(metadata.head_masks), torch.ones(2, 4, dtype=torch.bool))
+
+
+@dataclass
+class _Bounded:
+    count: int = field(default=1, metadata={"minimum": 1, "maximum": 9})
+    share: float = field(default=0.0, metadata={"minimum": 0, "below": 1})
+    rate: float = field(default=1.0, metadata={"above": 0})
+    names: list[str] = field(default_factory=list, metadata={"choices": ("a", "b")})
+    kind: str | None = field(default=None, metadata={"choices": ("x", "y")})
+    limit: int | None = field(default=None, metadata={"minimum": 1})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"count": 0}, "count must be at least 1 and at most 9, got 0"),
+        ({"count": 10}, "count must be at least 1 and at most 9, got 10"),
+        ({"count": 2**63}, "count must be below 2**63 in magnitude"),
+        ({"count": None}, "count must be set (got null)"),
+        ({"share": 1}, "share must be at least 0 and below 1, got 1"),
+        ({"rate": 0.0}, "rate must be greater than 0, got 0.0"),
+        ({"rate": math.nan}, "rate must be a number, got nan"),
+        ({"names": ["a", "c"]}, "names: unknown value 'c'; expected one of a, b"),
+        ({"kind": "z"}, "kind: unknown value 'z'; expected one of x, y"),
+        ({"kind": "yy"}, "kind: unknown value 'yy' (did you mean 'y'?)"),
+        ({"limit": 0}, "limit must be at least 1, got 0"),
+    ],
+)
+def test_check_fields_applies_type_choices_and_bounds_of_the_metadata(change, message):
+    record = _Bounded(**change)
+    with pytest.raises(hl.HeartLoRAError) as error:
+        check_fields(record, "f.yaml")
+    assert str(error.value).startswith(f"f.yaml: {message}")
+
+
+def test_check_fields_passes_values_on_their_bounds_and_nulls_where_allowed():
+    check_fields(_Bounded(count=9, share=0, rate=1e-12, names=["b", "a"], kind="x", limit=1))
+    check_fields(_Bounded())
+    assert field_error(fields(_Bounded)[0], 5) is None
+
+
+def _records():
+    from heartlora.tools.speed import SpeedConfig
+    from heartlora.training.slurm_executor import SlurmSettings
+
+    return [hl.HeartLoRAConfig, TrainConfig, SpeedConfig, SlurmSettings]
+
+
+@pytest.mark.parametrize("record", _records(), ids=lambda kind: kind.__name__)
+def test_every_settings_record_refuses_a_value_under_each_declared_minimum(record):
+    """The bounds a field declares are applied wherever the record is made: each field with a
+    ``minimum`` refuses the integer below it, naming the field."""
+    bounded = [item for item in fields(record) if "minimum" in item.metadata]
+    assert bounded
+    for item in bounded:
+        values = {item.name: item.metadata["minimum"] - 1}
+        with pytest.raises(hl.HeartLoRAError, match=f"{item.name} must be at least"):
+            if record.__name__ == "SlurmSettings":  # made from a mapping, where it is read
+                record.from_mapping(values, "s.yaml")
+            else:
+                record(**values)

@@ -27,14 +27,14 @@ def test_the_petl_field_grid_holds_heart_lora_its_control_and_the_field():
     ("text", "message"),
     [
         ("method: [lora]\n", "unknown key 'method' (did you mean 'methods'?)"),
-        ("methods: lora\n", "key methods must be a list of method specs"),
-        ("methods: [lora, 'peft-ia3[rank=8]']\n", "key methods: peft-ia3[rank=8]: peft-ia3 has no"),
-        ("methods: ['lora[rank]']\n", "key methods: method 'lora[rank]': expected key=value"),
-        ("tasks: []\n", "key tasks must be a list of task names"),
-        ("seeds: 0\n", "key seeds must be a positive whole number, got 0"),
-        ("selection_seeds: 1.5\n", "key selection_seeds must be a positive whole number"),
-        ("epochs: true\n", "key epochs must be a positive whole number, got True"),
-        ("selection: test\n", "key selection must be val200 or none, got 'test'"),
+        ("methods: lora\n", "methods must be a list of strings or null, got 'lora'"),
+        ("methods: [lora, 'peft-ia3[rank=8]']\n", "methods: peft-ia3[rank=8]: peft-ia3 has no"),
+        ("methods: ['lora[rank]']\n", "methods: method 'lora[rank]': expected key=value"),
+        ("tasks: []\n", "tasks must not be empty, got ()"),
+        ("seeds: 0\n", "seeds must be at least 1, got 0"),
+        ("selection_seeds: 1.5\n", "selection_seeds must be an integer or null, got 1.5"),
+        ("epochs: true\n", "epochs must be an integer or null, got True"),
+        ("selection: test\n", "selection: unknown value 'test'; expected one of val200, none"),
         ("- lora\n", "expected a mapping of grid keys, got list"),
     ],
 )
@@ -70,5 +70,5 @@ def test_the_frontier_command_reads_the_grid_file_before_anything_trains(tmp_pat
     path.write_text("methods: [lora, 'heart-lora[ne]']\nseeds: 2\n")
     assert main(["frontier", "--grid", str(path), "--output-dir", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"heartlora: error: {path}: key methods: method 'heart-lora[ne]'")
+    assert error.startswith(f"heartlora: error: {path}: methods: method 'heart-lora[ne]'")
     assert not (tmp_path / "out").exists()

@@ -112,7 +112,7 @@ def test_head_mask_calls_after_merge_advise_unmerge_and_it_works():
 def test_bad_inputs_are_clear_value_errors():
     with pytest.raises(ValueError, match="rank"):
         hl.HeartLoRAConfig(rank=-1)
-    with pytest.raises(ValueError, match="unknown target 'o'"):
+    with pytest.raises(ValueError, match="targets: unknown value 'o'"):
         hl.HeartLoRAConfig(targets=("q", "o"))
     with pytest.raises(ValueError, match="no attention heads"):
         hl.inject(torch.nn.Sequential(torch.nn.Linear(3, 3)), hl.HeartLoRAConfig())

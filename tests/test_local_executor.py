@@ -174,6 +174,12 @@ def _suite(tmp_path, out):
     ]  # fmt: skip
 
 
+def _default_sigint() -> None:
+    """Ctrl-C's default action, as a shell gives its foreground job: a pytest started in the
+    background (``nohup pytest &``) ignores SIGINT, and an ignored signal is inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["training", "starting"])
 def test_ctrl_c_on_a_terminal_ends_suite_jobs_2_at_once_in_one_line(tmp_path, when):
@@ -184,6 +190,7 @@ def test_ctrl_c_on_a_terminal_ends_suite_jobs_2_at_once_in_one_line(tmp_path, wh
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own group, as a shell's foreground job
+        preexec_fn=_default_sigint,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     try:

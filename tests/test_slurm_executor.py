@@ -69,9 +69,9 @@ def test_slurm_settings_come_from_a_yaml_block_and_flags_checked_by_key(tmp_path
     assert settings.sbatch == {"constraint": "a100"}
     with pytest.raises(HeartLoRAError, match="unknown SLURM setting 'partiton'.*'partition'"):
         SlurmSettings.from_mapping({"partiton": "gpu"}, "x.yaml")
-    with pytest.raises(HeartLoRAError, match="x.yaml: time_minutes: expected at least 1"):
+    with pytest.raises(HeartLoRAError, match="x.yaml: time_minutes must be at least 1, got 0"):
         SlurmSettings.from_mapping({"time_minutes": 0}, "x.yaml")
-    with pytest.raises(HeartLoRAError, match="gpus_per_run: expected an integer"):
+    with pytest.raises(HeartLoRAError, match="gpus_per_run must be an integer, got 'two'"):
         SlurmSettings.from_mapping({"gpus_per_run": "two"}, "x.yaml")
     with pytest.raises(HeartLoRAError, match="tasks_per_run 3 and gpus_per_run 2 disagree"):
         SlurmSettings.from_mapping({"gpus_per_run": 2, "tasks_per_run": 3}, "x.yaml")

@@ -352,14 +352,16 @@ def test_the_bundled_protocol_files_are_the_protocols_and_each_default_builds_a_
     ("edit", "message"),
     [
         ({"seed": 3}, "unknown key 'seed' (did you mean 'seeds'?)"),
-        ({"seeds": 0}, "key seeds must be a positive whole number, got 0"),
-        ({"tasks": ["mnist", "cifar"]}, "key tasks: unknown task 'cifar'"),
-        ({"methods": ["lora", "lorax"]}, "key methods: unknown method 'lorax'"),
-        ({"methods": ["lora[rnk=2]"]}, "key methods: lora[rnk=2]: unknown config key 'rnk'"),
-        ({"defaults": {"learning_rate": 0.1}}, "key defaults: unknown config key 'learning_rate'"),
+        ({"seeds": 0}, "seeds must be at least 1, got 0"),
+        ({"tasks": ["mnist", "cifar"]}, "tasks: unknown value 'cifar'"),
+        ({"methods": ["lora", "lorax"]}, "methods: unknown method 'lorax'"),
+        ({"methods": ["lora[rnk=2]"]}, "methods: lora[rnk=2]: unknown config key 'rnk'"),
+        ({"defaults": {"learning_rate": 0.1}}, "defaults: unknown config key 'learning_rate'"),
         ({"method_defaults": {"linear": {"lrr": 1}}},
-         "key method_defaults.linear: unknown config key 'lrr' (did you mean 'lr'?)"),
-        ({"summary": None}, "key summary must be a line of text, got None"),
+         "method_defaults.linear: unknown config key 'lrr' (did you mean 'lr'?)"),
+        ({"summary": None}, "summary must be set (got null)"),
+        ({"summary": " "}, "summary must not be empty, got ' '"),
+        ({"method_defaults": {"linear": 3}}, "method_defaults must be a mapping of strings to"),
     ],
 )  # fmt: skip
 def test_a_protocol_file_is_checked_key_by_key(tmp_path, edit, message):

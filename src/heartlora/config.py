@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from heartlora.errors import HeartLoRAError
+from heartlora.io.field_types import check_fields, record_from_mapping
 
 TARGETS: tuple[str, ...] = ("q", "k", "v", "proj")
 """Projections an adapter can target: the three slices of the fused qkv linear, and `proj`."""
@@ -96,7 +96,7 @@ def one_of(choices: Iterable[str]) -> str:
 def _setting(default: Any, help: str, **metadata: Any) -> Any:
     """A `HeartLoRAConfig` field: its default, its one-sentence ``help`` (docs and CLI flags
     read it, as peft's `LoraConfig`) and further ``metadata``: ``choices`` (the allowed values)
-    or ``minimum`` (of an integer)."""
+    or bounds (``minimum``, ``below``), which `heartlora.io.field_types.check_fields` applies."""
     return field(default=default, metadata={"help": help, **metadata})
 
 
@@ -109,9 +109,9 @@ class HeartLoRAConfig:
     field that has them.
 
     Raises:
-        HeartLoRAError: on a non-positive rank, an unknown target, mode, scorer or layout, a
-            negative ``ne`` or ``calib_warmup_steps``, a non-positive ``calib_batches`` or a
-            ``percent`` outside [0, 1).
+        HeartLoRAError: on a value of the wrong type, outside its field's ``choices`` or bounds
+            (`heartlora.io.field_types.check_fields`), a zero ``scale``, or no or repeated
+            targets.
     """
 
     rank: int = _setting(8, "Rank r of every low-rank update.", minimum=1)
@@ -141,6 +141,8 @@ class HeartLoRAConfig:
         0.0,
         "Share of each layer's heads to deactivate in mode `percent`, in [0, 1) (models whose "
         "layers differ in head count, such as Swin).",
+        minimum=0,
+        below=1,
     )
     scorer: str = _setting(
         "taylor",
@@ -182,51 +184,19 @@ class HeartLoRAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
-        self.targets = tuple(self.targets)
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
-            raise HeartLoRAError(f"rank must be a positive integer, got {self.rank!r}")
-        if (
-            isinstance(self.scale, bool)
-            or not isinstance(self.scale, (int, float))
-            or not math.isfinite(self.scale)
-            or self.scale == 0
-        ):
+        elif isinstance(self.targets, list):
+            self.targets = tuple(self.targets)
+        check_fields(self)
+        if self.scale == 0:
             raise HeartLoRAError(
-                f"scale must be a finite non-zero number, got {self.scale!r} (0 makes every "
-                "update s·B·A zero: nothing but the classifier would learn)"
+                "scale must be non-zero, got 0 (0 makes every update s·B·A zero: nothing but the "
+                "classifier would learn)"
             )
         if not self.targets:
             raise HeartLoRAError(f"targets must name at least one of {', '.join(TARGETS)}")
-        for target in self.targets:
-            if target not in TARGETS:
-                raise HeartLoRAError(
-                    f"unknown target {target!r}: expected any of {', '.join(TARGETS)}"
-                )
         if len(set(self.targets)) != len(self.targets):
             raise HeartLoRAError(f"targets repeat a projection: {self.targets!r}")
-        if self.mode not in MODES:
-            raise HeartLoRAError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if self.scorer not in SCORERS:
-            raise HeartLoRAError(
-                f"unknown scorer {self.scorer!r}: expected one of {', '.join(SCORERS)}"
-            )
-        if self.layout not in LAYOUTS:
-            raise HeartLoRAError(
-                f"unknown layout {self.layout!r}: expected one of {', '.join(LAYOUTS)}"
-            )
-        for key in ("normalize_layers", "invert_scores"):
-            if not isinstance(getattr(self, key), bool):
-                raise HeartLoRAError(f"{key} must be true or false, got {getattr(self, key)!r}")
-        if not isinstance(self.ne, int) or isinstance(self.ne, bool) or self.ne < 0:
-            raise HeartLoRAError(f"ne must be a non-negative integer, got {self.ne!r}")
         self.scorer, self.invert_scores = resolve_inverse(self.scorer, self.invert_scores)
-        if not 0.0 <= float(self.percent) < 1.0:
-            raise HeartLoRAError(f"percent must be in [0, 1), got {self.percent!r}")
-        if self.calib_warmup_steps < 0 or self.calib_batches <= 0:
-            raise HeartLoRAError(
-                "calib_warmup_steps must be >= 0 and calib_batches > 0, got "
-                f"{self.calib_warmup_steps!r} and {self.calib_batches!r}"
-            )
 
     @property
     def qkv_targets(self) -> tuple[str, ...]:
@@ -254,8 +224,4 @@ class HeartLoRAConfig:
         """
         data = rename_deprecated_keys(data, where)
         data = {k: v for k, v in data.items() if k not in _REMOVED_KEYS}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HeartLoRAError(f"{where}: unknown HeartLoRAConfig key(s): {', '.join(unknown)}")
-        return cls(**{**data, "targets": tuple(data.get("targets", ("q", "v")))})
+        return record_from_mapping(cls, data, where, noun="HeartLoRAConfig key")

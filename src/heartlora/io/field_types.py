@@ -1,7 +1,14 @@
-"""Whether a value read from JSON or YAML is of a dataclass field's type, and that type in words.
+"""The one check of a dataclass field's value: its type, its choices and its range, in words.
 
-The one type check behind `TrainConfig`'s keys, ``heartlora_config.json``'s keys
-(`heartlora.adapter_io`) and a checkpoint's progress (`heartlora.training.run_state`).
+Every settings and file record checks its values here: `HeartLoRAConfig`, `TrainConfig`, the
+speed benchmark's `SpeedConfig`, the SLURM settings (`check_fields`, `field_error`),
+``heartlora_config.json``'s keys (`heartlora.adapter_io`) and a checkpoint's progress
+(`heartlora.training.run_state`) (`first_mismatch`). A field states what it allows in its
+annotation and its ``metadata``: ``choices`` (the allowed values; of each item of a list),
+``minimum`` and ``maximum`` (inclusive), ``above`` and ``below`` (exclusive), ``nonempty`` (of
+a list or a string). Integers must fit in 64 bits, what torch, numpy and a checkpoint store.
+`record_from_mapping` makes a record from a file's mapping: unknown and missing keys, then this.
+
 An annotation is a type or the text ``from __future__ import annotations`` leaves in
 ``dataclasses.fields``, built from: ``int``; ``float`` (integers are numbers too, NaN and the
 infinities are not); ``bool`` (never an integer or a number); ``str``; ``X | None``;
@@ -14,8 +21,11 @@ import functools
 import sys
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, fields
+from typing import Any, TypeVar
+
+from heartlora.errors import HeartLoRAError, did_you_mean
 
 _NAMES = {kind.__name__: kind for kind in (bool, int, float, str, list, tuple, dict)} | {"Any": Any}
 _UNIONS = (types.UnionType, typing.Union)
@@ -29,6 +39,17 @@ _NOUNS: dict[Any, tuple[str, str]] = {
     str: ("a string", "strings"),
 }
 """Each plain type in words: (one, many)."""
+
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a checked value may hold: what torch, numpy and a checkpoint store."""
+
+_BOUNDS: tuple[tuple[str, str, Any], ...] = (
+    ("minimum", "at least", lambda value, bound: value >= bound),
+    ("above", "greater than", lambda value, bound: value > bound),
+    ("maximum", "at most", lambda value, bound: value <= bound),
+    ("below", "below", lambda value, bound: value < bound),
+)
+"""The range keys of a field's metadata: (key, its words, whether a value keeps to it)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,85 @@ def first_mismatch(value: Any, annotation: Any) -> Mismatch | None:
     """The first part of ``value`` that is not of the type ``annotation`` names, the deepest
     list item or mapping value where one is wrong; ``None`` when all of it is."""
     return _mismatch(value, _resolve(annotation), "")
+
+
+def field_error(item: Field, value: Any) -> str | None:
+    """What is wrong with ``value`` as the value of field ``item``, as a message that starts
+    with the field's name; ``None`` when nothing is.
+
+    Checked in this order: the annotation's type, the 64-bit range of integers, then, unless
+    ``value`` is null, the metadata's ``choices`` and bounds (module docstring).
+    """
+    name = item.name
+    if value is None and not matches(None, item.type):
+        return f"{name} must be set (got null)"
+    if not matches(value, item.type):
+        return f"{name} must be {describe(item.type)}, got {value!r}"
+    if value is None:
+        return None
+    choices = item.metadata.get("choices")
+    for entry in value if isinstance(value, (list, tuple)) else [value]:
+        if choices is not None and entry not in choices:
+            return (
+                f"{name}: unknown value {entry!r}{did_you_mean(entry, choices)}; expected one of "
+                f"{', '.join(choices)}"
+            )
+    if item.metadata.get("nonempty") and not (value.strip() if isinstance(value, str) else value):
+        return f"{name} must not be empty, got {value!r}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+        return f"{name} must be below 2**63 in magnitude, got {value}"
+    limits = [
+        (words, item.metadata[key], keeps) for key, words, keeps in _BOUNDS if key in item.metadata
+    ]
+    if isinstance(value, (int, float)) and not all(keeps(value, b) for _, b, keeps in limits):
+        wanted = " and ".join(f"{words} {bound}" for words, bound, _ in limits)
+        return f"{name} must be {wanted}, got {value!r}"
+    return None
+
+
+def check_fields(record: Any, where: str = "") -> None:
+    """Check every field of the dataclass instance ``record`` with `field_error`.
+
+    Raises:
+        HeartLoRAError: naming the first wrong field, after ``where: `` when ``where`` is given.
+    """
+    for item in fields(record):
+        message = field_error(item, getattr(record, item.name))
+        if message is not None:
+            raise HeartLoRAError(f"{where}: {message}" if where else message)
+
+
+Record = TypeVar("Record")
+
+
+def record_from_mapping(
+    kind: type[Record], data: Mapping[str, Any], where: str, noun: str = "key", **fixed: Any
+) -> Record:
+    """The dataclass ``kind`` made from ``data`` (a file's mapping) and the ``fixed`` fields the
+    file does not give, checked: every key a field, every field without a default given, and
+    `check_fields`. Lists become tuples where the field is a tuple.
+
+    Raises:
+        HeartLoRAError: one line starting with ``where``: an unknown ``noun`` (with the closest
+            known one), a missing key, or the first wrong value.
+    """
+    names = [item.name for item in fields(kind) if item.name not in fixed]  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            raise HeartLoRAError(
+                f"{where}: unknown {noun} {key!r}{did_you_mean(key, names)}; expected one of "
+                f"{', '.join(names)}"
+            )
+    values = dict(data)
+    for item in fields(kind):  # type: ignore[arg-type]
+        required = item.default is MISSING and item.default_factory is MISSING
+        if item.name in names and required and item.name not in values:
+            raise HeartLoRAError(f"{where}: {item.name} is missing ({describe(item.type)})")
+        if str(item.type).startswith("tuple") and isinstance(values.get(item.name), list):
+            values[item.name] = tuple(values[item.name])
+    record = kind(**values, **fixed)
+    check_fields(record, where)
+    return record
 
 
 @functools.cache

@@ -63,6 +63,7 @@ from heartlora.config import HeartLoRAConfig
 from heartlora.errors import HeartLoRAError, did_you_mean
 from heartlora.inject import heads_per_layer, merge
 from heartlora.io.documents import read_yaml_mapping
+from heartlora.io.field_types import check_fields
 from heartlora.models.backbone import create_architecture
 from heartlora.training.methods import Method, MethodSettings, directory_bytes, get_method
 from heartlora.training.precision import DTYPES, forward_precision, matmul_precision
@@ -207,51 +208,30 @@ class SpeedConfig:
     """
 
     model: str = "vit_small_patch16_224"
-    img_size: int = 224
-    batch_size: int = 8
-    steps: int = 10
-    warmup: int = 2
-    device: str = "cpu"
-    dtype: str = "fp32"
-    rank: int = 8
+    img_size: int = field(default=224, metadata={"minimum": 1})
+    batch_size: int = field(default=8, metadata={"minimum": 1})
+    steps: int = field(default=10, metadata={"minimum": 1})
+    warmup: int = field(default=2, metadata={"minimum": 0})
+    device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
+    dtype: str = field(default="fp32", metadata={"choices": DTYPES})
+    rank: int = field(default=8, metadata={"minimum": 1})
     scale: float = 1.0
-    num_classes: int = 10
-    epoch_images: int = 1000
-    run_epochs: int = 100
-    calib_batches: int = HeartLoRAConfig().calib_batches
-    calib_rounds: int = 3
+    num_classes: int = field(default=10, metadata={"minimum": 1})
+    epoch_images: int = field(default=1000, metadata={"minimum": 1})
+    run_epochs: int = field(default=100, metadata={"minimum": 1})
+    calib_batches: int = field(default=HeartLoRAConfig().calib_batches, metadata={"minimum": 1})
+    calib_rounds: int = field(default=3, metadata={"minimum": 1})
     lr: float = 1e-3
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = field(default=None, metadata={"minimum": 1})
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     compile: bool = False
     compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
-        positive = {
-            "img_size": self.img_size,
-            "batch_size": self.batch_size,
-            "steps": self.steps,
-            "rank": self.rank,
-            "num_classes": self.num_classes,
-            "epoch_images": self.epoch_images,
-            "run_epochs": self.run_epochs,
-            "calib_batches": self.calib_batches,
-            "calib_rounds": self.calib_rounds,
-        }
-        for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise HeartLoRAError(f"{name} must be a positive integer, got {value!r}")
-        if self.warmup < 0:
-            raise HeartLoRAError(f"warmup must be >= 0, got {self.warmup!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise HeartLoRAError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        check_fields(self)  # types, choices and bounds of the fields' metadata
         if self.device == "cuda" and not torch.cuda.is_available():
             raise HeartLoRAError("device 'cuda' was asked for, but torch sees no CUDA device")
-        if self.dtype not in DTYPES:
-            raise HeartLoRAError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.threads is not None and self.threads < 1:
-            raise HeartLoRAError(f"threads must be >= 1, got {self.threads!r}")
 
 
 @dataclass

@@ -10,7 +10,6 @@ docs/training.md`` regenerates.
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import sys
 from collections.abc import Sequence
@@ -21,9 +20,9 @@ from typing import Any
 from heartlora.calibration import CALIB_WARMUP_DEFAULT, CALIB_WARMUP_SHARE, calib_warmup_for
 from heartlora.config import HeartLoRAConfig, one_of, rename_deprecated_keys
 from heartlora.data.base import DATASET_KINDS
-from heartlora.errors import HeartLoRAError
+from heartlora.errors import HeartLoRAError, did_you_mean
 from heartlora.io.documents import parse_yaml
-from heartlora.io.field_types import matches
+from heartlora.io.field_types import check_fields
 from heartlora.models.backbone import (
     MAX_CLASSES,
     MAX_IMG_SIZE,
@@ -72,19 +71,6 @@ def adapter_field(
     return field(default=value, metadata=metadata)
 
 
-MAX_INTEGER = 2**63 - 1
-"""The largest integer a config value may hold: what torch, numpy and the checkpoint store."""
-
-
-def _check_numbers_fit(config: TrainConfig) -> None:
-    """Every integer fits in 64 bits, checked before the ranges so that none passes a comparison
-    by accident (the type check has refused ``nan`` and ``1e400``)."""
-    for item in fields(config):
-        value = getattr(config, item.name)
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
-            raise HeartLoRAError(f"{item.name} must be below 2**63 in magnitude, got {value}")
-
-
 @dataclass
 class TrainConfig:
     """All settings of one `heartlora train` run; each field's ``metadata["help"]`` says what it
@@ -128,20 +114,27 @@ class TrainConfig:
     img_size: int = field(
         default=224,
         metadata={
+            "minimum": 1,
+            "maximum": MAX_IMG_SIZE,
             "help": "Input side in pixels: images are resized (bicubic) to img_size × img_size "
-            "and timm resamples a ViT's position embeddings to match."
+            "and timm resamples a ViT's position embeddings to match.",
         },
     )
     drop_path: float = field(
         default=0.1,
-        metadata={"help": "Stochastic-depth rate, timm's `drop_path_rate` (0 disables it)."},
+        metadata={
+            "minimum": 0,
+            "below": 1,
+            "help": "Stochastic-depth rate, timm's `drop_path_rate` (0 disables it).",
+        },
     )
     # data
     data_kind: str = field(
         default="vtab1k",
         metadata={
+            "choices": DATASET_KINDS,
             "help": "Dataset format: `vtab1k` (PETL split .txt files), `fgvc` (VPT-style json "
-            "splits) or `imagefolder` (one folder per class)."
+            "splits) or `imagefolder` (one folder per class).",
         },
     )
     data_root: str = field(
@@ -175,10 +168,12 @@ class TrainConfig:
     num_classes: int | None = field(
         default=None,
         metadata={
+            "minimum": 1,
+            "maximum": MAX_CLASSES,
             "help": "The task's class count, the classifier's output size, against which every "
             "label is checked (fgvc and imagefolder: the classes found); null: the task "
             "folder's `manifest.json` (`num_classes`), the known VTAB-1k count, or the largest "
-            "training label + 1, when every class must then occur in training."
+            "training label + 1, when every class must then occur in training.",
         },
     )
     image_dir: str | None = field(
@@ -228,6 +223,8 @@ class TrainConfig:
     num_workers: int = field(
         default=0,
         metadata={
+            "minimum": 0,
+            "maximum": MAX_NUM_WORKERS,
             "help": "DataLoader worker processes loading training batches (0: load in the "
             "main process); never changes the result (each image draws from its own seed), "
             "so a run may resume with another count.",
@@ -238,8 +235,9 @@ class TrainConfig:
     method: str = field(
         default="heart-lora",
         metadata={
+            "choices": tuple(METHODS),
             "help": f"Fine-tuning method: {one_of(METHODS)} (what each trains and stores: "
-            "docs/training.md, Methods)."
+            "docs/training.md, Methods).",
         },
     )
     # the adapter and its head selection: defaults, help and choices of HeartLoRAConfig
@@ -278,17 +276,19 @@ class TrainConfig:
     n_frequency: int | None = field(
         default=None,
         metadata={
+            "minimum": 1,
             "help": "Spectral coefficients learned per adapted linear (peft-fourierft's "
-            "`n_frequency`); null: peft's default, 1000."
+            "`n_frequency`); null: peft's default, 1000.",
         },
     )
     block_size: int | None = field(
         default=None,
         metadata={
+            "minimum": 1,
             "help": "Side of each orthogonal block (peft-oft's `oft_block_size`, peft-boft's "
             "`boft_block_size`), a divisor of the model's width (peft-oft moves another to "
             "the nearest divisor, with peft's warning; peft-boft refuses it). null: peft's "
-            "default (32 and 4)."
+            "default (32 and 4).",
         },
     )
     peft_options: dict[str, Any] = field(
@@ -301,43 +301,62 @@ class TrainConfig:
         },
     )
     # optimisation (paper protocol)
-    epochs: int = field(default=100, metadata={"help": "Passes over train_split."})
+    epochs: int = field(default=100, metadata={"minimum": 1, "help": "Passes over train_split."})
     batch_size: int = field(
         default=64,
-        metadata={"help": "Global batch size in images, split across torchrun processes."},
+        metadata={
+            "minimum": 1,
+            "help": "Global batch size in images, split across torchrun processes.",
+        },
     )
     lr: float = field(
         default=1e-3,
-        metadata={"help": "Peak AdamW learning rate, reached at the end of warmup_epochs."},
+        metadata={
+            "above": 0,
+            "help": "Peak AdamW learning rate, reached at the end of warmup_epochs.",
+        },
     )
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    weight_decay: float = field(
+        default=1e-4, metadata={"minimum": 0, "help": "AdamW weight decay."}
+    )
     warmup_epochs: int = field(
         default=10,
         metadata={
+            "minimum": 0,
             "help": "Epochs of linear learning-rate warm-up from warmup_lr to lr before the "
-            "cosine decay (not the head-scoring warm-up, calib_warmup_steps)."
+            "cosine decay (not the head-scoring warm-up, calib_warmup_steps).",
         },
     )
     warmup_lr: float = field(
-        default=1e-6, metadata={"help": "Learning rate at step 0, where the warm-up starts."}
+        default=1e-6,
+        metadata={"minimum": 0, "help": "Learning rate at step 0, where the warm-up starts."},
     )
     min_lr: float = field(
         default=1e-5,
-        metadata={"help": "Learning rate the cosine decay reaches at the last step."},
+        metadata={"minimum": 0, "help": "Learning rate the cosine decay reaches at the last step."},
     )
     label_smoothing: float = field(
-        default=0.0, metadata={"help": "Label smoothing of the cross-entropy loss (0: none)."}
+        default=0.0,
+        metadata={
+            "minimum": 0,
+            "below": 1,
+            "help": "Label smoothing of the cross-entropy loss (0: none).",
+        },
     )
     eval_every: int = field(
         default=10,
-        metadata={"help": "Evaluate on eval_split every N epochs, and after the last epoch."},
+        metadata={
+            "minimum": 1,
+            "help": "Evaluate on eval_split every N epochs, and after the last epoch.",
+        },
     )
     # run
     seed: int = field(
         default=0,
         metadata={
+            "minimum": 0,
             "help": "Seed of initialisation, batch order and augmentation (a resumed run "
-            "continues the same random streams)."
+            "continues the same random streams).",
         },
     )
     device: str = field(
@@ -350,14 +369,17 @@ class TrainConfig:
     dtype: str = field(
         default="fp32",
         metadata={
+            "choices": DTYPES,
             "help": "`fp32`, `tf32` (float32 with TF32 matrix products on CUDA) or `bf16` "
-            "(bfloat16 autocast on CUDA); CPU runs in fp32."
+            "(bfloat16 autocast on CUDA); CPU runs in fp32.",
         },
     )
     threads: int | None = field(
         default=None,
         metadata={
-            "help": "CPU threads for torch (`torch.set_num_threads`); null: torch's default."
+            "minimum": 1,
+            "maximum": MAX_THREADS,
+            "help": "CPU threads for torch (`torch.set_num_threads`); null: torch's default.",
         },
     )
     compile: bool = field(
@@ -384,43 +406,18 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check every value; raise `HeartLoRAError` naming the first bad key."""
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not matches(value, item.type):
-                wanted = "set (got null)" if value is None else f"{_type_text(item)}, got {value!r}"
-                raise HeartLoRAError(f"{item.name} must be {wanted}")
+        """Check every value; raise `HeartLoRAError` naming the first bad key.
+
+        Each field's type, choices and bounds (its annotation and metadata) are checked by
+        `heartlora.io.field_types.check_fields`; what spans keys or needs another module here."""
+        check_fields(self)
         check_model_kwargs(self.model_kwargs, "model_kwargs")
         known_architecture(self.model)
-        _check_numbers_fit(self)
-        if self.method not in METHODS:
-            raise HeartLoRAError(_choice_error("method", self.method, METHODS))
-        if self.data_kind not in DATASET_KINDS:
-            raise HeartLoRAError(_choice_error("data_kind", self.data_kind, DATASET_KINDS))
-        self._check_adapter_choices()
-        if self.dtype not in DTYPES:
-            raise HeartLoRAError(_choice_error("dtype", self.dtype, DTYPES))
-        for key in ("img_size", "epochs", "batch_size", "eval_every", *_adapter_keys(minimum=1)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise HeartLoRAError(f"{key} must be a positive integer, got {value!r}")
-        if self.img_size > MAX_IMG_SIZE:
-            raise HeartLoRAError(f"img_size must be at most {MAX_IMG_SIZE}, got {self.img_size}")
-        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            raise HeartLoRAError(f"threads must be in 1..{MAX_THREADS} or null, got {self.threads}")
-        if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
-            raise HeartLoRAError(
-                f"num_classes must be an integer in 1..{MAX_CLASSES}, got {self.num_classes!r}"
-            )
-        if self.num_workers > MAX_NUM_WORKERS:
-            raise HeartLoRAError(
-                f"num_workers must be at most {MAX_NUM_WORKERS}, got {self.num_workers} (each "
-                "is a process)"
-            )
-        if self.lr == 0:
-            raise HeartLoRAError("lr must be positive, got 0 (nothing would train)")
         if not is_device_name(self.device):
-            raise HeartLoRAError(_choice_error("device", self.device, DEVICES))
+            raise HeartLoRAError(
+                f"device: unknown value {self.device!r}{did_you_mean(self.device, DEVICES)}; "
+                f"expected one of {', '.join(DEVICES)}"
+            )
         if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.cache_device):
             raise HeartLoRAError(
                 f"cache_device must be cpu, cuda or cuda:N, got {self.cache_device!r}"
@@ -429,43 +426,16 @@ class TrainConfig:
             raise HeartLoRAError(
                 f"cache_device {self.cache_device!r} needs cache_images: true (nothing is cached)"
             )
-        for key in (*_adapter_keys(minimum=0), "warmup_epochs", "num_workers", "seed"):
-            value = getattr(self, key)
-            if value is None and key == "calib_warmup_steps":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise HeartLoRAError(f"{key} must be a non-negative integer, got {value!r}")
-        for key in ("lr", "weight_decay", "warmup_lr", "min_lr", "drop_path", "label_smoothing"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise HeartLoRAError(f"{key} must be a non-negative number, got {value!r}")
-        for key in ("drop_path", "label_smoothing"):  # probabilities: 1 would drop everything
-            if not getattr(self, key) < 1:
-                raise HeartLoRAError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
-        for key in ("n_frequency", "block_size"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise HeartLoRAError(f"{key} must be a positive integer or null, got {value!r}")
         set_knobs = [k for k in ("n_frequency", "block_size") if getattr(self, k) is not None]
         check_method_keys(self.method, set_knobs + (["peft_options"] if self.peft_options else []))
         check_peft_options(self.method, self.peft_options)
         if self.uses_heartlora:
-            self.adapter_config()  # validates rank, scale, ne, percent
+            self.adapter_config()  # the checks that span keys: scale, targets
         if self.pretrained and not self.checkpoint and pretrained_tag(self.model) is None:
             raise HeartLoRAError(
                 f"pretrained: timm has no pretrained weights for model {self.model!r} (set "
                 "`checkpoint` to a weights file, or `pretrained: false`)"
             )
-
-    def _check_adapter_choices(self) -> None:
-        """Every adapter key with `HeartLoRAConfig` choices holds one of them (each item of a
-        list); null passes where the key allows it."""
-        for item in fields(HeartLoRAConfig):
-            choices, key = item.metadata.get("choices"), ADAPTER_KEYS[item.name]
-            value = getattr(self, key)
-            for entry in value if isinstance(value, list) else [value]:
-                if choices is not None and entry is not None and entry not in choices:
-                    raise HeartLoRAError(_choice_error(key, entry, choices))
 
     def base_weights(self) -> str:
         """What the run's base weights are (`heartlora.models.backbone.weights_label`): ``"random"``,
@@ -523,15 +493,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def _adapter_keys(minimum: int) -> tuple[str, ...]:
-    """The `TrainConfig` keys of the integer `HeartLoRAConfig` fields with this ``minimum``."""
-    return tuple(
-        ADAPTER_KEYS[item.name]
-        for item in fields(HeartLoRAConfig)
-        if item.metadata.get("minimum") == minimum
-    )
-
-
 def _type_text(item: Field) -> str:
     """A field's type as the docs' key table and the messages write it: ``int or null``."""
     return item.type.replace(" | None", " or null")
@@ -573,20 +534,11 @@ def known_keys() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
-def _choice_error(key: str, value: Any, choices) -> str:
-    choices = list(choices)
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{key}: unknown value {value!r}{hint}; expected one of {', '.join(choices)}"
-
-
 def _check_keys(data: dict[str, Any], where: str) -> None:
     keys = known_keys()
     for key in data:
         if key not in keys:
-            close = difflib.get_close_matches(str(key), keys, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise HeartLoRAError(f"{where}: unknown config key {key!r}{hint}")
+            raise HeartLoRAError(f"{where}: unknown config key {key!r}{did_you_mean(key, keys)}")
 
 
 def parse_override(item: str) -> tuple[str, Any]:

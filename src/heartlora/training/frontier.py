@@ -30,14 +30,15 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from heartlora.errors import HeartLoRAError, did_you_mean
+from heartlora.errors import HeartLoRAError
 from heartlora.io.atomic import atomic_write_json, atomic_write_text
 from heartlora.io.documents import read_yaml_mapping
+from heartlora.io.field_types import record_from_mapping
 from heartlora.training.comparisons import (
     CONTROL_SCORERS,
     Comparison,
@@ -57,38 +58,29 @@ from heartlora.training.suite import SuiteTask, discover_tasks, run_suite
 DEFAULT_SEEDS = 3
 """Seeds of a frontier whose grid file does not say."""
 
-GRID_FILE_KEYS: dict[str, str] = {
-    "tasks": "a list of task names",
-    "methods": "a list of method specs (NAME or NAME[key=value,...])",
-    "seeds": "a positive whole number",
-    "epochs": "a positive whole number",
-    "selection": "val200 or none",
-    "selection_seeds": "a positive whole number",
-}
-"""What a grid file (``heartlora frontier --grid FILE``) may set, and what each key takes."""
-
 
 @dataclass(frozen=True)
 class GridFile:
     """A frontier experiment kept as a file (``configs/frontier/*.yaml``): the keys it sets.
 
     Attributes:
-        tasks, methods: the grid's tasks and method specs, or None to keep the protocol's.
+        tasks, methods: the grid's tasks and method specs (NAME or NAME[key=value,...]), or
+            None to keep the protocol's.
         seeds, epochs: counts, or None (epochs: the protocol's own).
         selection: ``"val200"`` or ``"none"``, or None.
         selection_seeds: seeds of the selection grid on val200, or None for ``seeds``.
     """
 
-    tasks: tuple[str, ...] | None = None
-    methods: tuple[str, ...] | None = None
-    seeds: int | None = None
-    epochs: int | None = None
-    selection: str | None = None
-    selection_seeds: int | None = None
+    tasks: tuple[str, ...] | None = field(default=None, metadata={"nonempty": True})
+    methods: tuple[str, ...] | None = field(default=None, metadata={"nonempty": True})
+    seeds: int | None = field(default=None, metadata={"minimum": 1})
+    epochs: int | None = field(default=None, metadata={"minimum": 1})
+    selection: str | None = field(default=None, metadata={"choices": ("val200", "none")})
+    selection_seeds: int | None = field(default=None, metadata={"minimum": 1})
 
 
 def read_grid_file(path: str | Path) -> GridFile:
-    """The `GridFile` in the YAML mapping at ``path`` (keys: `GRID_FILE_KEYS`).
+    """The `GridFile` in the YAML mapping at ``path`` (its fields are the keys).
 
     Raises:
         HeartLoRAError: a missing file, invalid YAML, an unknown key (with the closest known
@@ -97,36 +89,14 @@ def read_grid_file(path: str | Path) -> GridFile:
     """
     path = Path(path)
     data = read_yaml_mapping(path, "grid file", "a mapping of grid keys", allow_empty=True)
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in GRID_FILE_KEYS:
-            hint = did_you_mean(key, GRID_FILE_KEYS)
-            raise HeartLoRAError(
-                f"{path}: unknown key {key!r}{hint}; expected {', '.join(GRID_FILE_KEYS)}"
-            )
-        wrong = HeartLoRAError(f"{path}: key {key} must be {GRID_FILE_KEYS[key]}, got {value!r}")
-        if key in ("tasks", "methods"):
-            if not isinstance(value, list) or not value:
-                raise wrong
-            if not all(isinstance(item, str) and item.strip() for item in value):
-                raise wrong
-            if key == "methods":
-                for spec in value:
-                    try:
-                        parse_method(spec)
-                    except HeartLoRAError as error:
-                        said = str(error) if spec in str(error) else f"{spec}: {error}"
-                        raise HeartLoRAError(f"{path}: key methods: {said}") from None
-            values[key] = tuple(item.strip() for item in value)
-        elif key in ("seeds", "epochs", "selection_seeds"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise wrong
-            values[key] = value
-        else:
-            if value not in ("val200", "none"):
-                raise wrong
-            values[key] = value
-    return GridFile(**values)
+    grid = record_from_mapping(GridFile, data, str(path))
+    for spec in grid.methods or ():
+        try:
+            parse_method(spec)
+        except HeartLoRAError as error:
+            said = str(error) if spec in str(error) else f"{spec}: {error}"
+            raise HeartLoRAError(f"{path}: methods: {said}") from None
+    return grid
 
 
 def _bundled_grid(name: str) -> GridFile:

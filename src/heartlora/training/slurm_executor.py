@@ -23,9 +23,7 @@ k SLURM tasks that join one torch.distributed group from SLURM's environment —
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
-import math
 import os
 import signal
 import subprocess
@@ -36,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.adapter_io import RUN_RESULT_NAME
-from heartlora.errors import HeartLoRAError, did_you_mean, one_line
+from heartlora.errors import HeartLoRAError, one_line
 from heartlora.io.atomic import atomic_write_json, atomic_write_text
 from heartlora.io.documents import parse_yaml, read_json
+from heartlora.io.field_types import record_from_mapping
 from heartlora.training.config import TrainConfig
 from heartlora.training.executor import PlannedRun, Report, RunFailed, finish_run, finished_result
 
@@ -64,37 +63,37 @@ class SlurmSettings:
     account: str | None = field(default=None, metadata={"help": "SLURM account"})
     qos: str | None = field(default=None, metadata={"help": "SLURM quality of service"})
     time_minutes: int = field(
-        default=60, metadata={"help": "time limit of each run's job, in minutes", "min": 1}
+        default=60, metadata={"help": "time limit of each run's job, in minutes", "minimum": 1}
     )
     gpus_per_run: int = field(
         default=0,
         metadata={"help": "GPUs of each run; k > 1 starts the run as k tasks, one GPU each, "
-                  "in one torch.distributed group", "min": 0},
+                  "in one torch.distributed group", "minimum": 0},
     )  # fmt: skip
     tasks_per_run: int | None = field(
         default=None,
         metadata={"help": "tasks (processes) of each run, data-parallel (default: gpus_per_run, "
-                  "at least 1; gloo on CPU)", "min": 1},
+                  "at least 1; gloo on CPU)", "minimum": 1},
     )  # fmt: skip
     cpus_per_task: int | None = field(
-        default=None, metadata={"help": "CPUs of each task (default: SLURM's)", "min": 1}
+        default=None, metadata={"help": "CPUs of each task (default: SLURM's)", "minimum": 1}
     )
     mem_gb: int | None = field(
-        default=None, metadata={"help": "memory of each run's node share, GB", "min": 1}
+        default=None, metadata={"help": "memory of each run's node share, GB", "minimum": 1}
     )
     array_parallelism: int = field(
-        default=256, metadata={"help": "runs of one submission running at once", "min": 1}
+        default=256, metadata={"help": "runs of one submission running at once", "minimum": 1}
     )
     max_requeues: int = field(
         default=5,
-        metadata={"help": "how often a run may be requeued (preempted or timed out)", "min": 0},
+        metadata={"help": "how often a run may be requeued (preempted or timed out)", "minimum": 0},
     )
     signal_delay_s: int = field(
         default=90,
-        metadata={"help": "seconds before the time limit SLURM tells a run to save", "min": 1},
+        metadata={"help": "seconds before the time limit SLURM tells a run to save", "minimum": 1},
     )
     poll_seconds: float = field(
-        default=5.0, metadata={"help": "how often the queue is read while waiting", "min": 0.1}
+        default=5.0, metadata={"help": "how often the queue is read while waiting", "minimum": 0.1}
     )
     sbatch: dict[str, Any] = field(
         default_factory=dict,
@@ -116,17 +115,10 @@ class SlurmSettings:
         """
         if not isinstance(data, Mapping):
             raise HeartLoRAError(f"{where}: expected a mapping of SLURM settings")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in fields:
-                raise HeartLoRAError(
-                    f"{where}: unknown SLURM setting {key!r}{did_you_mean(key, fields)}; "
-                    "expected one of "
-                    f"{', '.join(fields)}"
-                )
-            values[key] = _checked(fields[key], value, f"{where}: {key}")
-        settings = cls(**values)
+            if isinstance(value, str) and not value.strip():
+                raise HeartLoRAError(f"{where}: {key} must be a name, got {value!r}")
+        settings = record_from_mapping(cls, data, where, noun="SLURM setting")
         if settings.gpus_per_run > 1 and settings.tasks_per_run not in (
             None,
             settings.gpus_per_run,
@@ -150,30 +142,6 @@ class SlurmSettings:
         if not isinstance(data, Mapping):
             raise HeartLoRAError(f"{path}: expected a mapping of SLURM settings")
         return dict(data)
-
-
-def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
-    if value is None:
-        if spec.default is None:
-            return None
-        raise HeartLoRAError(f"{where}: a value is required")
-    if spec.name == "sbatch":
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise HeartLoRAError(f"{where}: expected a mapping of sbatch options")
-        return dict(value)
-    kind = str(spec.type).replace(" | None", "")
-    if kind == "str":
-        if not isinstance(value, str) or not value.strip():
-            raise HeartLoRAError(f"{where}: expected a name, got {value!r}")
-        return value
-    number_types = (int,) if kind == "int" else (int, float)
-    if isinstance(value, bool) or not isinstance(value, number_types):
-        raise HeartLoRAError(f"{where}: expected {'an integer' if kind == 'int' else 'a number'}, "
-                             f"got {value!r}")  # fmt: skip
-    lowest = spec.metadata.get("min")
-    if lowest is not None and not (math.isfinite(value) and value >= lowest):
-        raise HeartLoRAError(f"{where}: expected at least {lowest}, got {value}")
-    return value
 
 
 class SlurmRun:
