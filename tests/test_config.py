@@ -36,7 +36,9 @@ def test_to_dict_round_trips_and_carries_the_new_keys():
 def test_layout_defaults_to_per_projection_and_is_validated():
     assert LAYOUTS == ("per-projection", "shared")
     assert hl.HeartLoRAConfig().layout == "per-projection"
-    with pytest.raises(hl.HeartLoRAError, match="layout: unknown value 'fused'.*per-projection, shared"):
+    with pytest.raises(
+        hl.HeartLoRAError, match="layout: unknown value 'fused'.*per-projection, shared"
+    ):
         hl.HeartLoRAConfig(layout="fused")
 
 
@@ -53,7 +55,10 @@ def test_both_spellings_or_an_unknown_key_are_errors_naming_them():
     both = {**OLD_ADAPTER_CONFIG, "calib_warmup_steps": 7}
     with pytest.raises(hl.HeartLoRAError, match="old.json: both 'warmup_steps' and 'calib_warmup"):
         hl.HeartLoRAConfig.from_dict(both, "old.json")
-    with pytest.raises(hl.HeartLoRAError, match="old.json: unknown HeartLoRAConfig key 'rnak' \\(did you mean 'rank'\\?\\)"):
+    with pytest.raises(
+        hl.HeartLoRAError,
+        match="old.json: unknown HeartLoRAConfig key 'rnak' \\(did you mean 'rank'\\?\\)",
+    ):
         hl.HeartLoRAConfig.from_dict({"rnak": 2}, "old.json")
     with pytest.raises(hl.HeartLoRAError, match="calib_warmup_steps must be at least 0, got -1"):
         hl.HeartLoRAConfig(calib_warmup_steps=-1)
