@@ -673,10 +673,8 @@ def test_a_failed_peft_save_is_one_line_naming_the_folder(toy, tmp_path, monkeyp
         ("img_size=2", "img_size 2 is smaller than one patch"),
         ("ne=1000", "ne=1000 must be smaller than the heads in every layer"),
         ("model_kwargs={in_chans: 1}", "in_chans is set by the run itself"),
-        (
-            "lr=0",
-            "lr must be greater than 0, got 0",
-        ),  # the config's own ranges: tests/test_train_config.py
+        # the config's own ranges: tests/test_train_config.py
+        ("lr=0", "lr must be greater than 0, got 0"),
     ],
 )
 def test_values_out_of_range_are_one_line_before_anything_is_written(
