@@ -463,7 +463,7 @@ def test_model_kwargs_build_the_base_and_travel_with_the_adapter(toy, tmp_path, 
     rebuilt = base_model_from_adapter(out / "adapter")
     assert rebuilt.blocks[0].attn.num_heads == 3
     for bad, message in (
-        ("model_kwargs=3", "model_kwargs must be dict"),
+        ("model_kwargs=3", "model_kwargs must be a mapping of strings to values, got 3"),
         ("model_kwargs={num_classes: 3}", "model_kwargs: num_classes is set by the run itself"),
     ):
         assert main([*args, "--set", bad]) == 2
