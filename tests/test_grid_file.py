@@ -30,12 +30,14 @@ def test_the_petl_field_grid_holds_heart_lora_its_control_and_the_field():
         ("methods: lora\n", "methods must be a list of strings or null, got 'lora'"),
         ("methods: [lora, 'peft-ia3[rank=8]']\n", "methods: peft-ia3[rank=8]: peft-ia3 has no"),
         ("methods: ['lora[rank]']\n", "methods: method 'lora[rank]': expected key=value"),
-        ("tasks: []\n", "tasks must not be empty, got ()"),
+        ("tasks: []\n", "tasks must not be empty"),
         ("seeds: 0\n", "seeds must be at least 1, got 0"),
         ("selection_seeds: 1.5\n", "selection_seeds must be an integer or null, got 1.5"),
         ("epochs: true\n", "epochs must be an integer or null, got True"),
         ("selection: test\n", "selection: unknown value 'test'; expected one of val200, none"),
         ("- lora\n", "expected a mapping of grid keys, got list"),
+        ("tasks: [mnist, '  ']\n", "tasks must not hold a blank name, got ['mnist', '  ']"),
+        ("seeds:\n", "seeds must be set (got null); leave the key out instead"),
     ],
 )
 def test_a_bad_grid_file_is_one_line_naming_the_file_and_key(tmp_path, text, message):
@@ -61,6 +63,11 @@ def test_an_empty_grid_file_keeps_every_default_and_a_missing_one_is_named(tmp_p
     assert read_grid_file(tmp_path / "empty.yaml") == GridFile()
     with pytest.raises(HeartLoRAError, match="nothing.yaml: grid file not found"):
         read_grid_file(tmp_path / "nothing.yaml")
+
+
+def test_grid_names_are_stripped_before_they_become_labels(tmp_path):
+    (tmp_path / "grid.yaml").write_text("methods: [' lora ', 'heart-lora[ne=1]']\n")
+    assert read_grid_file(tmp_path / "grid.yaml").methods == ("lora", "heart-lora[ne=1]")
 
 
 def test_the_frontier_command_reads_the_grid_file_before_anything_trains(tmp_path, capsys):

@@ -73,6 +73,8 @@ def test_slurm_settings_come_from_a_yaml_block_and_flags_checked_by_key(tmp_path
         SlurmSettings.from_mapping({"time_minutes": 0}, "x.yaml")
     with pytest.raises(HeartLoRAError, match="gpus_per_run must be an integer, got 'two'"):
         SlurmSettings.from_mapping({"gpus_per_run": "two"}, "x.yaml")
+    with pytest.raises(HeartLoRAError, match="x.yaml: partition must not be empty"):
+        SlurmSettings.from_mapping({"partition": " "}, "x.yaml")
     with pytest.raises(HeartLoRAError, match="tasks_per_run 3 and gpus_per_run 2 disagree"):
         SlurmSettings.from_mapping({"gpus_per_run": 2, "tasks_per_run": 3}, "x.yaml")
 

@@ -184,7 +184,7 @@ class HeartLoRAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
-        elif isinstance(self.targets, list):
+        elif isinstance(self.targets, Iterable) and not isinstance(self.targets, tuple):
             self.targets = tuple(self.targets)
         check_fields(self)
         if self.scale == 0:

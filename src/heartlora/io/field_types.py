@@ -82,8 +82,9 @@ def field_error(item: Field, value: Any) -> str | None:
     """What is wrong with ``value`` as the value of field ``item``, as a message that starts
     with the field's name; ``None`` when nothing is.
 
-    Checked in this order: the annotation's type, the 64-bit range of integers, then, unless
-    ``value`` is null, the metadata's ``choices`` and bounds (module docstring).
+    Checked in this order: the annotation's type; then, unless ``value`` is null, the
+    metadata's ``choices`` and ``nonempty``, the 64-bit range of integers and the metadata's
+    bounds (module docstring).
     """
     name = item.name
     if value is None and not matches(None, item.type):
@@ -100,7 +101,7 @@ def field_error(item: Field, value: Any) -> str | None:
                 f"{', '.join(choices)}"
             )
     if item.metadata.get("nonempty") and not (value.strip() if isinstance(value, str) else value):
-        return f"{name} must not be empty, got {value!r}"
+        return f"{name} must not be empty"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
         return f"{name} must be below 2**63 in magnitude, got {value}"
     limits = [

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,15 @@ def read_grid_file(path: str | Path) -> GridFile:
     """
     path = Path(path)
     data = read_yaml_mapping(path, "grid file", "a mapping of grid keys", allow_empty=True)
+    for key, value in data.items():  # null is how the record says "not given": never written
+        if value is None:
+            raise HeartLoRAError(f"{path}: {key} must be set (got null); leave the key out instead")
     grid = record_from_mapping(GridFile, data, str(path))
+    for key in ("tasks", "methods"):
+        names = getattr(grid, key) or ()
+        if not all(name.strip() for name in names):
+            raise HeartLoRAError(f"{path}: {key} must not hold a blank name, got {list(names)!r}")
+        grid = replace(grid, **{key: tuple(name.strip() for name in names) or None})
     for spec in grid.methods or ():
         try:
             parse_method(spec)

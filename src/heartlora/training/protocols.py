@@ -65,6 +65,8 @@ def read_protocol_file(path: str | Path) -> SuiteProtocol:
     """
     path = Path(path)
     data = read_yaml_mapping(path, "protocol file", "a mapping of protocol keys")
+    if data.get("method_defaults", {}) is None:  # the key written with nothing under it
+        data = {**data, "method_defaults": {}}
     protocol = record_from_mapping(SuiteProtocol, data, str(path), name=path.stem)
 
     def check_config_keys(values: dict[str, Any], where: str) -> None:

@@ -59,9 +59,13 @@ class SlurmSettings:
     """Where and how each run is submitted; every field is a flag and a key of the YAML block
     (``--slurm-config``)."""
 
-    partition: str | None = field(default=None, metadata={"help": "SLURM partition"})
-    account: str | None = field(default=None, metadata={"help": "SLURM account"})
-    qos: str | None = field(default=None, metadata={"help": "SLURM quality of service"})
+    partition: str | None = field(
+        default=None, metadata={"help": "SLURM partition", "nonempty": True}
+    )
+    account: str | None = field(default=None, metadata={"help": "SLURM account", "nonempty": True})
+    qos: str | None = field(
+        default=None, metadata={"help": "SLURM quality of service", "nonempty": True}
+    )
     time_minutes: int = field(
         default=60, metadata={"help": "time limit of each run's job, in minutes", "minimum": 1}
     )
@@ -115,9 +119,6 @@ class SlurmSettings:
         """
         if not isinstance(data, Mapping):
             raise HeartLoRAError(f"{where}: expected a mapping of SLURM settings")
-        for key, value in data.items():
-            if isinstance(value, str) and not value.strip():
-                raise HeartLoRAError(f"{where}: {key} must be a name, got {value!r}")
         settings = record_from_mapping(cls, data, where, noun="SLURM setting")
         if settings.gpus_per_run > 1 and settings.tasks_per_run not in (
             None,
