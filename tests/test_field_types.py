@@ -127,9 +127,7 @@ def test_train_config_messages_name_the_key_the_type_and_the_value():
         TrainConfig(rank=True)
     with pytest.raises(hl.HeartLoRAError, match=r"^task must be set \(got null\)$"):
         TrainConfig(task=None)
-    with pytest.raises(
-        hl.HeartLoRAError, match=r"^normalize must be a list of lists of numbers or null, got"
-    ):
+    with pytest.raises(hl.HeartLoRAError, match=r"^normalize\[1\]\[0\] must be a number, got 'x'$"):
         TrainConfig(normalize=[[0.5], ["x"]])
 
 

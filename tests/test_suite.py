@@ -361,7 +361,7 @@ def test_the_bundled_protocol_files_are_the_protocols_and_each_default_builds_a_
          "method_defaults.linear: unknown config key 'lrr' (did you mean 'lr'?)"),
         ({"summary": None}, "summary must be set (got null)"),
         ({"summary": " "}, "summary must not be empty"),
-        ({"method_defaults": {"linear": 3}}, "method_defaults must be a mapping of strings to"),
+        ({"method_defaults": {"linear": 3}}, "method_defaults.linear must be a mapping of strings to values, got 3"),
     ],
 )  # fmt: skip
 def test_a_protocol_file_is_checked_key_by_key(tmp_path, edit, message):

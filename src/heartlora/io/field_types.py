@@ -89,8 +89,9 @@ def field_error(item: Field, value: Any) -> str | None:
     name = item.name
     if value is None and not matches(None, item.type):
         return f"{name} must be set (got null)"
-    if not matches(value, item.type):
-        return f"{name} must be {describe(item.type)}, got {value!r}"
+    wrong = first_mismatch(value, item.type)
+    if wrong is not None:  # the deepest wrong item: normalize[1][0], not the whole list
+        return f"{name}{wrong.path} must be {wrong.expected}, got {wrong.value!r}"
     if value is None:
         return None
     choices = item.metadata.get("choices")
