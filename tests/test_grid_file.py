@@ -17,8 +17,8 @@ def test_the_petl_field_grid_holds_heart_lora_its_control_and_the_field():
     assert grid.tasks == ("mnist", "photo-patches", "digit-order")
     parsed = [GridMethod.parse(spec, {"scorer": "taylor"}) for spec in grid.methods]
     candidates = [p.spec for p in parsed if p.is_candidate]
-    assert candidates == ["heart-lora[rank=10,ne=2]"]
-    assert [p.control_kind for p in parsed if p.control_kind] == ["random"]
+    assert candidates == ["heart-lora[rank=10,ne=2]", "heart-lora[rank=5,ne=2]"]
+    assert [p.control_kind for p in parsed if p.control_kind] == ["random", "random"]
     field = {p.name for p in parsed if p.is_baseline}
     assert len(field) >= 10 and {"lora", "peft-lora", "peft-adalora", "bitfit"} <= field
 
