@@ -534,7 +534,9 @@ def known_keys() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
-def _check_keys(data: dict[str, Any], where: str) -> None:
+def check_config_keys(data: dict[str, Any], where: str) -> None:
+    """Every key of ``data`` is a `TrainConfig` key, else one line naming ``where``, the key and
+    the closest known one."""
     keys = known_keys()
     for key in data:
         if key not in keys:
@@ -601,7 +603,7 @@ def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
                 f"{path}: key base: more than {MAX_BASE_DEPTH} config files in one chain"
             )
         data = {**_read_config_file(target, chain), **data}
-    _check_keys(data, str(path))
+    check_config_keys(data, str(path))
     return data
 
 
@@ -625,7 +627,7 @@ def build_config(
     data.update(given)
     for item in overrides or []:
         key, value = parse_override(item)
-        _check_keys({key: None}, "--set")
+        check_config_keys({key: None}, "--set")
         data[key] = given[key] = value
     if isinstance(data.get("targets"), str):
         data["targets"] = _targets_list(data["targets"])

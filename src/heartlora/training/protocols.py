@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.bundled.mini_vtab import MINI_VTAB_TASKS
-from heartlora.errors import HeartLoRAError, did_you_mean
+from heartlora.errors import HeartLoRAError
 from heartlora.io.documents import read_yaml_mapping
 from heartlora.io.field_types import record_from_mapping
-from heartlora.training.config import known_keys
+from heartlora.training.config import check_config_keys
 from heartlora.training.method_specs import parse_method
 from heartlora.training.methods import get_method
 
@@ -69,15 +69,9 @@ def read_protocol_file(path: str | Path) -> SuiteProtocol:
         data = {**data, "method_defaults": {}}
     protocol = record_from_mapping(SuiteProtocol, data, str(path), name=path.stem)
 
-    def check_config_keys(values: dict[str, Any], where: str) -> None:
-        for config_key in values:
-            if config_key not in known_keys():
-                hint = did_you_mean(config_key, known_keys())
-                raise HeartLoRAError(f"{path}: {where}: unknown config key {config_key!r}{hint}")
-
-    check_config_keys(protocol.defaults, "defaults")
+    check_config_keys(protocol.defaults, f"{path}: defaults")
     for method, values in protocol.method_defaults.items():
-        check_config_keys(values, f"method_defaults.{method}")
+        check_config_keys(values, f"{path}: method_defaults.{method}")
     for spec in protocol.methods:
         try:
             method, overrides = parse_method(spec)
@@ -85,7 +79,7 @@ def read_protocol_file(path: str | Path) -> SuiteProtocol:
         except HeartLoRAError as error:
             said = str(error) if spec in str(error) else f"{spec}: {error}"
             raise HeartLoRAError(f"{path}: methods: {said}") from None
-        check_config_keys(overrides, f"methods: {spec}")
+        check_config_keys(overrides, f"{path}: methods: {spec}")
     return replace(protocol, summary=protocol.summary.strip())
 
 
