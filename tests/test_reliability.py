@@ -441,7 +441,7 @@ def test_a_damaged_adapter_is_one_line_in_every_tool(toy, tmp_path, finished, ca
     data["config"]["scale"] = None
     config.write_text(json.dumps(data))
     assert main(["export", "--adapter", str(adapter), "--format", "peft", "--output-dir", "x"]) == 2
-    assert f"{config}: key config.scale is None (expected a number)" in _one_line_error(capsys)
+    assert f"{config}: config.scale must be a number, got None" in _one_line_error(capsys)
 
 
 def _tool_commands(adapter: Path, image: str, tmp_path: Path) -> list[list[str]]:
@@ -841,9 +841,13 @@ def test_an_adapter_whose_outputs_overflow_is_refused_not_printed_as_nan(
 
 def test_adapter_metadata_that_contradicts_the_model_is_refused(finished, tmp_path, capsys):
     for key, value, message in [
-        ("embed_dim", 48, "key embed_dim is 48, the model's width is 96"),
+        ("embed_dim", 48, "embed_dim is 48, the model's width is 96"),
         ("layers", [f"blocks.{i + 10}.attn" for i in range(6)], "attention layer 'blocks.10.attn'"),
-        ("num_classes", 10**12, "key num_classes is 1000000000000 (expected an integer in 1.."),
+        (
+            "num_classes",
+            10**12,
+            "num_classes must be at least 1 and at most 1000000, got 1000000000000",
+        ),
     ]:
         adapter = tmp_path / key
         shutil.copytree(finished / "adapter", adapter)

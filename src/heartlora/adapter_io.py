@@ -15,7 +15,7 @@ that writes or parses the JSON: everything else reads the typed `AdapterMetadata
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from heartlora.inject import (
 )
 from heartlora.io.atomic import atomic_write_bytes, atomic_write_json
 from heartlora.io.documents import parse_yaml, read_json
-from heartlora.io.field_types import first_mismatch
+from heartlora.io.field_types import first_mismatch, record_from_mapping
 from heartlora.models.backbone import (
     MAX_CLASSES,
     MAX_IMG_SIZE,
@@ -97,7 +97,7 @@ class RunInfo:
     checkpoint: str | None = None
     weights: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    img_size: int | None = None
+    img_size: int | None = field(default=None, metadata={"minimum": 1, "maximum": MAX_IMG_SIZE})
     normalize: list[list[float]] | None = None
     task: str | None = None
     method: str | None = None
@@ -119,17 +119,11 @@ class RunInfo:
             dataset = dict(_checked(dataset, dict[str, Any], where, "extra.dataset"))
             if "normalize" in dataset and data.get("normalize") is None:
                 data["normalize"] = dataset.pop("normalize")  # where early files kept it
-            dataset = _typed(DatasetInfo, dataset, where, "extra.dataset")
+            dataset = record_from_mapping(DatasetInfo, dataset, f"{where}: extra.dataset")
         known = {f.name for f in fields(cls)} - {"other", "dataset"}
         values = {k: data.pop(k) for k in list(data) if k in known}
-        info = _typed(cls, values, where, "extra")
-        info.dataset, info.other = dataset, data
-        check_model_kwargs(info.model_kwargs, f"{where}: key extra.model_kwargs")
-        if info.img_size is not None and not 1 <= info.img_size <= MAX_IMG_SIZE:
-            raise HeartLoRAError(
-                f"{where}: key extra.img_size is {info.img_size!r} (expected an integer in "
-                f"1..{MAX_IMG_SIZE})"
-            )
+        info = record_from_mapping(cls, values, f"{where}: extra", dataset=dataset, other=data)
+        check_model_kwargs(info.model_kwargs, f"{where}: extra.model_kwargs")
         return info
 
 
@@ -154,8 +148,8 @@ class AdapterMetadata:
     config: HeartLoRAConfig
     layers: list[str]
     num_heads: list[int]
-    embed_dim: int
-    num_classes: int | None
+    embed_dim: int = field(metadata={"minimum": 1})
+    num_classes: int | None = field(metadata={"minimum": 1, "maximum": MAX_CLASSES})
     head_masks: list[list[bool]]
     scores: list[list[float | None]] | None = None
     run: RunInfo = field(default_factory=RunInfo)
@@ -182,15 +176,8 @@ class AdapterMetadata:
             raise HeartLoRAError(
                 f"{where}: not a heartlora adapter config (expected format {FORMAT})"
             )
-        for key in ("base_model", "config", "layers", "num_heads", "embed_dim", "head_masks"):
-            if key not in data:
-                raise HeartLoRAError(f"{where}: key {key!r} is missing")
-        values = {}
-        for item in fields(cls):  # "config" is checked below, "run" is stored as "extra"
-            if item.name not in ("config", "run"):
-                values[item.name] = _checked(data.get(item.name), item.type, where, item.name)
-        config_where = f"{where}: key config"
-        config_data = _checked(data["config"], dict[str, Any], where, "config")
+        config_where = f"{where}: config"
+        config_data = _checked(data.get("config"), dict[str, Any], where, "config")
         settings = {item.name: item.type for item in fields(HeartLoRAConfig)}
         for key, value in config_data.items():  # an old key is checked as its new name
             name = RENAMED_KEYS.get(key, key)
@@ -202,57 +189,39 @@ class AdapterMetadata:
             if str(error).startswith(config_where):
                 raise
             raise HeartLoRAError(f"{config_where}: {error}") from None
-        layers = values["layers"]
+        stored = {item.name for item in fields(cls)} - {"config", "run"}  # "run" is "extra"
+        values = {key: value for key, value in data.items() if key in stored}
+        values.setdefault("num_classes", None)  # unknown to files of models without a classifier
+        metadata = record_from_mapping(
+            cls, values, where, config=config, run=RunInfo.from_json(data.get("extra"), where)
+        )
+        layers = metadata.layers
         for key in ("num_heads", "head_masks", "scores"):
-            if values[key] is not None and len(values[key]) != len(layers):
+            value = getattr(metadata, key)
+            if value is not None and len(value) != len(layers):
                 raise HeartLoRAError(
-                    f"{where}: key {key} has {len(values[key])} entries (expected {len(layers)})"
+                    f"{where}: {key} has {len(value)} entries (expected {len(layers)})"
                 )
-        for index, (mask, heads) in enumerate(zip(values["head_masks"], values["num_heads"])):
+        for index, (mask, heads) in enumerate(zip(metadata.head_masks, metadata.num_heads)):
             if len(mask) != heads:
                 raise HeartLoRAError(
-                    f"{where}: key head_masks[{index}] has {len(mask)} entries (expected {heads})"
+                    f"{where}: head_masks[{index}] has {len(mask)} entries (expected {heads})"
                 )
             if not any(mask):
-                raise HeartLoRAError(f"{where}: key head_masks[{index}] keeps no head")
-        num_classes = values["num_classes"]
-        if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
-            raise HeartLoRAError(
-                f"{where}: key num_classes is {num_classes!r} (expected an integer in "
-                f"1..{MAX_CLASSES})"
-            )
-        if values["embed_dim"] < 1:
-            raise HeartLoRAError(
-                f"{where}: key embed_dim is {values['embed_dim']!r} (expected a positive integer)"
-            )
-        return cls(**values, config=config, run=RunInfo.from_json(data.get("extra"), where))
+                raise HeartLoRAError(f"{where}: head_masks[{index}] keeps no head")
+        return metadata
 
 
 def _checked(value: Any, annotation: Any, where: str, key: str) -> Any:
     """``value`` when it is of the type ``annotation`` names, else a one-line error naming
-    ``where``, the key (down to a wrong list item) and the type expected."""
+    ``where``, the key (down to a wrong list item) and the type expected, as
+    `heartlora.io.field_types.field_error` words it."""
     wrong = first_mismatch(value, annotation)
     if wrong is None:
         return value
     raise HeartLoRAError(
-        f"{where}: key {key}{wrong.path} is {wrong.value!r} (expected {wrong.expected})"
+        f"{where}: {key}{wrong.path} must be {wrong.expected}, got {wrong.value!r}"
     )
-
-
-def _typed(cls: type, values: dict[str, Any], where: str, key: str) -> Any:
-    """``cls(**values)`` after checking each value against its field's annotation."""
-    known = {f.name: f for f in fields(cls)}
-    for name, value in values.items():
-        if name not in known:
-            raise HeartLoRAError(f"{where}: unknown key {key}.{name}")
-        _checked(value, known[name].type, where, f"{key}.{name}")
-    required = (
-        f.name for f in known.values() if f.default is MISSING and f.default_factory is MISSING
-    )
-    missing = [name for name in required if name not in values]
-    if missing:
-        raise HeartLoRAError(f"{where}: key {key}.{missing[0]} is missing")
-    return cls(**values)
 
 
 def architecture_name(model: nn.Module) -> str:
@@ -459,7 +428,7 @@ def load_adapter(
     width = int(layers[0].qkv.in_features)
     if metadata.embed_dim != width:
         raise HeartLoRAError(
-            f"{directory}: key embed_dim is {metadata.embed_dim}, the model's width is {width}"
+            f"{directory}: embed_dim is {metadata.embed_dim}, the model's width is {width}"
         )
     num_classes = metadata.num_classes
     if num_classes is not None and _num_classes(model) not in (None, num_classes):

@@ -1,9 +1,9 @@
 """The one check of a dataclass field's value: its type, its choices and its range, in words.
 
 Every settings and file record checks its values here: `HeartLoRAConfig`, `TrainConfig`, the
-speed benchmark's `SpeedConfig`, the SLURM settings (`check_fields`, `field_error`),
-``heartlora_config.json``'s keys (`heartlora.adapter_io`) and a checkpoint's progress
-(`heartlora.training.run_state`) (`first_mismatch`). A field states what it allows in its
+speed benchmark's `SpeedConfig`, the SLURM settings, the grid and protocol files,
+``heartlora_config.json``'s records (`heartlora.adapter_io`) and a checkpoint's progress
+(`heartlora.training.run_state`). A field states what it allows in its
 annotation and its ``metadata``: ``choices`` (the allowed values; of each item of a list),
 ``minimum`` and ``maximum`` (inclusive), ``above`` and ``below`` (exclusive), ``nonempty`` (of
 a list or a string). Integers must fit in 64 bits, what torch, numpy and a checkpoint store.
@@ -78,18 +78,19 @@ def first_mismatch(value: Any, annotation: Any) -> Mismatch | None:
     return _mismatch(value, _resolve(annotation), "")
 
 
-def field_error(item: Field, value: Any) -> str | None:
+def field_error(item: Field, value: Any, annotation: Any = None) -> str | None:
     """What is wrong with ``value`` as the value of field ``item``, as a message that starts
     with the field's name; ``None`` when nothing is.
 
-    Checked in this order: the annotation's type; then, unless ``value`` is null, the
-    metadata's ``choices`` and ``nonempty``, the 64-bit range of integers and the metadata's
-    bounds (module docstring).
+    Checked in this order: the annotation's type (``annotation``, or the field's own); then,
+    unless ``value`` is null, the metadata's ``choices`` and ``nonempty``, the 64-bit range of
+    integers and the metadata's bounds (module docstring).
     """
     name = item.name
-    if value is None and not matches(None, item.type):
+    kind = item.type if annotation is None else annotation
+    if value is None and not matches(None, kind):
         return f"{name} must be set (got null)"
-    wrong = first_mismatch(value, item.type)
+    wrong = first_mismatch(value, kind)
     if wrong is not None:  # the deepest wrong item: normalize[1][0], not the whole list
         return f"{name}{wrong.path} must be {wrong.expected}, got {wrong.value!r}"
     if value is None:
@@ -120,8 +121,9 @@ def check_fields(record: Any, where: str = "") -> None:
     Raises:
         HeartLoRAError: naming the first wrong field, after ``where: `` when ``where`` is given.
     """
+    annotations = _annotations(type(record))
     for item in fields(record):
-        message = field_error(item, getattr(record, item.name))
+        message = field_error(item, getattr(record, item.name), annotations[item.name])
         if message is not None:
             raise HeartLoRAError(f"{where}: {message}" if where else message)
 
@@ -147,16 +149,24 @@ def record_from_mapping(
                 f"{where}: unknown {noun} {key!r}{did_you_mean(key, names)}; expected one of "
                 f"{', '.join(names)}"
             )
-    values = dict(data)
+    values, annotations = dict(data), _annotations(kind)
     for item in fields(kind):  # type: ignore[arg-type]
         required = item.default is MISSING and item.default_factory is MISSING
         if item.name in names and required and item.name not in values:
-            raise HeartLoRAError(f"{where}: {item.name} is missing ({describe(item.type)})")
+            kind_words = describe(annotations[item.name])
+            raise HeartLoRAError(f"{where}: {item.name} is missing ({kind_words})")
         if str(item.type).startswith("tuple") and isinstance(values.get(item.name), list):
             values[item.name] = tuple(values[item.name])
     record = kind(**values, **fixed)
     check_fields(record, where)
     return record
+
+
+@functools.cache
+def _annotations(kind: type) -> dict[str, Any]:
+    """Each field's annotation of the dataclass ``kind``, resolved in its own module: a record
+    may hold another (``dataset: DatasetInfo | None``), which the plain names cannot spell."""
+    return typing.get_type_hints(kind)
 
 
 @functools.cache
