@@ -2,9 +2,9 @@
 # The real-base frontier (docs/frontier.md) at 224 px on one CUDA GPU: `heartlora frontier
 # --base real` with the same grid, tasks, seeds and choice on val200 as on 2 CPU cores, the
 # images at 224 px instead of 56, bf16 autocast, the image cache on the GPU, several runs at once.
-# Then the PETL-field grid (configs/frontier/petl-field.yaml: 15 methods x 3 tasks x 3 seeds at
-# 5 epochs) at the same size. Estimated at 5-8 minutes on one H200 for the first (141 short
-# runs, 6 at a time) and about as long for the second (135); not yet run on a GPU.
+# Then the PETL-field grid (configs/frontier/petl-field.yaml: its methods at two sizes x 3 tasks
+# x 3 seeds at 5 epochs) at the same size. Estimated at 5-8 minutes on one H200 for the first (141
+# short runs, 6 at a time) and about twice as long for the second; not yet run on a GPU.
 #
 # The GPU machine has no package index and takes at most 64 MiB of carried files, so prepare on a
 # machine with the pinned recipe and carry two folders:
