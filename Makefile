@@ -22,12 +22,18 @@ demo: $(VENV_STAMP)
 demo-mini: $(VENV_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m heartlora suite --base mini --output-dir runs/demo-mini
 
+# pytest-xdist workers: one per core, at most 4 (the longest test file takes ~1/4 of the whole);
+# `make test TEST_WORKERS=0` runs every test in this one process. Each test file runs on one worker: its module
+# fixtures are made once, and the SLURM executor's tests (one file) run one at a time.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -q --numprocesses $(TEST_WORKERS) --dist loadfile
+
 test: $(VENV_STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	$(PYTEST)
 
 # every test but those marked slow (pyproject.toml: SLURM, subprocesses, several training runs)
 test-quick: $(VENV_STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(VENV_STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -103,7 +103,7 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(t
     require_slurm()
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     args = ("lora,heart-lora", 2, "1")
-    assert main(_suite(tmp_path, local, *args, "--jobs", "2")) == 0
+    assert main(_suite(tmp_path, local, *args, "--jobs", "1")) == 0  # here: no worker to start
     suite = subprocess.Popen(
         _slurm(_suite(tmp_path, cluster, *args)), env=ENV, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
@@ -134,7 +134,7 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(t
 
 @pytest.mark.slow
 def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_is_missing(
-    tmp_path,
+    tmp_path, capsys
 ):
     """Three runs submitted held (``--no-wait``); a second command waits on them without
     submitting again; one job is cancelled, one fails in its job (an unreadable checkpoint),
@@ -145,11 +145,8 @@ def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_i
     bad.write_bytes(b"not safetensors")
     methods = f"linear,lora,lora[checkpoint={bad}]"
     args = _slurm(_suite(tmp_path, out, methods, 1))
-    first = subprocess.run(
-        [*args, "--no-wait", "--sbatch", "hold=true"], env=ENV, capture_output=True, text=True
-    )
-    assert first.returncode == 0, first.stderr
-    assert "3 run(s) submitted, 0 already queued" in first.stdout
+    assert main([*args[3:], "--no-wait", "--sbatch", "hold=true"]) == 0  # submitted from here
+    assert "3 run(s) submitted, 0 already queued" in capsys.readouterr().out
     assert not (out / "results.csv").exists()
     runs = out / "runs" / "sk-digits"
     waiting = subprocess.Popen(
@@ -176,13 +173,10 @@ def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_i
     )
     # the same command again, without the broken run: the finished run is reused, only the
     # cancelled one goes to SLURM
-    again = subprocess.run(
-        _slurm(_suite(tmp_path, out, "linear,lora", 1)), env=ENV, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "1 run(s) submitted, 0 already queued" in again.stdout
-    assert "reused" in again.stdout and (out / "results.csv").is_file()
+    assert main(_slurm(_suite(tmp_path, out, "linear,lora", 1))[3:]) == 0
+    again = capsys.readouterr().out
+    assert "1 run(s) submitted, 0 already queued" in again
+    assert "reused" in again and (out / "results.csv").is_file()
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 from train_fixtures import make_base_checkpoint, make_learnable_task, train_args
 
+from heartlora.cli import main
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 EXIT_AFTER_EPOCH = Path(__file__).with_name("exit_after_epoch.py")
 
@@ -28,13 +30,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     single, double = tmp_path / "one", tmp_path / "two"
     # drop_path=0: stochastic depth draws per-sample masks from each rank's own RNG stream
     args = train_args(tmp_path, checkpoint, single, "heart-lora", epochs=2, ne=2, drop_path=0)
-    subprocess.run(
-        [sys.executable, "-m", "heartlora", *args],
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    assert main(args) == 0  # the one process: this one
     args = train_args(tmp_path, checkpoint, double, "heart-lora", epochs=2, ne=2, drop_path=0)
     launched = subprocess.run(
         [
@@ -66,18 +62,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_gives_the_same_result(tmp_path):
+def test_sigkill_mid_run_then_resume_gives_the_same_result(tmp_path, capsys):
+    """The run is killed in a process of its own; the reference and the resume run here."""
     make_learnable_task(tmp_path)
     checkpoint = make_base_checkpoint(tmp_path / "base.safetensors")
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    args = train_args(tmp_path, checkpoint, reference, "heart-lora", epochs=8, ne=2)
-    subprocess.run(
-        [sys.executable, "-m", "heartlora", *args],
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    assert main(train_args(tmp_path, checkpoint, reference, "heart-lora", epochs=8, ne=2)) == 0
 
     args = train_args(tmp_path, checkpoint, killed, "heart-lora", epochs=8, ne=2)
     process = subprocess.Popen(
@@ -95,15 +85,9 @@ def test_sigkill_mid_run_then_resume_gives_the_same_result(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "result.json").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run(
-        [sys.executable, "-m", "heartlora", *args, "--resume"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed at epoch" in resumed.stdout
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert "resumed at epoch" in capsys.readouterr().out
     expected = json.loads((reference / "result.json").read_text())
     got = json.loads((killed / "result.json").read_text())
     assert got["final_accuracy"] == expected["final_accuracy"]
