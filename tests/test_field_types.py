@@ -198,6 +198,19 @@ def test_adapter_keys_name_the_wrong_item(adapter_file):
     assert "extra.dataset: root must be a string, got 3" in _refusal(
         adapter_file, wrong_dataset_root
     )
+    for key, said in [
+        ("config", "config is missing (a mapping)"),
+        ("embed_dim", "embed_dim is missing (an integer)"),
+        ("extra", "extra is missing (a mapping)"),
+    ]:
+        assert said in _refusal(adapter_file, lambda document, key=key: document.pop(key)), key
+
+    def out_of_range(document):
+        document["extra"]["img_size"] = 0
+
+    assert "extra: img_size must be at least 1 and at most 4096, got 0" in _refusal(
+        adapter_file, out_of_range
+    )
 
 
 def test_an_adapter_file_with_the_old_key_still_loads(adapter_file):

@@ -176,8 +176,11 @@ class AdapterMetadata:
             raise HeartLoRAError(
                 f"{where}: not a heartlora adapter config (expected format {FORMAT})"
             )
+        for key in ("config", "extra"):  # records of their own, read below
+            if key not in data:
+                raise HeartLoRAError(f"{where}: {key} is missing (a mapping)")
         config_where = f"{where}: config"
-        config_data = _checked(data.get("config"), dict[str, Any], where, "config")
+        config_data = _checked(data["config"], dict[str, Any], where, "config")
         settings = {item.name: item.type for item in fields(HeartLoRAConfig)}
         for key, value in config_data.items():  # an old key is checked as its new name
             name = RENAMED_KEYS.get(key, key)
@@ -193,7 +196,7 @@ class AdapterMetadata:
         values = {key: value for key, value in data.items() if key in stored}
         values.setdefault("num_classes", None)  # unknown to files of models without a classifier
         metadata = record_from_mapping(
-            cls, values, where, config=config, run=RunInfo.from_json(data.get("extra"), where)
+            cls, values, where, config=config, run=RunInfo.from_json(data["extra"], where)
         )
         layers = metadata.layers
         for key in ("num_heads", "head_masks", "scores"):
