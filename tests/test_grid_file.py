@@ -30,6 +30,7 @@ def test_the_petl_field_grid_holds_heart_lora_its_control_and_the_field():
         ("methods: lora\n", "methods must be a list of strings or null, got 'lora'"),
         ("methods: [lora, 'peft-ia3[rank=8]']\n", "methods: peft-ia3[rank=8]: peft-ia3 has no"),
         ("methods: ['lora[rank]']\n", "methods: method 'lora[rank]': expected key=value"),
+        ("methods: [lora, lroa]\n", "methods: unknown method 'lroa'; expected one of"),
         ("tasks: []\n", "tasks must not be empty"),
         ("seeds: 0\n", "seeds must be at least 1, got 0"),
         ("selection_seeds: 1.5\n", "selection_seeds must be an integer or null, got 1.5"),

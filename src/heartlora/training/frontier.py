@@ -50,7 +50,7 @@ from heartlora.training.comparisons import (
 )
 from heartlora.training.executor import Executor
 from heartlora.training.figures import new_figure, save_png
-from heartlora.training.method_specs import parse_method
+from heartlora.training.method_specs import parse_listed_method
 from heartlora.training.report import GROUP_ORDER, RunResult
 from heartlora.training.stats import mean_std
 from heartlora.training.suite import SuiteTask, discover_tasks, run_suite
@@ -99,11 +99,7 @@ def read_grid_file(path: str | Path) -> GridFile:
             raise HeartLoRAError(f"{path}: {key} must not hold a blank name, got {list(names)!r}")
         grid = replace(grid, **{key: tuple(name.strip() for name in names) or None})
     for spec in grid.methods or ():
-        try:
-            parse_method(spec)
-        except HeartLoRAError as error:
-            said = str(error) if spec in str(error) else f"{spec}: {error}"
-            raise HeartLoRAError(f"{path}: methods: {said}") from None
+        parse_listed_method(spec, f"{path}: methods")
     return grid
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from heartlora.errors import HeartLoRAError
-from heartlora.training.methods import check_method_keys
+from heartlora.training.methods import check_method_keys, get_method
 
 _METHOD_PATTERN = re.compile(r"^([a-z0-9-]+)(?:\[(.*)\])?$")
 
@@ -60,6 +60,19 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
             raise HeartLoRAError(f"method {text!r}: cannot read the value of {key}") from None
     check_method_keys(match.group(1), overrides)
     return match.group(1), overrides
+
+
+def parse_listed_method(spec: str, where: str) -> tuple[str, dict[str, Any]]:
+    """`parse_method` of a method that a file lists (a grid's or a protocol's ``methods``),
+    refusing an unknown method too; an error starts with ``where`` (the file and its key) and
+    names ``spec``."""
+    try:
+        method, overrides = parse_method(spec)
+        get_method(method)
+    except HeartLoRAError as error:
+        said = str(error) if spec in str(error) else f"{spec}: {error}"
+        raise HeartLoRAError(f"{where}: {said}") from None
+    return method, overrides
 
 
 NOT_PER_SUITE = {

@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from heartlora.bundled.mini_vtab import MINI_VTAB_TASKS
-from heartlora.errors import HeartLoRAError
 from heartlora.io.documents import read_yaml_mapping
 from heartlora.io.field_types import record_from_mapping
 from heartlora.training.config import check_config_keys
-from heartlora.training.method_specs import parse_method
-from heartlora.training.methods import get_method
+from heartlora.training.method_specs import parse_listed_method
 
 
 @dataclass(frozen=True)
@@ -73,12 +71,7 @@ def read_protocol_file(path: str | Path) -> SuiteProtocol:
     for method, values in protocol.method_defaults.items():
         check_config_keys(values, f"{path}: method_defaults.{method}")
     for spec in protocol.methods:
-        try:
-            method, overrides = parse_method(spec)
-            get_method(method)
-        except HeartLoRAError as error:
-            said = str(error) if spec in str(error) else f"{spec}: {error}"
-            raise HeartLoRAError(f"{path}: methods: {said}") from None
+        _, overrides = parse_listed_method(spec, f"{path}: methods")
         check_config_keys(overrides, f"{path}: methods: {spec}")
     return replace(protocol, summary=protocol.summary.strip())
 
