@@ -26,9 +26,10 @@ demo-mini: $(VENV_STAMP)
 
 # pytest-xdist workers: one per core, at most 4 (the longest test file takes ~1/4 of the whole);
 # `make test TEST_WORKERS=0` runs every test in this one process. Each test file runs on one worker: its module
-# fixtures are made once, and the SLURM executor's tests (one file) run one at a time.
+# fixtures are made once, and the SLURM executor's tests (one file) run one at a time. Files go out in
+# collection order (--no-loadscope-reorder), which tests/conftest.py starts with the longest files.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
-PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -q --numprocesses $(TEST_WORKERS) --dist loadfile
+PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -q --numprocesses $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(VENV_STAMP)
 	$(PYTEST)
