@@ -30,17 +30,14 @@ def _suite(tmp_path, out, methods, epochs, seeds="1", *extra):
     ]  # fmt: skip
 
 
+def _on_slurm(args):
+    """`heartlora` arguments that send ``args``'s runs to the test cluster."""
+    return [*args, "--executor", "slurm", "--poll-seconds", "0.5"]
+
+
 def _slurm(args):
-    return [
-        sys.executable,
-        "-m",
-        "heartlora",
-        *args,
-        "--executor",
-        "slurm",
-        "--poll-seconds",
-        "0.5",
-    ]
+    """The command line of ``_on_slurm(args)`` in a process of its own."""
+    return [sys.executable, "-m", "heartlora", *_on_slurm(args)]
 
 
 def _rows(out):
@@ -144,13 +141,13 @@ def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_i
     out, bad = tmp_path / "out", tmp_path / "bad.safetensors"
     bad.write_bytes(b"not safetensors")
     methods = f"linear,lora,lora[checkpoint={bad}]"
-    args = _slurm(_suite(tmp_path, out, methods, 1))
-    assert main([*args[3:], "--no-wait", "--sbatch", "hold=true"]) == 0  # submitted from here
+    suite = _suite(tmp_path, out, methods, 1)
+    assert main([*_on_slurm(suite), "--no-wait", "--sbatch", "hold=true"]) == 0  # from here
     assert "3 run(s) submitted, 0 already queued" in capsys.readouterr().out
     assert not (out / "results.csv").exists()
     runs = out / "runs" / "sk-digits"
     waiting = subprocess.Popen(
-        args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _slurm(suite), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     attached = "".join(waiting.stdout.readline() for _ in range(3))
     assert "0 run(s) submitted, 3 already queued or running" in attached, attached
@@ -173,7 +170,7 @@ def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_i
     )
     # the same command again, without the broken run: the finished run is reused, only the
     # cancelled one goes to SLURM
-    assert main(_slurm(_suite(tmp_path, out, "linear,lora", 1))[3:]) == 0
+    assert main(_on_slurm(_suite(tmp_path, out, "linear,lora", 1))) == 0
     again = capsys.readouterr().out
     assert "1 run(s) submitted, 0 already queued" in again
     assert "reused" in again and (out / "results.csv").is_file()
