@@ -987,6 +987,25 @@ def test_version_prints_the_package_version(capsys):
     assert capsys.readouterr().out == f"heartlora {heartlora.__version__}\n"
 
 
+def test_the_program_exits_with_main_s_code_and_freezes_what_is_alive(monkeypatch, capsys):
+    """`run_program` (the `heartlora` program) exits with `main`'s code, after freezing what is
+    alive out of the garbage collector: the interpreter's last collection is skipped."""
+    import gc
+
+    from heartlora.cli import run_program
+
+    monkeypatch.setattr(sys, "argv", ["heartlora", "--version"])
+    assert gc.get_freeze_count() == 0
+    try:
+        with pytest.raises(SystemExit) as stop:
+            run_program()
+        assert stop.value.code == 0
+        assert capsys.readouterr().out.startswith("heartlora ")
+        assert gc.get_freeze_count() > 100_000  # torch and timm's objects, at least
+    finally:
+        gc.unfreeze()
+
+
 def test_an_unknown_model_is_refused_before_any_warning_about_its_weights(toy, tmp_path, capsys):
     """`train --model vit_smal_patch16_224` first warned that it "starts from random weights"."""
     root, checkpoint = toy

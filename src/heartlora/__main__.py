@@ -1,5 +1,5 @@
 """`python -m heartlora` runs the command-line tool."""
 
-from heartlora.cli import main
+from heartlora.cli import run_program
 
-raise SystemExit(main())
+run_program()
