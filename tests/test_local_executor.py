@@ -166,10 +166,10 @@ def _children(pid):
     return [int(child) for child in found.split()]
 
 
-def _suite(tmp_path, out):
+def _suite(data_root, out):
     return [
         sys.executable, "-m", "heartlora", "suite", "--tasks", "sk-digits", "--epochs", "40",
-        "--methods", "lora,heart-lora", "--jobs", "2", "--data-root", str(tmp_path / "data"),
+        "--methods", "lora,heart-lora", "--jobs", "2", "--data-root", str(data_root),
         "--output-dir", str(out), "--set", "threads=1",
     ]  # fmt: skip
 
@@ -182,11 +182,11 @@ def _default_sigint() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["training", "starting"])
-def test_ctrl_c_on_a_terminal_ends_suite_jobs_2_at_once_in_one_line(tmp_path, when):
+def test_ctrl_c_on_a_terminal_ends_suite_jobs_2_at_once_in_one_line(tmp_path, sk_digits, when):
     """A terminal's Ctrl-C is SIGINT to the whole foreground process group."""
     out = tmp_path / "suite"
     suite = subprocess.Popen(
-        _suite(tmp_path, out),
+        _suite(sk_digits, out),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own group, as a shell's foreground job

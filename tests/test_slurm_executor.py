@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,11 +23,14 @@ from heartlora.training.slurm_executor import JOB_FILE, SlurmSettings, slurm_set
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _suite(tmp_path, out, methods, epochs, seeds="1", *extra):
+def _suite(data_root, out, methods, epochs, seeds="1", *extra):
+    """A suite on sk-digits that trains on train800 and is scored on val200 (the smaller
+    splits: 7 steps an epoch), one thread a run."""
     return [
         "suite", "--tasks", "sk-digits", "--epochs", str(epochs), "--methods", methods,
-        "--seeds", seeds, "--data-root", str(tmp_path / "data"), "--output-dir", str(out),
-        "--set", "threads=1", "--set", "batch_size=128", *extra,
+        "--seeds", seeds, "--data-root", str(data_root), "--output-dir", str(out),
+        "--set", "threads=1", "--set", "batch_size=128", "--set", "train_split=train800",
+        "--set", "eval_split=val200", *extra,
     ]  # fmt: skip
 
 
@@ -87,36 +91,48 @@ def test_slurm_settings_come_from_a_yaml_block_and_flags_checked_by_key(tmp_path
     ],
 )
 def test_executor_options_that_contradict_each_other_are_one_line(tmp_path, capsys, extra, message):
-    assert main(_suite(tmp_path, tmp_path / "out", "lora", 1, "1", *extra)) == 2
+    assert main(_suite(tmp_path / "data", tmp_path / "out", "lora", 1, "1", *extra)) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
 
 @pytest.mark.slow
-def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(tmp_path):
+def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(
+    tmp_path, sk_digits, monkeypatch
+):
     """2 runs; SLURM requeues one mid-training (SIGTERM) and gives the other its time-limit
     notice (SIGUSR2): both resume from their checkpoints and end bit-identical to the local
-    runs."""
+    runs. The suite submits and waits here; a thread stops each run once an epoch is logged."""
     require_slurm()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs inherit this environment
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     args = ("lora,heart-lora", 2, "1")
-    assert main(_suite(tmp_path, local, *args, "--jobs", "1")) == 0  # here: no worker to start
-    suite = subprocess.Popen(
-        _slurm(_suite(tmp_path, cluster, *args)), env=ENV, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    assert main(_suite(sk_digits, local, *args, "--jobs", "1")) == 0  # here: no worker to start
     runs = cluster / "runs" / "sk-digits"
     stops = {runs / "lora" / "seed0": ["scontrol", "requeue"],
              runs / "heart-lora" / "seed0": ["scancel", "--signal=USR2"]}  # fmt: skip
-    deadline = time.monotonic() + 300
-    while stops and time.monotonic() < deadline and suite.poll() is None:
-        for run_dir, command in list(stops.items()):
-            if _epochs_logged(run_dir) >= 1:  # mid-training: an epoch to go
-                subprocess.run([*command, _job(run_dir)], check=True)
-                del stops[run_dir]
-        time.sleep(0.2)
-    output = suite.communicate(timeout=400)[0]
-    assert suite.returncode == 0, output
+    refused: list[str] = []
+    suite_done = threading.Event()
+
+    def stop_each_run_mid_training():
+        deadline = time.monotonic() + 300
+        while stops and not suite_done.is_set() and time.monotonic() < deadline:
+            for run_dir, command in list(stops.items()):
+                if _epochs_logged(run_dir) >= 1:  # mid-training: an epoch to go
+                    done = subprocess.run([*command, _job(run_dir)], capture_output=True, text=True)
+                    if done.returncode:
+                        refused.append(f"{command}: {done.stderr}")
+                    del stops[run_dir]
+            time.sleep(0.2)
+
+    stopper = threading.Thread(target=stop_each_run_mid_training)
+    stopper.start()
+    try:
+        assert main(_on_slurm(_suite(sk_digits, cluster, *args))) == 0
+    finally:
+        suite_done.set()
+        stopper.join()
+    assert not refused, refused
     assert not stops, "a run finished before SLURM could stop it"
     assert _rows(cluster) == _rows(local)
     for run_dir in sorted(runs.glob("*/seed*")):
@@ -131,7 +147,7 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(t
 
 @pytest.mark.slow
 def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_is_missing(
-    tmp_path, capsys
+    tmp_path, sk_digits, capsys
 ):
     """Three runs submitted held (``--no-wait``); a second command waits on them without
     submitting again; one job is cancelled, one fails in its job (an unreadable checkpoint),
@@ -141,7 +157,7 @@ def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_i
     out, bad = tmp_path / "out", tmp_path / "bad.safetensors"
     bad.write_bytes(b"not safetensors")
     methods = f"linear,lora,lora[checkpoint={bad}]"
-    suite = _suite(tmp_path, out, methods, 1)
+    suite = _suite(sk_digits, out, methods, 1)
     assert main([*_on_slurm(suite), "--no-wait", "--sbatch", "hold=true"]) == 0  # from here
     assert "3 run(s) submitted, 0 already queued" in capsys.readouterr().out
     assert not (out / "results.csv").exists()
@@ -170,25 +186,23 @@ def test_cancelled_and_failing_jobs_are_one_line_each_and_a_rerun_submits_what_i
     )
     # the same command again, without the broken run: the finished run is reused, only the
     # cancelled one goes to SLURM
-    assert main(_on_slurm(_suite(tmp_path, out, "linear,lora", 1))) == 0
+    assert main(_on_slurm(_suite(sk_digits, out, "linear,lora", 1))) == 0
     again = capsys.readouterr().out
     assert "1 run(s) submitted, 0 already queued" in again
     assert "reused" in again and (out / "results.csv").is_file()
 
 
 @pytest.mark.slow
-def test_a_run_of_two_slurm_tasks_equals_one_process(tmp_path):
+def test_a_run_of_two_slurm_tasks_equals_one_process(tmp_path, sk_digits, monkeypatch):
     """``--tasks-per-run 2``: two ranks (gloo, CPU) in one torch.distributed group set up from
     SLURM's environment, the code path torchrun uses, match one process with the same batch."""
     require_slurm()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job inherits this environment
     one, two = tmp_path / "one", tmp_path / "two"
     args = ("heart-lora", 1, "1", "--set", "drop_path=0")
-    assert main(_suite(tmp_path, one, *args, "--jobs", "1")) == 0
-    done = subprocess.run(
-        [*_slurm(_suite(tmp_path, two, *args)), "--tasks-per-run", "2", "--cpus-per-task", "1"],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert main(_suite(sk_digits, one, *args, "--jobs", "1")) == 0
+    on_two_tasks = ["--tasks-per-run", "2", "--cpus-per-task", "1"]
+    assert main([*_on_slurm(_suite(sk_digits, two, *args)), *on_two_tasks]) == 0
     run = Path("runs/sk-digits/heart-lora/seed0")
     single = json.loads((one / run / "result.json").read_text())
     double = json.loads((two / run / "result.json").read_text())

@@ -28,19 +28,21 @@ from heartlora.training.suite import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _one_epoch_suite(tmp_path, methods: str) -> list[str]:
-    """`heartlora suite` arguments: sk-digits, one epoch (16 steps: the head-scoring warm-up
-    adapts to it), runs one at a time."""
+def _one_epoch_suite(tmp_path, data_root, methods: str) -> list[str]:
+    """`heartlora suite` arguments: sk-digits, one epoch on train800 (13 steps: the
+    head-scoring warm-up adapts to it), scored on val200, runs one at a time."""
     return [
         "suite", "--tasks", "sk-digits", "--epochs", "1", "--output-dir", str(tmp_path / "suite"),
-        "--data-root", str(tmp_path / "data"), "--methods", methods, "--jobs", "1",
+        "--data-root", str(data_root), "--methods", methods, "--jobs", "1",
+        "--set", "train_split=train800", "--set", "eval_split=val200",
     ]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
+def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, sk_digits, capsys):
     out = tmp_path / "suite"
-    assert main(_one_epoch_suite(tmp_path, "linear,lora,heart-lora-layer[ne=3],peft-lora")) == 0
+    methods = "linear,lora,heart-lora-layer[ne=3],peft-lora"
+    assert main(_one_epoch_suite(tmp_path, sk_digits, methods)) == 0
     printed = capsys.readouterr().out
     assert "| Method |" in printed and "accuracy_vs_storage.png" in printed
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -57,33 +59,35 @@ def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
     )
     assert result["active_heads_per_layer"] == [3] * 6
     # a second call reuses every finished run
-    assert main(_one_epoch_suite(tmp_path, "linear")) == 0
+    assert main(_one_epoch_suite(tmp_path, sk_digits, "linear")) == 0
     assert "reused" in capsys.readouterr().out
     # the materialised root is a data root like any other: its tasks are found with their group
-    assert main(["suite", "--list", "--data-root", str(tmp_path / "data")]) == 0
+    assert main(["suite", "--list", "--data-root", str(sk_digits)]) == 0
     assert capsys.readouterr().out.split() == ["sk-digits", "Natural"]
 
 
 @pytest.mark.slow
-def test_a_reused_run_must_have_its_adapter_and_result_keys_or_it_is_redone(tmp_path, capsys):
+def test_a_reused_run_must_have_its_adapter_and_result_keys_or_it_is_redone(
+    tmp_path, sk_digits, capsys
+):
     """A finished run whose adapter/ was deleted, or whose result.json lacks a key the suite
     reads, used to be reused (a table row for an adapter that is gone; a KeyError). Now it is
     finished again from its checkpoint: the same adapter, byte for byte."""
-    assert main(_one_epoch_suite(tmp_path, "lora")) == 0
+    assert main(_one_epoch_suite(tmp_path, sk_digits, "lora")) == 0
     run = tmp_path / "suite/runs/sk-digits/lora/seed0"
     adapter = {path.name: path.read_bytes() for path in (run / "adapter").iterdir()}
     shutil.rmtree(run / "adapter")
     capsys.readouterr()
-    assert main(_one_epoch_suite(tmp_path, "lora")) == 0
+    assert main(_one_epoch_suite(tmp_path, sk_digits, "lora")) == 0
     assert "(reused;" not in capsys.readouterr().out
     assert {path.name: path.read_bytes() for path in (run / "adapter").iterdir()} == adapter
     result = json.loads((run / "result.json").read_text())
     del result["adapter_bytes"]
     (run / "result.json").write_text(json.dumps(result))
-    assert main(_one_epoch_suite(tmp_path, "lora")) == 0
+    assert main(_one_epoch_suite(tmp_path, sk_digits, "lora")) == 0
     assert "(reused;" not in capsys.readouterr().out
     assert json.loads((run / "result.json").read_text())["adapter_bytes"] > 0
-    assert main(_one_epoch_suite(tmp_path, "lora")) == 0
+    assert main(_one_epoch_suite(tmp_path, sk_digits, "lora")) == 0
     assert "(reused;" in capsys.readouterr().out
 
 

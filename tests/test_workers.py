@@ -36,11 +36,11 @@ def _worker_pids(runs: Path, parent: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL])  # SIGTERM: test_local_executor.py
-def test_suite_workers_exit_when_the_suite_is_killed(tmp_path, signum):
+def test_suite_workers_exit_when_the_suite_is_killed(tmp_path, sk_digits, signum):
     out = tmp_path / "suite"
     command = [
         sys.executable, "-m", "heartlora", "suite", "--tasks", "sk-digits", "--epochs", "40",
-        "--methods", "lora,heart-lora", "--jobs", "2", "--data-root", str(tmp_path / "data"),
+        "--methods", "lora,heart-lora", "--jobs", "2", "--data-root", str(sk_digits),
         "--output-dir", str(out), "--set", "threads=1",
     ]  # fmt: skip
     suite = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
