@@ -44,6 +44,27 @@ def _slurm(args):
     return [sys.executable, "-m", "heartlora", *_on_slurm(args)]
 
 
+class _Command(threading.Thread):
+    """`main(args)`, started at once in a thread of this process (nothing on the path that
+    submits to SLURM and waits sets a signal handler), so that the test can act while it
+    waits; `exit_code` bounds the wait, as a suite waiting on SLURM has no limit of its own."""
+
+    def __init__(self, args):
+        super().__init__(daemon=True)
+        self.args, self.code = args, None
+        self.start()
+
+    def run(self):
+        self.code = main(self.args)
+
+    def exit_code(self, timeout):
+        self.join(timeout)
+        assert not self.is_alive(), (
+            f"heartlora {' '.join(self.args)}: still running after {timeout} s"
+        )
+        return self.code
+
+
 def _rows(out):
     with (out / "results.csv").open() as file:
         return [(r["method"], r["seed"], r["accuracy"]) for r in csv.DictReader(file)]
@@ -102,7 +123,7 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(
 ):
     """2 runs; SLURM requeues one mid-training (SIGTERM) and gives the other its time-limit
     notice (SIGUSR2): both resume from their checkpoints and end bit-identical to the local
-    runs. The suite submits and waits here; a thread stops each run once an epoch is logged."""
+    runs. The suite submits and waits in a thread while the test stops each run."""
     require_slurm()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs inherit this environment
     local, cluster = tmp_path / "local", tmp_path / "cluster"
@@ -111,28 +132,15 @@ def test_a_suite_through_slurm_equals_the_local_one_even_when_slurm_stops_runs(
     runs = cluster / "runs" / "sk-digits"
     stops = {runs / "lora" / "seed0": ["scontrol", "requeue"],
              runs / "heart-lora" / "seed0": ["scancel", "--signal=USR2"]}  # fmt: skip
-    refused: list[str] = []
-    suite_done = threading.Event()
-
-    def stop_each_run_mid_training():
-        deadline = time.monotonic() + 300
-        while stops and not suite_done.is_set() and time.monotonic() < deadline:
-            for run_dir, command in list(stops.items()):
-                if _epochs_logged(run_dir) >= 1:  # mid-training: an epoch to go
-                    done = subprocess.run([*command, _job(run_dir)], capture_output=True, text=True)
-                    if done.returncode:
-                        refused.append(f"{command}: {done.stderr}")
-                    del stops[run_dir]
-            time.sleep(0.2)
-
-    stopper = threading.Thread(target=stop_each_run_mid_training)
-    stopper.start()
-    try:
-        assert main(_on_slurm(_suite(sk_digits, cluster, *args))) == 0
-    finally:
-        suite_done.set()
-        stopper.join()
-    assert not refused, refused
+    suite = _Command(_on_slurm(_suite(sk_digits, cluster, *args)))
+    deadline = time.monotonic() + 300
+    while stops and time.monotonic() < deadline and suite.is_alive():
+        for run_dir, command in list(stops.items()):
+            if _epochs_logged(run_dir) >= 1:  # mid-training: an epoch to go
+                subprocess.run([*command, _job(run_dir)], check=True)
+                del stops[run_dir]
+        time.sleep(0.2)
+    assert suite.exit_code(timeout=400) == 0
     assert not stops, "a run finished before SLURM could stop it"
     assert _rows(cluster) == _rows(local)
     for run_dir in sorted(runs.glob("*/seed*")):
@@ -202,7 +210,7 @@ def test_a_run_of_two_slurm_tasks_equals_one_process(tmp_path, sk_digits, monkey
     args = ("heart-lora", 1, "1", "--set", "drop_path=0")
     assert main(_suite(sk_digits, one, *args, "--jobs", "1")) == 0
     on_two_tasks = ["--tasks-per-run", "2", "--cpus-per-task", "1"]
-    assert main([*_on_slurm(_suite(sk_digits, two, *args)), *on_two_tasks]) == 0
+    assert _Command([*_on_slurm(_suite(sk_digits, two, *args)), *on_two_tasks]).exit_code(300) == 0
     run = Path("runs/sk-digits/heart-lora/seed0")
     single = json.loads((one / run / "result.json").read_text())
     double = json.loads((two / run / "result.json").read_text())
