@@ -39,10 +39,10 @@ def _one_epoch_suite(tmp_path, data_root, methods: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, sk_digits, capsys):
-    out = tmp_path / "suite"
+def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, capsys):
+    out, data = tmp_path / "suite", tmp_path / "data"  # an empty root: the suite builds the task
     methods = "linear,lora,heart-lora-layer[ne=3],peft-lora"
-    assert main(_one_epoch_suite(tmp_path, sk_digits, methods)) == 0
+    assert main(_one_epoch_suite(tmp_path, data, methods)) == 0
     printed = capsys.readouterr().out
     assert "| Method |" in printed and "accuracy_vs_storage.png" in printed
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -59,10 +59,10 @@ def test_one_task_one_epoch_suite_writes_table_csv_and_plot(tmp_path, sk_digits,
     )
     assert result["active_heads_per_layer"] == [3] * 6
     # a second call reuses every finished run
-    assert main(_one_epoch_suite(tmp_path, sk_digits, "linear")) == 0
+    assert main(_one_epoch_suite(tmp_path, data, "linear")) == 0
     assert "reused" in capsys.readouterr().out
     # the materialised root is a data root like any other: its tasks are found with their group
-    assert main(["suite", "--list", "--data-root", str(sk_digits)]) == 0
+    assert main(["suite", "--list", "--data-root", str(data)]) == 0
     assert capsys.readouterr().out.split() == ["sk-digits", "Natural"]
 
 
