@@ -3,14 +3,13 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import executor_probes
 import pytest
-from test_workers import _alive, _worker_pids
+from test_workers import _alive, _worker_pids, long_suite
 
 from heartlora.errors import HeartLoRAError
 from heartlora.training.executor import PlannedRun, RunFailed
@@ -166,14 +165,6 @@ def _children(pid):
     return [int(child) for child in found.split()]
 
 
-def _suite(data_root, out):
-    return [
-        sys.executable, "-m", "heartlora", "suite", "--tasks", "sk-digits", "--epochs", "40",
-        "--methods", "lora,heart-lora", "--jobs", "2", "--data-root", str(data_root),
-        "--output-dir", str(out), "--set", "threads=1",
-    ]  # fmt: skip
-
-
 def _default_sigint() -> None:
     """Ctrl-C's default action, as a shell gives its foreground job: a pytest started in the
     background (``nohup pytest &``) ignores SIGINT, and an ignored signal is inherited."""
@@ -186,7 +177,7 @@ def test_ctrl_c_on_a_terminal_ends_suite_jobs_2_at_once_in_one_line(tmp_path, sk
     """A terminal's Ctrl-C is SIGINT to the whole foreground process group."""
     out = tmp_path / "suite"
     suite = subprocess.Popen(
-        _suite(sk_digits, out),
+        long_suite(sk_digits, out),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own group, as a shell's foreground job

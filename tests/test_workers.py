@@ -34,16 +34,23 @@ def _worker_pids(runs: Path, parent: int) -> list[int]:
     return pids
 
 
+def long_suite(data_root: Path, out: Path) -> list[str]:
+    """The command line of a suite that trains two runs at once, in two workers, for long
+    enough (40 epochs) to be stopped while they train."""
+    return [
+        sys.executable, "-m", "heartlora", "suite", "--tasks", "sk-digits", "--epochs", "40",
+        "--methods", "lora,heart-lora", "--jobs", "2", "--data-root", str(data_root),
+        "--output-dir", str(out), "--set", "threads=1",
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL])  # SIGTERM: test_local_executor.py
 def test_suite_workers_exit_when_the_suite_is_killed(tmp_path, sk_digits, signum):
     out = tmp_path / "suite"
-    command = [
-        sys.executable, "-m", "heartlora", "suite", "--tasks", "sk-digits", "--epochs", "40",
-        "--methods", "lora,heart-lora", "--jobs", "2", "--data-root", str(sk_digits),
-        "--output-dir", str(out), "--set", "threads=1",
-    ]  # fmt: skip
-    suite = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    suite = subprocess.Popen(
+        long_suite(sk_digits, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 240
         workers: list[int] = []
